@@ -1,0 +1,1 @@
+"""Training stage: data, the Keras models, training, evaluation and ONNX export."""

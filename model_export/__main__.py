@@ -1,0 +1,131 @@
+"""Command line: ``python -m model_export {summary,train,export,check,evaluate}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from model_export.model import VARIANTS
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from model_export.model import build, format_table
+
+    for variant in VARIANTS:
+        print(format_table(build(variant)))
+        print()
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model_export.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        variant=args.variant,
+        train_samples=args.samples,
+        validation_samples=args.validation_samples,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        precision=args.precision,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        out_dir=args.out,
+    )
+    record = train(cfg)
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model_export.export import ParityError, export
+
+    for variant in args.variant:
+        try:
+            result = export(args.models / f"{variant}.keras", opset=args.opset)
+        except ParityError as err:
+            print(f"export failed: {err}", file=sys.stderr)
+            return 1
+        print(f"{result.onnx_path}: parity max |diff| {result.max_abs_diff:.2e}, sha256 {result.sha256}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from model_export.export import ParityError, check
+
+    failed = 0
+    for variant in args.variant:
+        try:
+            diff = check(args.models / f"{variant}.keras")
+            print(f"{variant}: ONNX matches checkpoint (max |diff| {diff:.2e}), card sha256 ok")
+        except (ParityError, FileNotFoundError) as err:
+            print(f"{variant}: {err}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model_export.evaluate import evaluate
+
+    report = evaluate(
+        args.models,
+        list(args.variant),
+        samples=args.samples,
+        grid_path=None if args.dry_run else args.models / "predictions.png",
+        write_cards=not args.dry_run,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("summary", help="print both models' parameter tables").set_defaults(func=_summary)
+
+    t = sub.add_parser("train", help="train one variant and save its inference checkpoint")
+    t.add_argument("--variant", choices=VARIANTS, default="convlstm")
+    t.add_argument("--samples", type=int, default=3000, help="training sequences")
+    t.add_argument("--validation-samples", type=int, default=64)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0, help="weight initialisation and shuffling")
+    t.add_argument("--precision", choices=["mixed_bfloat16", "float32"], default="mixed_bfloat16")
+    t.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
+    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("export", help="Keras checkpoint -> ONNX + model card, with parity check")
+    e.add_argument("--models", type=Path, default=Path("models"))
+    e.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
+    e.add_argument("--opset", type=int, default=17)
+    e.set_defaults(func=_export)
+
+    c = sub.add_parser("check", help="check committed ONNX files against checkpoints and cards")
+    c.add_argument("--models", type=Path, default=Path("models"))
+    c.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
+    c.set_defaults(func=_check)
+
+    v = sub.add_parser("evaluate", help="score the ONNX models on the test split")
+    v.add_argument("--models", type=Path, default=Path("models"))
+    v.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
+    v.add_argument("--samples", type=int, default=256)
+    v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
+    v.set_defaults(func=_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

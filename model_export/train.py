@@ -1,0 +1,128 @@
+"""Training: every-step next-frame supervision, validation each epoch, early
+stopping, best-checkpoint saving, and a wall-clock budget.
+
+The training model predicts the frame after every input step (15 targets per
+sequence instead of 1); its weights are then copied into the inference model,
+which returns only the frame after the last step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from model_export import data
+from model_export.model import Variant, build, to_inference
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: Variant = "convlstm"
+    train_samples: int = 2000
+    validation_samples: int = 64
+    epochs: int = 20
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    seed: int = 0
+    precision: str = "mixed_bfloat16"
+    patience: int = 4
+    max_minutes: float | None = None
+    out_dir: Path = Path("models")
+    every_step: bool = True
+
+
+class WallClockBudget(keras.callbacks.Callback):
+    """Stops training after the batch that crosses a time budget.
+
+    Keras' own callbacks stop only on metrics; a CPU training run in a fixed
+    slot needs a deadline, and stopping mid-epoch keeps the best checkpoint
+    saved so far.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.deadline = time.monotonic() + minutes * 60
+        self.stopped_early = False
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if time.monotonic() > self.deadline:
+            self.stopped_early = True
+            self.model.stop_training = True
+
+
+def checkpoint_path(out_dir: Path, variant: str) -> Path:
+    return out_dir / f"{variant}.keras"
+
+
+def train(cfg: TrainConfig) -> dict[str, object]:
+    """Train ``cfg.variant``, save the inference model, return the training record."""
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    work = cfg.out_dir / "training"
+    work.mkdir(exist_ok=True)
+
+    train_seq = data.generate_split(cfg.train_samples, "train")
+    val_seq = data.generate_split(cfg.validation_samples, "validation")
+    x_train, y_train = data.inputs_and_targets(train_seq, every_step=cfg.every_step)
+    x_val, y_val = data.inputs_and_targets(val_seq, every_step=cfg.every_step)
+
+    model = build(cfg.variant, every_step=cfg.every_step)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss="binary_crossentropy",
+        metrics=["mse"],
+    )
+    best = work / f"{cfg.variant}.best.keras"
+    budget = WallClockBudget(cfg.max_minutes) if cfg.max_minutes else None
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+        keras.callbacks.CSVLogger(work / f"{cfg.variant}.log.csv"),
+    ]
+    if budget:
+        callbacks.append(budget)
+
+    start = time.monotonic()
+    history = model.fit(
+        x_train,
+        y_train,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        validation_data=(x_val, y_val),
+        callbacks=callbacks,
+        shuffle=True,
+    )
+    seconds = time.monotonic() - start
+    if best.exists():
+        # The checkpoint holds the best validation epoch; a budget stop
+        # mid-epoch may leave the in-memory weights at a worse point.
+        model = keras.models.load_model(best)
+
+    keras.mixed_precision.set_global_policy("float32")
+    inference = to_inference(model, cfg.variant)
+    inference.save(checkpoint_path(cfg.out_dir, cfg.variant))
+
+    epochs_run = len(history.history["loss"])
+    record = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "epochs_run": epochs_run,
+        "stopped_by_budget": bool(budget and budget.stopped_early),
+        "wall_seconds": round(seconds, 1),
+        "sequences_seen": int(cfg.train_samples * epochs_run),
+        "sequences_per_second": round(cfg.train_samples * epochs_run / seconds, 3),
+        "best_val_loss": float(np.min(history.history["val_loss"])),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "backend": keras.backend.backend(),
+    }
+    (work / f"{cfg.variant}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
