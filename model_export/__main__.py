@@ -49,7 +49,9 @@ def _export(args: argparse.Namespace) -> int:
         except ParityError as err:
             print(f"export failed: {err}", file=sys.stderr)
             return 1
-        print(f"{result.onnx_path}: parity max |diff| {result.max_abs_diff:.2e}, sha256 {result.sha256}")
+        print(
+            f"{result.onnx_path}: parity max |diff| {result.max_abs_diff:.2e}, sha256 {result.sha256}"
+        )
     return 0
 
 
@@ -85,7 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("summary", help="print both models' parameter tables").set_defaults(func=_summary)
+    sub.add_parser("summary", help="print both models' parameter tables").set_defaults(
+        func=_summary
+    )
 
     t = sub.add_parser("train", help="train one variant and save its inference checkpoint")
     t.add_argument("--variant", choices=VARIANTS, default="convlstm")

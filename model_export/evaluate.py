@@ -27,7 +27,7 @@ BASELINE = "copy_last_frame"
 
 def mse(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> NDArray[np.float64]:
     """Per-sequence mean squared error over pixels and channels."""
-    return np.mean((pred.astype(np.float64) - truth) ** 2, axis=(1, 2, 3))
+    return np.asarray(np.mean((pred.astype(np.float64) - truth) ** 2, axis=(1, 2, 3)))
 
 
 def psnr(per_seq_mse: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -40,7 +40,7 @@ def ssim(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> NDArray[np.fl
 
     return np.array(
         [
-            structural_similarity(p, t, channel_axis=-1, data_range=1.0)
+            structural_similarity(p, t, channel_axis=-1, data_range=1.0)  # type: ignore[no-untyped-call]
             for p, t in zip(pred, truth, strict=True)
         ]
     )

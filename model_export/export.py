@@ -122,8 +122,12 @@ def build_card(
         "file": onnx_path.name,
         "sha256": sha256_of(onnx_path),
         "format": {"onnx_opset": opset, "producer": "tf2onnx"},
-        "inputs": [{"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "range": [0.0, 1.0]}],
-        "outputs": [{"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "range": [0.0, 1.0]}],
+        "inputs": [
+            {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "range": [0.0, 1.0]}
+        ],
+        "outputs": [
+            {"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "range": [0.0, 1.0]}
+        ],
         "normalisation": "RGB channels last, value = uint8 / 255; no mean or std shift",
         "layers": [asdict(r) for r in rows],
         "parameters": {

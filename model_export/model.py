@@ -89,22 +89,25 @@ def build_cnn_lstm(*, every_step: bool = False, frames: int | None = FRAMES) -> 
     x = layers.TimeDistributed(layers.MaxPooling2D(pool_size=CNN_POOL), name="frame_pool")(x)
     x = layers.TimeDistributed(layers.Flatten(), name="frame_flatten")(x)
     x = layers.LSTM(LSTM_UNITS, return_sequences=every_step, name="lstm")(x)
+
     def decode(name: str | None = None) -> layers.Dense:
         size = CANVAS * CANVAS * CHANNELS
         return layers.Dense(size, activation="sigmoid", dtype="float32", name=name)
 
     if every_step:
         x = layers.TimeDistributed(decode(), name="decode")(x)
-        out = layers.TimeDistributed(
-            layers.Reshape(FRAME_SHAPE), name=f"{OUTPUT_NAME}_every_step"
-        )(x)
+        out = layers.TimeDistributed(layers.Reshape(FRAME_SHAPE), name=f"{OUTPUT_NAME}_every_step")(
+            x
+        )
     else:
         x = decode("decode")(x)
         out = layers.Reshape(FRAME_SHAPE, name=OUTPUT_NAME)(x)
     return keras.Model(inputs, out, name="cnn_lstm")
 
 
-def build(variant: Variant, *, every_step: bool = False, frames: int | None = FRAMES) -> keras.Model:
+def build(
+    variant: Variant, *, every_step: bool = False, frames: int | None = FRAMES
+) -> keras.Model:
     builders = {"convlstm": build_convlstm, "cnn_lstm": build_cnn_lstm}
     return builders[variant](every_step=every_step, frames=frames)
 

@@ -38,7 +38,7 @@ class TrainConfig:
     every_step: bool = True
 
 
-class WallClockBudget(keras.callbacks.Callback):
+class WallClockBudget(keras.callbacks.Callback):  # type: ignore[misc]
     """Stops training after the batch that crosses a time budget.
 
     Keras' own callbacks stop only on metrics; a CPU training run in a fixed
@@ -84,7 +84,9 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     budget = WallClockBudget(cfg.max_minutes) if cfg.max_minutes else None
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+        ),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         keras.callbacks.CSVLogger(work / f"{cfg.variant}.log.csv"),
     ]
