@@ -34,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
         patience=args.patience,
         max_minutes=args.max_minutes,
         out_dir=args.out,
+        every_step=args.supervise == "every-step",
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -102,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["mixed_bfloat16", "float32"], default="mixed_bfloat16")
     t.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument(
+        "--supervise",
+        choices=["every-step", "last"],
+        default="every-step",
+        help="targets: the next frame after every input step, or only after the last",
+    )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=_train)
 

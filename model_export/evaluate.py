@@ -8,8 +8,6 @@ machine so the figures compare.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from numpy.typing import NDArray
 
 from model_export import data
 from model_export.card import card_path, update_card
+from model_export.host import describe_machine
 from model_export.model import INPUT_NAME, OUTPUT_NAME
 
 BASELINE = "copy_last_frame"
@@ -53,18 +52,6 @@ def scores(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> dict[str, f
         "psnr_db": float(psnr(per_seq).mean()),
         "ssim": float(ssim(pred, truth).mean()),
     }
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical cores"
 
 
 class OnnxModel:
@@ -120,7 +107,7 @@ def evaluate(
         "split": "test",
         "sequences": samples,
         "target": "frame 16 given frames 1-15",
-        "machine": machine(),
+        "machine": describe_machine(),
         "provider": "CPUExecutionProvider",
         "metrics": results,
     }

@@ -9,8 +9,6 @@ which returns only the frame after the last step.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import keras
 import numpy as np
 
 from model_export import data
+from model_export.host import describe_machine
 from model_export.model import Variant, build, to_inference
 
 
@@ -123,7 +122,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         "sequences_per_second": round(cfg.train_samples * epochs_run / seconds, 3),
         "best_val_loss": float(np.min(history.history["val_loss"])),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": describe_machine(),
         "backend": keras.backend.backend(),
     }
     (work / f"{cfg.variant}.json").write_text(json.dumps(record, indent=2) + "\n")
