@@ -37,21 +37,23 @@ class TrainConfig:
     every_step: bool = True
 
 
-class WallClockBudget(keras.callbacks.Callback):  # type: ignore[misc]
-    """Stops training after the batch that crosses a time budget.
+class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
+    """Counts the batches really run and stops after the one that crosses a budget.
 
     Keras' own callbacks stop only on metrics; a CPU training run in a fixed
-    slot needs a deadline, and stopping mid-epoch keeps the best checkpoint
-    saved so far.
+    slot needs a deadline. Stopping mid-epoch still ends with that epoch's
+    validation, so the best checkpoint stays meaningful.
     """
 
-    def __init__(self, minutes: float) -> None:
+    def __init__(self, minutes: float | None) -> None:
         super().__init__()
-        self.deadline = time.monotonic() + minutes * 60
+        self.deadline = None if minutes is None else time.monotonic() + minutes * 60
+        self.batches = 0
         self.stopped_early = False
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-        if time.monotonic() > self.deadline:
+        self.batches += 1
+        if self.deadline is not None and time.monotonic() > self.deadline:
             self.stopped_early = True
             self.model.stop_training = True
 
@@ -80,7 +82,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         metrics=["mse"],
     )
     best = work / f"{cfg.variant}.best.keras"
-    budget = WallClockBudget(cfg.max_minutes) if cfg.max_minutes else None
+    clock = TrainingClock(cfg.max_minutes)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
         keras.callbacks.EarlyStopping(
@@ -88,9 +90,8 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         ),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         keras.callbacks.CSVLogger(work / f"{cfg.variant}.log.csv"),
+        clock,
     ]
-    if budget:
-        callbacks.append(budget)
 
     start = time.monotonic()
     history = model.fit(
@@ -113,13 +114,16 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     inference.save(checkpoint_path(cfg.out_dir, cfg.variant))
 
     epochs_run = len(history.history["loss"])
+    # The last batch of an epoch may be short; this is exact to within one batch per epoch.
+    sequences_seen = min(clock.batches * cfg.batch_size, cfg.train_samples * epochs_run)
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "epochs_run": epochs_run,
-        "stopped_by_budget": bool(budget and budget.stopped_early),
+        "stopped_by_budget": clock.stopped_early,
         "wall_seconds": round(seconds, 1),
-        "sequences_seen": int(cfg.train_samples * epochs_run),
-        "sequences_per_second": round(cfg.train_samples * epochs_run / seconds, 3),
+        "batches_run": clock.batches,
+        "sequences_seen": sequences_seen,
+        "sequences_per_second": round(sequences_seen / seconds, 3),
         "best_val_loss": float(np.min(history.history["val_loss"])),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "machine": describe_machine(),

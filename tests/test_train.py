@@ -23,6 +23,7 @@ def test_train_saves_an_inference_checkpoint_and_a_record(variant: str, tmp_path
     )
     record = train(cfg)
     assert record["epochs_run"] == 2
+    assert record["batches_run"] == 4
     assert record["sequences_seen"] == 8
     assert len(record["history"]["val_loss"]) == 2  # type: ignore[index]
     model = keras.models.load_model(checkpoint_path(tmp_path, variant))
@@ -47,3 +48,5 @@ def test_wall_clock_budget_stops_training(tmp_path: Path) -> None:
     record = train(cfg)
     assert record["stopped_by_budget"] is True
     assert record["epochs_run"] == 1
+    assert record["batches_run"] == 1  # stopped after the batch that crossed the deadline
+    assert record["sequences_seen"] == 2
