@@ -50,3 +50,19 @@ def test_wall_clock_budget_stops_training(tmp_path: Path) -> None:
     assert record["epochs_run"] == 1
     assert record["batches_run"] == 1  # stopped after the batch that crossed the deadline
     assert record["sequences_seen"] == 2
+
+
+def test_last_step_supervision_trains_the_same_inference_model(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        variant="cnn_lstm",
+        train_samples=4,
+        validation_samples=2,
+        epochs=1,
+        batch_size=2,
+        out_dir=tmp_path,
+        every_step=False,
+    )
+    record = train(cfg)
+    assert record["config"]["every_step"] is False  # type: ignore[index]
+    model = keras.models.load_model(checkpoint_path(tmp_path, "cnn_lstm"))
+    assert tuple(model.output.shape) == (None, 40, 40, 3)
