@@ -3,22 +3,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The server gets a venv of its own, without TensorFlow: what a deployment installs.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+# onnxruntime-gpu where an NVIDIA driver answers, the CPU wheel everywhere else.
+ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+HOST ?= 127.0.0.1
+PORT ?= 8000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test lint typecheck install summary model train export evaluate clean
+.PHONY: run check test lint typecheck install summary model train export evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[train,dev]"
+	$(PY) -m pip install --quiet -e ".[serve,cpu,train,dev]"
 	touch $(STAMP)
+
+$(SERVE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -e ".[serve,$(ORT_EXTRA)]"
+	touch $(SERVE_STAMP)
 
 install: $(STAMP)
 
-# Until the inference service lands, `run` shows what the committed models are,
-# checks that each ONNX file still computes what its Keras checkpoint does, and
-# scores the ONNX files on the test split (printing only; nothing is rewritten).
-run: $(STAMP)
+# Serve the committed ConvLSTM on http://$(HOST):$(PORT) (CONVLSTM_* variables apply).
+run: $(SERVE_STAMP)
+	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --model models/convlstm.onnx
+
+# Check and score the committed models (the training-stage tools; prints only).
+check: $(STAMP)
 	$(PY) -m model_export summary
 	$(PY) -m model_export check
 	$(PY) -m model_export evaluate --samples 64 --dry-run
@@ -27,8 +42,8 @@ test: $(STAMP) lint typecheck
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check model_export tests
-	$(PY) -m ruff format --check model_export tests
+	$(PY) -m ruff check model_export service tests
+	$(PY) -m ruff format --check model_export service tests
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -46,4 +61,4 @@ model: $(STAMP)
 	$(PY) -m model_export evaluate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""HTTP only: routes, request and response schemas, middleware."""

@@ -1,0 +1,97 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Bounds that keep a hostile body from costing much before the precise checks in
+# the inference layer run; the real limits (T frames, the byte size) come from the model.
+_MAX_LIST = 1024
+_MAX_TEXT = 8 * 1024 * 1024
+
+
+class TensorData(BaseModel):
+    """A raw array: base64 of its little-endian bytes, C order."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    data: str = Field(max_length=_MAX_TEXT, description="base64 of the raw little-endian bytes")
+    dtype: Literal["uint8", "float32"] = Field(description="uint8 holds 0-255; float32 holds 0-1")
+    shape: list[int] = Field(
+        min_length=1, max_length=8, description="[frames, height, width, channels]"
+    )
+
+
+class NextFrameRequest(BaseModel):
+    """Exactly one of ``frames`` and ``tensor``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    frames: list[str] | None = Field(
+        default=None,
+        max_length=_MAX_LIST,
+        description="the input sequence, oldest first: one base64 PNG or JPEG per frame "
+        "(greyscale and RGBA are converted to RGB)",
+    )
+    tensor: TensorData | None = Field(
+        default=None, description="the input sequence as one raw array, shape [T, H, W, C]"
+    )
+    horizon: int = Field(
+        default=1,
+        description="frames to predict; each prediction is fed back in as the newest frame",
+    )
+    return_tensor: bool = Field(
+        default=False, description="also return the float32 prediction, unrounded"
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> NextFrameRequest:
+        if (self.frames is None) == (self.tensor is None):
+            raise ValueError("give exactly one of 'frames' and 'tensor'")
+        return self
+
+
+class PredictedTensor(BaseModel):
+    data: str = Field(description="base64 of the float32 little-endian bytes")
+    dtype: Literal["float32"] = "float32"
+    shape: list[int] = Field(description="[horizon, height, width, channels]")
+
+
+class NextFrameResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(description="name of the model that answered")
+    model_version: str
+    provider: str = Field(description="the onnxruntime execution provider that ran it")
+    horizon: int
+    frames: list[str] = Field(description="predicted frames in order, each a base64 PNG (RGB)")
+    frame_shape: list[int] = Field(description="[height, width, channels] of each frame")
+    inference_ms: float = Field(description="time in the model, all horizon steps")
+    tensor: PredictedTensor | None = None
+
+
+class ReadyResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    status: Literal["ready"] = "ready"
+    model: str
+    model_version: str
+    sha256: str
+    provider: str
+    input_name: str
+    input_shape: list[int | str]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="a stable machine-readable name, e.g. invalid_input")
+    message: str = Field(description="what was wrong and where")
+    location: str | None = Field(default=None, description="the field, e.g. frames[3]")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="every problem found, when there were several"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,136 @@
+"""The app factory: settings in, a FastAPI app out, the model loaded in its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.api.deps import ServiceState
+from service.api.middleware import BodySizeLimit, RequestMetrics
+from service.api.routes import router
+from service.config import Settings
+from service.errors import ModelLoadError, ServiceError
+from service.inference.engine import InferenceEngine
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_HTTP_ERROR_TYPES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = ServiceState(settings=settings, metrics=Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            engine = await anyio.to_thread.run_sync(InferenceEngine.load, settings, state.metrics)
+        except ModelLoadError as err:
+            log.error("cannot serve: %s", err.message)
+            raise
+        info = engine.info
+        state.metrics.model_info.labels(info.name, info.version, info.sha256, info.provider).set(1)
+        state.engine, state.ready = engine, True
+        state.metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            state.ready, state.not_ready_reason = False, "the service is shutting down"
+            state.metrics.ready.set(0)
+
+    app = FastAPI(
+        title="convlstm-serve",
+        summary="Next-frame prediction with a convolutional LSTM on onnxruntime",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    _add_error_handlers(app)
+    return app
+
+
+def error_response(
+    status: int,
+    error_type: str,
+    message: str,
+    location: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    detail: dict[str, Any] = {"type": error_type, "message": message}
+    if location is not None:
+        detail["location"] = location
+    if errors is not None:
+        detail["errors"] = errors
+    return JSONResponse(status_code=status, content={"error": detail})
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """('body', 'frames', 3) -> 'frames[3]'."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _describe(error: dict[str, Any]) -> dict[str, Any]:
+    where = _location(tuple(error.get("loc", ())))
+    if error.get("type") == "extra_forbidden":
+        message = f"{where}: unknown field"
+    elif error.get("type") == "json_invalid":
+        ctx = error.get("ctx", {})
+        message = f"body is not valid JSON: {ctx.get('error', error.get('msg'))}"
+    elif where == "body" and error.get("type") == "value_error":
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+    else:
+        message = f"{where}: {error.get('msg')}"
+    return {"location": where, "message": message}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status_code, exc.error_type, exc.message, exc.location)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [_describe(dict(e)) for e in exc.errors()]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return error_response(400, "invalid_json", problems[0]["message"], "body")
+        return error_response(
+            422,
+            "invalid_input",
+            "; ".join(p["message"] for p in problems),
+            problems[0]["location"] if len(problems) == 1 else None,
+            problems if len(problems) > 1 else None,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+        response = error_response(exc.status_code, error_type, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # The trace goes to the log, never to the client.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,65 @@
+"""The service's one settings object, read from ``CONVLSTM_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
+
+
+class Settings(BaseSettings):
+    """Every field can be set as ``CONVLSTM_<FIELD>``, e.g. ``CONVLSTM_PORT=9000``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVLSTM_", extra="forbid", use_attribute_docstrings=True
+    )
+
+    host: str = "127.0.0.1"
+    """Address to bind. Use 0.0.0.0 inside a container."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port to listen on."""
+
+    model_path: Path = Path("models/convlstm.onnx")
+    """The ONNX model to serve. Its card is the same path with ``.json``."""
+
+    provider: Provider = "auto"
+    """Execution provider: ``auto`` and ``cuda`` prefer CUDA and fall back to the CPU;
+    ``tensorrt`` prefers TensorRT, then CUDA, then the CPU; ``cpu`` uses the CPU only."""
+
+    require_gpu: bool = False
+    """Refuse to start when no GPU provider could be initialised, instead of falling back."""
+
+    intra_op_threads: int = Field(default=0, ge=0)
+    """onnxruntime threads inside one operator; 0 lets onnxruntime use every core."""
+
+    inference_workers: int = Field(default=1, ge=1, le=64)
+    """Model runs allowed at once. On a CPU one run already uses every core, so more
+    workers only interleave them; on a GPU two can overlap transfers and compute."""
+
+    warmup_runs: int = Field(default=1, ge=0, le=100)
+    """Dummy batches run after loading, before the service reports ready."""
+
+    max_horizon: int = Field(default=8, ge=1, le=256)
+    """Largest ``horizon`` a request may ask for (each step is one model run)."""
+
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    """Request bodies above this many bytes are refused with 413 before being read whole.
+    A 15-frame float32 tensor is 384 kB in base64; 15 PNG frames are far less."""
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Log level of the service and of uvicorn."""
+
+    @model_validator(mode="after")
+    def _gpu_requirement_needs_gpu_provider(self) -> Settings:
+        if self.require_gpu and self.provider == "cpu":
+            raise ValueError("require_gpu=true contradicts provider=cpu")
+        return self
+
+    @property
+    def card_path(self) -> Path:
+        return self.model_path.with_suffix(".json")

@@ -1,0 +1,45 @@
+"""One small error hierarchy; each error carries its HTTP status and a stable type name.
+
+The inference layer raises these without knowing HTTP; ``app.py`` renders every
+one of them the same way: ``{"error": {"type", "message", "location"}}``.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed JSON but its content cannot be used."""
+
+    status_code = 422
+    error_type = "invalid_input"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    error_type = "not_ready"
+
+
+class ModelLoadError(ServiceError):
+    """The model cannot be served: missing, corrupt, or not what its card says."""
+
+    error_type = "model_load_error"

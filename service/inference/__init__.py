@@ -1,0 +1,1 @@
+"""The inference layer: decoding, validation, the model session. Knows nothing of HTTP."""

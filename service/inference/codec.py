@@ -1,0 +1,178 @@
+"""Client payloads <-> float32 frame arrays.
+
+Two input forms: a list of base64 images (PNG or JPEG), or one base64 tensor of raw
+little-endian bytes. Every check names where it failed (``frames[3]``, ``tensor.shape``)
+and what it expected, because the client has no other way to find its mistake.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import InvalidInput
+
+TensorDType = Literal["uint8", "float32"]
+_DTYPES: dict[str, np.dtype[np.generic]] = {"uint8": np.dtype("<u1"), "float32": np.dtype("<f4")}
+IMAGE_FORMATS = ("PNG", "JPEG")
+# Modes that convert to RGB without losing meaning: greyscale, palette, alpha (dropped).
+_CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """What one input sequence must look like: (frames, height, width, channels)."""
+
+    frames: int
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.frames, self.height, self.width, self.channels)
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """Strict base64 (standard alphabet, padding required); a ``data:`` URL prefix is allowed."""
+    if text.startswith("data:"):
+        _, sep, text = text.partition(",")
+        if not sep:
+            raise InvalidInput(f"{where}: data URL has no ',' before its payload", location=where)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InvalidInput(f"{where}: invalid base64 ({err})", location=where) from None
+
+
+def decode_image(raw: bytes, spec: FrameSpec, where: str) -> NDArray[np.uint8]:
+    """One encoded image -> (H, W, 3) uint8.
+
+    The size is checked from the header before any pixel is decoded, so an image
+    that declares huge dimensions costs nothing.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        head = raw[:8].hex(" ") if raw else "nothing"
+        raise InvalidInput(
+            f"{where}: not a PNG or JPEG image ({len(raw)} bytes, starting {head})",
+            location=where,
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InvalidInput(f"{where}: image too large to decode ({err})", location=where) from None
+    with img:
+        width, height = img.size
+        if (height, width) != (spec.height, spec.width):
+            raise InvalidInput(
+                f"{where}: image is {width}x{height} (width x height), "
+                f"the model needs {spec.width}x{spec.height}",
+                location=where,
+            )
+        n_frames = int(getattr(img, "n_frames", 1))
+        if n_frames > 1:
+            raise InvalidInput(
+                f"{where}: animated image with {n_frames} frames; send one image per frame",
+                location=where,
+            )
+        if img.mode not in _CONVERTIBLE_MODES:
+            raise InvalidInput(
+                f"{where}: image mode {img.mode} is not supported; "
+                "send 8-bit greyscale, RGB or RGBA",
+                location=where,
+            )
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise InvalidInput(
+                f"{where}: {img.format} data is truncated or corrupt ({err})", location=where
+            ) from None
+        rgb = img.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_frames(frames: list[str], spec: FrameSpec) -> NDArray[np.float32]:
+    """T base64 images -> (T, H, W, 3) float32 in [0, 1]."""
+    if len(frames) != spec.frames:
+        raise InvalidInput(
+            f"frames: expected {spec.frames} frames, got {len(frames)}", location="frames"
+        )
+    out = np.empty(spec.shape, dtype=np.float32)
+    for i, text in enumerate(frames):
+        where = f"frames[{i}]"
+        out[i] = decode_image(decode_base64(text, where), spec, where)
+    out /= 255.0
+    return out
+
+
+def decode_tensor(
+    data: str, dtype: TensorDType, shape: list[int], spec: FrameSpec
+) -> NDArray[np.float32]:
+    """A raw little-endian tensor -> (T, H, W, C) float32 in [0, 1].
+
+    uint8 is read as 0-255 and scaled; float32 must already be in [0, 1].
+    """
+    if tuple(shape) != spec.shape:
+        raise InvalidInput(
+            f"tensor.shape: expected {list(spec.shape)} (frames, height, width, channels), "
+            f"got {shape}",
+            location="tensor.shape",
+        )
+    raw = decode_base64(data, "tensor.data")
+    np_dtype = _DTYPES[dtype]
+    expected = int(np.prod(shape)) * np_dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"tensor.data: {len(raw)} bytes, but shape {shape} of {dtype} needs {expected}",
+            location="tensor.data",
+        )
+    array = np.frombuffer(raw, dtype=np_dtype).reshape(spec.shape)
+    if dtype == "uint8":
+        return array.astype(np.float32) / 255.0
+    values = array.astype(np.float32)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InvalidInput(
+            f"tensor.data: {_count(bad)} NaN or infinite, the first at index {_first_index(bad)}",
+            location="tensor.data",
+        )
+    outside = (values < 0.0) | (values > 1.0)
+    if outside.any():
+        raise InvalidInput(
+            f"tensor.data: float32 values must be in [0, 1]; {_count(outside)} not, "
+            f"the first at index {_first_index(outside)} is {values[outside][0]:g}",
+            location="tensor.data",
+        )
+    return values
+
+
+def _count(mask: NDArray[np.bool_]) -> str:
+    n = int(mask.sum())
+    return "1 value is" if n == 1 else f"{n} values are"
+
+
+def _first_index(mask: NDArray[np.bool_]) -> list[int]:
+    return [int(i) for i in np.argwhere(mask)[0]]
+
+
+def encode_png(frame: NDArray[np.float32]) -> str:
+    """(H, W, 3) float32 in [0, 1] -> base64 PNG, rounded to 8 bits."""
+    pixels = np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def encode_tensor(array: NDArray[np.float32]) -> str:
+    """float32 array -> base64 of its little-endian bytes."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")

@@ -1,0 +1,190 @@
+"""Decode, validate, run and encode one prediction request. No HTTP here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+from numpy.typing import NDArray
+
+from service.config import Settings
+from service.errors import InvalidInput, ModelLoadError
+from service.inference.card import card_input_shape, read_card, sha256_of
+from service.inference.codec import (
+    FrameSpec,
+    TensorDType,
+    decode_frames,
+    decode_tensor,
+    encode_png,
+    encode_tensor,
+)
+from service.inference.session import OnnxSession
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FramesInput:
+    frames: list[str]
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    data: str
+    dtype: TensorDType
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    png_frames: list[str]
+    shape: list[int]
+    inference_seconds: float
+    tensor: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+    provider: str
+    input_name: str
+    input_shape: list[int | str]
+    output_name: str
+    output_shape: list[int | str]
+    card: dict[str, Any] = field(repr=False)
+
+
+def frame_spec(input_shape: list[int | str], output_shape: list[int | str]) -> FrameSpec:
+    """The per-sequence input spec of a (N, T, H, W, C) -> (N, H, W, C) model."""
+    dims = input_shape[1:]
+    if len(input_shape) != 5 or not all(isinstance(d, int) for d in dims):
+        raise ModelLoadError(
+            f"model input shape {input_shape} is not (N, T, H, W, C) with fixed T, H, W, C"
+        )
+    t, h, w, c = (int(d) for d in dims)
+    if list(output_shape[1:]) != [h, w, c]:
+        raise ModelLoadError(
+            f"model output shape {output_shape} is not one frame (N, {h}, {w}, {c}) "
+            "of the input's size, so predictions cannot be fed back in"
+        )
+    return FrameSpec(t, h, w, c)
+
+
+class InferenceEngine:
+    """A loaded, warmed-up model and the request path around it."""
+
+    def __init__(self, session: OnnxSession, info: ModelInfo, settings: Settings, metrics: Metrics):
+        self.session = session
+        self.info = info
+        self.spec = frame_spec(info.input_shape, info.output_shape)
+        self.max_horizon = settings.max_horizon
+        self.metrics = metrics
+        # Bounds concurrent model runs; decoding and encoding run outside it.
+        self._model_slots = anyio.CapacityLimiter(settings.inference_workers)
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> InferenceEngine:
+        """Load the model and its card, check them against each other, warm up."""
+        session = OnnxSession(
+            settings.model_path,
+            provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads,
+            require_gpu=settings.require_gpu,
+        )
+        sha = sha256_of(settings.model_path)
+        card = read_card(settings.card_path, settings.model_path, sha)
+        stated = card_input_shape(card)
+        if stated is not None and stated[1:] != session.input_shape[1:]:
+            raise ModelLoadError(
+                f"model card {settings.card_path} states input shape {stated}, "
+                f"but {settings.model_path} takes {session.input_shape}"
+            )
+        info = ModelInfo(
+            name=str(card["name"]),
+            version=str(card["version"]),
+            sha256=sha,
+            provider=session.provider,
+            input_name=session.input_name,
+            input_shape=session.input_shape,
+            output_name=session.output_name,
+            output_shape=session.output_shape,
+            card=card,
+        )
+        engine = cls(session, info, settings, metrics)
+        warmup = session.warm_up(settings.warmup_runs)
+        log.info(
+            "model %s %s (sha256 %s) on %s; requested %s, installed %s; "
+            "loaded in %.2f s, %d warm-up run(s) in %.2f s",
+            info.name,
+            info.version,
+            sha[:12],
+            session.provider,
+            session.requested,
+            session.available,
+            session.load_seconds,
+            settings.warmup_runs,
+            warmup,
+        )
+        if session.provider != session.requested[0]:
+            log.warning(
+                "%s was requested but %s is in use: the GPU provider did not initialise",
+                session.requested[0],
+                session.provider,
+            )
+        return engine
+
+    def decode(self, source: FramesInput | TensorInput) -> NDArray[np.float32]:
+        if isinstance(source, FramesInput):
+            return decode_frames(source.frames, self.spec)
+        return decode_tensor(source.data, source.dtype, source.shape, self.spec)
+
+    def rollout(self, sequence: NDArray[np.float32], horizon: int) -> NDArray[np.float32]:
+        """Predict ``horizon`` frames, feeding each prediction back in as the newest
+        frame of a sliding window. Returns (horizon, H, W, C)."""
+        window = sequence[None]
+        predicted = np.empty((horizon, *sequence.shape[1:]), dtype=np.float32)
+        for step in range(horizon):
+            predicted[step] = self.session.run(window)[0]
+            window = np.concatenate([window[:, 1:], predicted[None, step : step + 1]], axis=1)
+            self.metrics.batch_size.labels(self.info.name).observe(1)
+        return predicted
+
+    def _timed_rollout(
+        self, sequence: NDArray[np.float32], horizon: int
+    ) -> tuple[NDArray[np.float32], float]:
+        # Timed inside the worker thread, so waiting for a model slot is not counted.
+        start = time.perf_counter()
+        predicted = self.rollout(sequence, horizon)
+        return predicted, time.perf_counter() - start
+
+    def check_horizon(self, horizon: int) -> None:
+        if not 1 <= horizon <= self.max_horizon:
+            raise InvalidInput(
+                f"horizon: must be between 1 and {self.max_horizon}, got {horizon}",
+                location="horizon",
+            )
+
+    async def predict(
+        self, source: FramesInput | TensorInput, *, horizon: int = 1, return_tensor: bool = False
+    ) -> Prediction:
+        self.check_horizon(horizon)
+        sequence = await anyio.to_thread.run_sync(self.decode, source)
+        predicted, seconds = await anyio.to_thread.run_sync(
+            self._timed_rollout, sequence, horizon, limiter=self._model_slots
+        )
+        self.metrics.inference_seconds.labels(self.info.name, self.info.provider).observe(seconds)
+        self.metrics.predicted_frames.labels(self.info.name).inc(horizon)
+        pngs = await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])
+        return Prediction(
+            png_frames=pngs,
+            shape=list(predicted.shape),
+            inference_seconds=seconds,
+            tensor=encode_tensor(predicted) if return_tensor else None,
+        )

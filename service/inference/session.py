@@ -1,0 +1,102 @@
+"""The onnxruntime session: provider choice, load, warm-up, run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from service.config import Provider
+from service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
+
+_PREFERENCES: dict[str, tuple[str, ...]] = {
+    "auto": (CUDA, CPU),
+    "cuda": (CUDA, CPU),
+    "tensorrt": (TENSORRT, CUDA, CPU),
+    "cpu": (CPU,),
+}
+
+
+def choose_providers(preference: Provider, available: list[str]) -> list[str]:
+    """The providers to ask onnxruntime for, best first, limited to those installed."""
+    chosen = [p for p in _PREFERENCES[preference] if p in available]
+    return chosen or [CPU]
+
+
+class OnnxSession:
+    """One model file in one onnxruntime session; safe to ``run`` from several threads."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        provider: Provider = "auto",
+        intra_op_threads: int = 0,
+        require_gpu: bool = False,
+    ) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        available = ort.get_available_providers()
+        requested = choose_providers(provider, available)
+        if any(p in GPU_PROVIDERS for p in requested) and hasattr(ort, "preload_dlls"):
+            # The GPU wheel finds CUDA and cuDNN from the nvidia-* pip packages this way.
+            ort.preload_dlls()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        start = time.perf_counter()
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=requested
+            )
+        except Exception as err:  # onnxruntime raises its own unexported classes
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ModelLoadError(f"model file {path} cannot be loaded: {first_line}") from None
+        self.load_seconds = time.perf_counter() - start
+        self.requested = requested
+        self.available = available
+        # onnxruntime falls back silently when a GPU provider fails to initialise:
+        # the providers it reports are the truth, the request is only a wish.
+        self.provider = self._session.get_providers()[0]
+        if require_gpu and self.provider not in GPU_PROVIDERS:
+            raise ModelLoadError(
+                f"a GPU provider is required but {self.provider} is in use "
+                f"(requested {requested}, installed {available})"
+            )
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelLoadError(
+                f"model file {path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "a next-frame model has one of each"
+            )
+        self.input_name: str = inputs[0].name
+        self.output_name: str = outputs[0].name
+        self.input_shape: list[int | str] = list(inputs[0].shape)
+        self.output_shape: list[int | str] = list(outputs[0].shape)
+
+    def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        out: NDArray[np.float32] = self._session.run([self.output_name], {self.input_name: batch})[
+            0
+        ]
+        return out
+
+    def warm_up(self, runs: int) -> float:
+        """Run ``runs`` zero batches so the first real request pays no allocation or
+        kernel-selection cost. Returns the seconds spent."""
+        dims = [d if isinstance(d, int) else 1 for d in self.input_shape]
+        dummy = np.zeros(dims, dtype=np.float32)
+        start = time.perf_counter()
+        for _ in range(runs):
+            self.run(dummy)
+        return time.perf_counter() - start

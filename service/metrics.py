@@ -1,0 +1,63 @@
+"""Prometheus metrics, in a registry of the app's own so that apps in one process
+(tests) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from 5 ms to 30 s: one ConvLSTM step on a 2-core CPU is ~0.3 s,
+# on a GPU a few ms, and a long horizon multiplies it.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "convlstm_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "convlstm_http_request_duration_seconds",
+            "Whole-request latency as seen by the server, by route template.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "convlstm_http_requests_in_flight",
+            "Requests being handled now (health and metrics routes excluded).",
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "convlstm_inference_duration_seconds",
+            "Time in the model alone per request (all horizon steps), by model and provider.",
+            ["model", "provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "convlstm_inference_batch_size",
+            "Sequences per model run.",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.predicted_frames = Counter(
+            "convlstm_predicted_frames",
+            "Frames predicted (a request with horizon h predicts h).",
+            ["model"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "convlstm_model_info",
+            "The served model: 1 for the loaded model, with its version, sha256 and provider.",
+            ["model", "version", "sha256", "provider"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "convlstm_ready", "1 when the model is loaded and warmed up, else 0.", registry=r
+        )
