@@ -96,6 +96,8 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
     elif error.get("type") == "json_invalid":
         ctx = error.get("ctx", {})
         message = f"body is not valid JSON: {ctx.get('error', error.get('msg'))}"
+    elif where == "body" and error.get("type") == "missing":
+        message = "body is empty; send a JSON object with 'frames' or 'tensor'"
     elif where == "body" and error.get("type") == "value_error":
         message = str(error.get("msg", "")).removeprefix("Value error, ")
     else:
@@ -113,11 +115,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         problems = [_describe(dict(e)) for e in exc.errors()]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return error_response(400, "invalid_json", problems[0]["message"], "body")
+        shown = "; ".join(p["message"] for p in problems[:3])
+        if len(problems) > 3:
+            shown += f"; and {len(problems) - 3} more problems"
         return error_response(
             422,
             "invalid_input",
-            "; ".join(p["message"] for p in problems),
-            problems[0]["location"] if len(problems) == 1 else None,
+            shown,
+            problems[0]["location"],
             problems if len(problems) > 1 else None,
         )
 

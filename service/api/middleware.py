@@ -10,7 +10,6 @@ import json
 import time
 
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
@@ -105,10 +104,6 @@ class RequestMetrics:
 
 
 def _route_template(scope: Scope) -> str:
-    # The template, not the raw path, so that label values stay few.
-    app = scope.get("app")
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+    # The router leaves the matched route in the scope; its template (not the raw
+    # path) keeps label values few.
+    return str(getattr(scope.get("route"), "path", "unmatched"))
