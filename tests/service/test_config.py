@@ -46,3 +46,10 @@ def test_gpu_requirement_contradicting_cpu_provider() -> None:
 
 def test_every_field_is_documented() -> None:
     assert all(f.description for f in Settings.model_fields.values())
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        default = str(field.default).lower() if isinstance(field.default, bool) else field.default
+        assert f"| `CONVLSTM_{name.upper()}` | `{default}` |" in readme, name

@@ -309,3 +309,12 @@ def test_service_imports_no_tensorflow() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_example_request(client: httpx.Client) -> None:
+    body = json.loads((REPO / "examples" / "request.json").read_text())
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    frames = r.json()["frames"]
+    assert len(frames) == body["horizon"] == 3
+    assert all(decode_png(f).shape == (40, 40, 3) for f in frames)
