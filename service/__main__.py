@@ -6,15 +6,23 @@ Flags override ``CONVLSTM_*`` environment variables, which override the defaults
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import socket
 import sys
+import time
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
+from service import logs
+from service.api.deps import ServiceState
 from service.app import create_app
 from service.config import Settings
+
+log = logging.getLogger("service")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,16 +32,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, dest="model_path", help="ONNX model file")
     p.add_argument("--provider", choices=["auto", "cuda", "tensorrt", "cpu"])
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-format", choices=["text", "json"])
     return p
 
 
-class _OneLineStartupFailure(logging.Filter):
-    """Starlette hands uvicorn the full traceback of a failed lifespan; the lifespan
-    has already logged the cause in one line, so the traceback is dropped."""
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain before it stops: on the first SIGTERM or SIGINT readiness
+    turns 503 and new predictions are refused, requests in flight get up to the grace
+    period to finish, then the server stops and the process exits 0."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        return not (text.startswith("Traceback") and "ModelLoadError" in text)
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None:
+            super().handle_exit(sig, frame)  # a second signal: stop now
+            return
+        self._draining = True
+        log.info("signal %d: draining %d request(s) in flight", sig, self.state.in_flight)
+        self.state.begin_drain("the service is shutting down")
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.state.settings.shutdown_grace_s
+        while self.state.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.state.in_flight:
+            log.warning("grace period over with %d request(s) unfinished", self.state.in_flight)
+        # Not super().handle_exit: uvicorn would re-raise the signal after stopping and
+        # the process would die of it instead of exiting 0.
+        self.should_exit = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,19 +81,19 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(p) for p in e["loc"]) or "settings"
             print(f"invalid setting {where}: {e['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("uvicorn.error").addFilter(_OneLineStartupFailure())
+    logs.configure(settings.log_level, settings.log_format)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
         lifespan="on",
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.service)
     server.run()
     return 0 if server.started else 1
 

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.api.deps import ServiceState
-from service.api.middleware import BodySizeLimit, RequestMetrics
+from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.routes import router
 from service.config import Settings
 from service.errors import ModelLoadError, ServiceError
 from service.inference.engine import InferenceEngine
+from service.inference.session import GPU_PROVIDERS
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ModelLoadError as err:
             log.error("cannot serve: %s", err.message)
             raise
-        info = engine.info
-        state.metrics.model_info.labels(info.name, info.version, info.sha256, info.provider).set(1)
+        await engine.start()
+        _describe_model(state, engine)
         state.engine, state.ready = engine, True
         state.metrics.ready.set(1)
         try:
             yield
         finally:
-            state.ready, state.not_ready_reason = False, "the service is shutting down"
-            state.metrics.ready.set(0)
+            state.begin_drain("the service is shutting down")
+            await engine.stop()
 
     app = FastAPI(
         title="convlstm-serve",
@@ -61,9 +62,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(RequestObserver, state=state)
     _add_error_handlers(app)
     return app
+
+
+def _describe_model(state: ServiceState, engine: InferenceEngine) -> None:
+    info, metrics, session = engine.info, state.metrics, engine.session
+    metrics.model_info.labels(info.name, info.version, info.sha256, info.provider).set(1)
+    metrics.queue_depth.set_function(lambda: engine.scheduler.queued)
+    wanted = session.requested[0]
+    if wanted in GPU_PROVIDERS and session.provider != wanted:
+        metrics.provider_fallback.labels(wanted, session.provider).set(1)
 
 
 def error_response(
@@ -108,7 +118,11 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status_code, exc.error_type, exc.message, exc.location)
+        response = error_response(exc.status_code, exc.error_type, exc.message, exc.location)
+        response.headers.update(exc.headers)
+        if exc.status_code == 503:
+            response.headers.setdefault("Retry-After", "1")
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
@@ -41,6 +41,22 @@ class Settings(BaseSettings):
     """Model runs allowed at once. On a CPU one run already uses every core, so more
     workers only interleave them; on a GPU two can overlap transfers and compute."""
 
+    max_queue: int = Field(default=32, ge=1, le=100_000)
+    """Requests that may wait for the model. When the queue is full, new requests get 503
+    with ``Retry-After`` at once instead of waiting without bound."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    """Dynamic batching: queued requests run together, up to this many sequences per
+    model run. 1 turns batching off."""
+
+    max_batch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    """How long a worker waits for more requests to fill a batch; a lone request never
+    waits longer than this. 0 batches only what is already queued."""
+
+    request_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """A request not answered within this many seconds gets 504; if it is still queued
+    then, it never reaches the model."""
+
     warmup_runs: int = Field(default=1, ge=0, le=100)
     """Dummy batches run after loading, before the service reports ready."""
 
@@ -50,6 +66,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     """Request bodies above this many bytes are refused with 413 before being read whole.
     A 15-frame float32 tensor is 384 kB in base64; 15 PNG frames are far less."""
+
+    api_key: SecretStr | None = None
+    """When set, ``/predict`` and ``/v1/model`` need ``Authorization: Bearer <key>`` or
+    ``X-API-Key: <key>``. Health, readiness and metrics stay open for monitoring."""
+
+    shutdown_grace_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    """On SIGTERM: readiness turns 503 and new predictions are refused at once; requests
+    already accepted get this long to finish before the process exits."""
+
+    log_format: Literal["text", "json"] = "text"
+    """``json`` writes one JSON object per log line (with the request id)."""
+
+    access_log: bool = True
+    """Log one line per request: method, path, status, duration, request id."""
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""

@@ -11,10 +11,17 @@ class ServiceError(Exception):
     status_code = 500
     error_type = "internal_error"
 
-    def __init__(self, message: str, *, location: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.location = location
+        self.headers = headers or {}
 
 
 class InvalidInput(ServiceError):
@@ -34,12 +41,40 @@ class UnsupportedMediaType(ServiceError):
     error_type = "unsupported_media_type"
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_type = "unauthorized"
+
+
 class NotReady(ServiceError):
     status_code = 503
     error_type = "not_ready"
+
+
+class ShuttingDown(NotReady):
+    error_type = "shutting_down"
+
+
+class Overloaded(ServiceError):
+    """The queue in front of the model is full: come back later, not never."""
+
+    status_code = 503
+    error_type = "overloaded"
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    error_type = "deadline_exceeded"
 
 
 class ModelLoadError(ServiceError):
     """The model cannot be served: missing, corrupt, or not what its card says."""
 
     error_type = "model_load_error"
+
+
+class ClientGone(ServiceError):
+    """The client disconnected; nginx's 499, so that metrics and logs can tell."""
+
+    status_code = 499
+    error_type = "client_closed_request"

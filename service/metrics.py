@@ -46,6 +46,27 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.dropped = Counter(
+            "convlstm_dropped_requests",
+            "Accepted requests dropped before reaching the model: client_gone or deadline.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "convlstm_rejected_requests",
+            "Requests refused without queueing: overloaded, shutting_down, unauthorized.",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "convlstm_queue_depth", "Requests waiting for the model now.", registry=r
+        )
+        self.provider_fallback = Gauge(
+            "convlstm_provider_fallback",
+            "1 when a GPU provider was requested but the model runs on another provider.",
+            ["requested", "provider"],
+            registry=r,
+        )
         self.predicted_frames = Counter(
             "convlstm_predicted_frames",
             "Frames predicted (a request with horizon h predicts h).",

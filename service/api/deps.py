@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.config import Settings
-from service.errors import NotReady, UnsupportedMediaType
+from service.errors import NotReady, ShuttingDown, Unauthorized, UnsupportedMediaType
 from service.inference.engine import InferenceEngine
 from service.metrics import Metrics
 
@@ -22,6 +23,13 @@ class ServiceState:
     engine: InferenceEngine | None = None
     ready: bool = False
     not_ready_reason: str = field(default="the model is loading")
+    draining: bool = False
+    in_flight: int = 0
+
+    def begin_drain(self, reason: str) -> None:
+        """Readiness off and new work refused; what is in flight carries on."""
+        self.draining, self.ready, self.not_ready_reason = True, False, reason
+        self.metrics.ready.set(0)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -33,12 +41,32 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 def get_engine(state: StateDep) -> InferenceEngine:
+    if state.draining:
+        state.metrics.rejected.labels("shutting_down").inc()
+        raise ShuttingDown(f"not ready: {state.not_ready_reason}")
     if not state.ready or state.engine is None:
         raise NotReady(f"not ready: {state.not_ready_reason}")
     return state.engine
 
 
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+
+
+def require_api_key(request: Request, state: StateDep) -> None:
+    key = state.settings.api_key
+    if key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    scheme, _, bearer = auth.partition(" ")
+    given = request.headers.get("x-api-key") or (bearer if scheme.lower() == "bearer" else "")
+    # compare_digest takes the same time wherever the first difference is.
+    if not given or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        state.metrics.rejected.labels("unauthorized").inc()
+        raise Unauthorized(
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            location="header.authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def require_json(request: Request) -> None:

@@ -7,12 +7,19 @@ would buffer the body and wrap every response in an extra task.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
+import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import Metrics
+from service.api.deps import ServiceState
+from service.logs import request_id
+
+access_log = logging.getLogger("service.access")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 # Monitoring polls these; counting them would drown the request metrics.
 UNOBSERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -71,36 +78,51 @@ async def _send_error(send: Send, status: int, error_type: str, message: str) ->
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestMetrics:
-    """Counts requests by route template and status, times them, tracks in-flight."""
+class RequestObserver:
+    """Gives every request an id (the client's ``X-Request-ID`` when it is sane), sends
+    it back, and for non-health routes counts, times and logs the request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app = app
-        self.metrics = metrics
+        self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNOBSERVED_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
         status = 500
-        method = scope["method"]
 
-        async def recording_send(message: Message) -> None:
+        async def tagged_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        observed = scope["path"] not in UNOBSERVED_PATHS
+        metrics = self.state.metrics
         start = time.perf_counter()
+        if observed:
+            metrics.in_flight.inc()
+            self.state.in_flight += 1
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, receive, tagged_send)
         finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.in_flight.dec()
-            route = _route_template(scope)
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.request_seconds.labels(route, method).observe(elapsed)
+            if observed:
+                elapsed = time.perf_counter() - start
+                metrics.in_flight.dec()
+                self.state.in_flight -= 1
+                route, method = _route_template(scope), scope["method"]
+                metrics.requests.labels(route, method, str(status)).inc()
+                metrics.request_seconds.labels(route, method).observe(elapsed)
+                if self.state.settings.access_log:
+                    access_log.info(
+                        "%s %s %d %.1f ms", method, scope["path"], status, elapsed * 1000.0
+                    )
+            request_id.reset(token)
 
 
 def _route_template(scope: Scope) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Response
+import anyio
+from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import EngineDep, StateDep, require_json
+from service.api.deps import EngineDep, StateDep, require_api_key, require_json
 from service.api.examples import predict_examples
 from service.api.schemas import (
     ErrorResponse,
@@ -17,18 +19,24 @@ from service.api.schemas import (
     PredictedTensor,
     ReadyResponse,
 )
+from service.errors import ClientGone
 from service.inference.engine import FramesInput, TensorInput
+from service.inference.session import GPU_PROVIDERS
 
 router = APIRouter()
+T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "the body is not valid JSON",
+        401: "an API key is configured and the request did not carry it",
         413: "the body is larger than the configured limit",
         415: "the body is not application/json",
         422: "the JSON is valid but its content is not usable; the message says where",
-        503: "the model is not loaded yet, or the service is shutting down",
+        503: "the queue is full, the model is not loaded yet, or the service is shutting "
+        "down; Retry-After says when to try again",
+        504: "the request was not answered within the configured deadline",
     }.items()
 }
 
@@ -58,6 +66,9 @@ async def readyz(state: StateDep) -> Any:
         model_version=info.version,
         sha256=info.sha256,
         provider=info.provider,
+        requested_provider=engine.session.requested[0],
+        fallback=engine.session.requested[0] in GPU_PROVIDERS
+        and info.provider != engine.session.requested[0],
         input_name=info.input_name,
         input_shape=info.input_shape,
     )
@@ -72,7 +83,8 @@ async def metrics(state: StateDep) -> Response:
     "/v1/model",
     tags=["model"],
     summary="The model card: layers, parameter counts, input and output, metrics",
-    responses={503: _ERRORS[503]},
+    responses={401: _ERRORS[401], 503: _ERRORS[503]},
+    dependencies=[Depends(require_api_key)],
 )
 async def model_card(engine: EngineDep) -> dict[str, Any]:
     return {**engine.info.card, "provider": engine.info.provider}
@@ -85,11 +97,12 @@ async def model_card(engine: EngineDep) -> dict[str, Any]:
     response_model=NextFrameResponse,
     response_model_exclude_none=True,
     responses=_ERRORS,
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(require_api_key), Depends(require_json)],
 )
 async def predict(
     request: Annotated[NextFrameRequest, Body(openapi_examples=predict_examples())],
     engine: EngineDep,
+    http: Request,
 ) -> NextFrameResponse:
     source: FramesInput | TensorInput
     if request.frames is not None:
@@ -98,8 +111,8 @@ async def predict(
         assert request.tensor is not None  # the schema allows exactly one
         t = request.tensor
         source = TensorInput(t.data, t.dtype, t.shape)
-    result = await engine.predict(
-        source, horizon=request.horizon, return_tensor=request.return_tensor
+    result = await _unless_client_leaves(
+        http, engine.predict(source, horizon=request.horizon, return_tensor=request.return_tensor)
     )
     info = engine.info
     return NextFrameResponse(
@@ -114,3 +127,28 @@ async def predict(
         if result.tensor is not None
         else None,
     )
+
+
+async def _unless_client_leaves(http: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first, so that a request
+    nobody waits for any more leaves the queue before it reaches the model."""
+    results: list[T] = []
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await http.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            results.append(await work)
+        except Exception as err:  # raised below, outside the group, so not wrapped in one
+            errors.append(err)
+        group.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    if not results:
+        raise ClientGone("the client disconnected before the answer was ready")
+    return results[0]

@@ -79,7 +79,9 @@ class ReadyResponse(BaseModel):
     model: str
     model_version: str
     sha256: str
-    provider: str
+    provider: str = Field(description="the execution provider that runs the model")
+    requested_provider: str = Field(description="the best provider the settings asked for")
+    fallback: bool = Field(description="true when a GPU provider was asked for but is not used")
     input_name: str
     input_shape: list[int | str]
 

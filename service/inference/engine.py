@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.config import Settings
-from service.errors import InvalidInput, ModelLoadError
+from service.errors import InvalidInput, ModelLoadError, Overloaded
 from service.inference.card import card_input_shape, read_card, sha256_of
 from service.inference.codec import (
     FrameSpec,
@@ -22,6 +21,7 @@ from service.inference.codec import (
     encode_png,
     encode_tensor,
 )
+from service.inference.scheduler import BatchStats, Scheduler
 from service.inference.session import OnnxSession
 from service.metrics import Metrics
 
@@ -85,9 +85,30 @@ class InferenceEngine:
         self.info = info
         self.spec = frame_spec(info.input_shape, info.output_shape)
         self.max_horizon = settings.max_horizon
+        self.timeout_s = settings.request_timeout_s
         self.metrics = metrics
-        # Bounds concurrent model runs; decoding and encoding run outside it.
-        self._model_slots = anyio.CapacityLimiter(settings.inference_workers)
+        self.scheduler = Scheduler(
+            session.run,
+            workers=settings.inference_workers,
+            max_queue=settings.max_queue,
+            max_batch=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000.0,
+            on_batch=self._observe_batch,
+        )
+
+    def _observe_batch(self, stats: BatchStats) -> None:
+        for size in stats.sizes:
+            self.metrics.batch_size.labels(self.info.name).observe(size)
+        if stats.dropped_abandoned:
+            self.metrics.dropped.labels(self.info.name, "client_gone").inc(stats.dropped_abandoned)
+        if stats.dropped_expired:
+            self.metrics.dropped.labels(self.info.name, "deadline").inc(stats.dropped_expired)
+
+    async def start(self) -> None:
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> InferenceEngine:
@@ -145,25 +166,6 @@ class InferenceEngine:
             return decode_frames(source.frames, self.spec)
         return decode_tensor(source.data, source.dtype, source.shape, self.spec)
 
-    def rollout(self, sequence: NDArray[np.float32], horizon: int) -> NDArray[np.float32]:
-        """Predict ``horizon`` frames, feeding each prediction back in as the newest
-        frame of a sliding window. Returns (horizon, H, W, C)."""
-        window = sequence[None]
-        predicted = np.empty((horizon, *sequence.shape[1:]), dtype=np.float32)
-        for step in range(horizon):
-            predicted[step] = self.session.run(window)[0]
-            window = np.concatenate([window[:, 1:], predicted[None, step : step + 1]], axis=1)
-            self.metrics.batch_size.labels(self.info.name).observe(1)
-        return predicted
-
-    def _timed_rollout(
-        self, sequence: NDArray[np.float32], horizon: int
-    ) -> tuple[NDArray[np.float32], float]:
-        # Timed inside the worker thread, so waiting for a model slot is not counted.
-        start = time.perf_counter()
-        predicted = self.rollout(sequence, horizon)
-        return predicted, time.perf_counter() - start
-
     def check_horizon(self, horizon: int) -> None:
         if not 1 <= horizon <= self.max_horizon:
             raise InvalidInput(
@@ -176,9 +178,11 @@ class InferenceEngine:
     ) -> Prediction:
         self.check_horizon(horizon)
         sequence = await anyio.to_thread.run_sync(self.decode, source)
-        predicted, seconds = await anyio.to_thread.run_sync(
-            self._timed_rollout, sequence, horizon, limiter=self._model_slots
-        )
+        try:
+            predicted, seconds = await self.scheduler.submit(sequence, horizon, self.timeout_s)
+        except Overloaded:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise
         self.metrics.inference_seconds.labels(self.info.name, self.info.provider).observe(seconds)
         self.metrics.predicted_frames.labels(self.info.name).inc(horizon)
         pngs = await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])

@@ -51,5 +51,10 @@ def test_every_field_is_documented() -> None:
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name, field in Settings.model_fields.items():
-        default = str(field.default).lower() if isinstance(field.default, bool) else field.default
-        assert f"| `CONVLSTM_{name.upper()}` | `{default}` |" in readme, name
+        if field.default is None:
+            shown = "unset"
+        elif isinstance(field.default, bool):
+            shown = f"`{str(field.default).lower()}`"
+        else:
+            shown = f"`{field.default}`"
+        assert f"| `CONVLSTM_{name.upper()}` | {shown} |" in readme, name

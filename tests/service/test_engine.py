@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import numpy as np
 import pytest
@@ -24,13 +26,25 @@ def test_info_comes_from_the_card(engine: InferenceEngine) -> None:
     assert engine.info.card["parameters"]["body"] == 745_680
 
 
-def test_rollout_feeds_predictions_back(engine: InferenceEngine) -> None:
-    x = np.random.default_rng(3).random((15, 40, 40, 3), dtype=np.float32)
-    got = engine.rollout(x, 2)
-    first = engine.session.run(x[None])[0]
-    second = engine.session.run(np.concatenate([x[1:], first[None]])[None])[0]
-    np.testing.assert_allclose(got[0], first, atol=1e-6)
-    np.testing.assert_allclose(got[1], second, atol=1e-6)
+def test_batched_rollout_equals_one_by_one(engine: InferenceEngine) -> None:
+    """Two requests with horizons 2 and 1 in one batch, against plain session runs."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.random((15, 40, 40, 3), dtype=np.float32) for _ in range(2))
+
+    async def both() -> list[tuple[np.ndarray, float]]:
+        await engine.start()
+        try:
+            jobs = [engine.scheduler.submit(a, 2, 30), engine.scheduler.submit(b, 1, 30)]
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await engine.stop()
+
+    (got_a, _), (got_b, _) = anyio.run(both)
+    first = engine.session.run(a[None])[0]
+    second = engine.session.run(np.concatenate([a[1:], first[None]])[None])[0]
+    np.testing.assert_allclose(got_a[0], first, atol=1e-5)
+    np.testing.assert_allclose(got_a[1], second, atol=1e-5)
+    np.testing.assert_allclose(got_b[0], engine.session.run(b[None])[0], atol=1e-5)
 
 
 def test_predict_checks_horizon_against_the_setting(engine: InferenceEngine) -> None:

@@ -1,0 +1,175 @@
+"""Where a request waits for the model: a bounded queue, deadlines, and batching.
+
+Requests are queued as jobs; worker tasks take whatever is queued (up to the maximum
+batch size, waiting at most the configured delay for more), drop jobs whose client
+has gone or whose deadline has passed, and run the rest as one batch. A full queue
+is refused at once rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+
+@dataclass
+class Job:
+    sequence: NDArray[np.float32]
+    horizon: int
+    deadline: float
+    future: asyncio.Future[tuple[NDArray[np.float32], float]]
+    abandoned: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch did; the engine turns it into metrics."""
+
+    sizes: list[int]
+    dropped_abandoned: int
+    dropped_expired: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        workers: int,
+        max_queue: int,
+        max_batch: int,
+        max_wait_s: float,
+        on_batch: Callable[[BatchStats], None] = lambda stats: None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._workers = workers
+        self._max_batch = max_batch
+        self._max_wait = max_wait_s
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = 0
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+
+    async def stop(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown("the service stopped before running it"))
+
+    async def submit(
+        self, sequence: NDArray[np.float32], horizon: int, timeout_s: float
+    ) -> tuple[NDArray[np.float32], float]:
+        """Queue one sequence; its ``horizon`` predicted frames and the seconds the
+        model took. Raises ``Overloaded`` at once when the queue is full and
+        ``DeadlineExceeded`` when ``timeout_s`` passes first."""
+        if self._closed:
+            raise ShuttingDown("the service is shutting down")
+        loop = asyncio.get_running_loop()
+        job = Job(sequence, horizon, time.monotonic() + timeout_s, loop.create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"the queue is full ({self._queue.maxsize} requests waiting); retry later"
+            ) from None
+        try:
+            with anyio.fail_after(timeout_s):
+                return await asyncio.shield(job.future)
+        except TimeoutError:
+            job.abandoned = True
+            raise DeadlineExceeded(f"no answer within the {timeout_s:g} s deadline") from None
+        except BaseException:
+            # Cancelled: the client went away. The worker will skip the job.
+            job.abandoned = True
+            raise
+
+    async def _collect(self) -> list[Job]:
+        batch = [await self._queue.get()]
+        while len(batch) < self._max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        if len(batch) < self._max_batch and self._max_wait > 0:
+            with anyio.move_on_after(self._max_wait):
+                while len(batch) < self._max_batch:
+                    batch.append(await self._queue.get())
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._collect()
+            now = time.monotonic()
+            live, abandoned, expired = [], 0, 0
+            for job in batch:
+                if job.abandoned or job.future.done():
+                    abandoned += 1
+                elif job.deadline <= now:
+                    expired += 1
+                    job.future.set_exception(
+                        DeadlineExceeded("the deadline passed while the request was queued")
+                    )
+                else:
+                    live.append(job)
+            sizes: list[int] = []
+            if live:
+                self._running += len(live)
+                try:
+                    outputs, seconds, sizes = await anyio.to_thread.run_sync(
+                        self._rollout, live, abandon_on_cancel=False
+                    )
+                except Exception as err:  # a model failure fails its batch, not the server
+                    log.exception("model run failed for a batch of %d", len(live))
+                    for job in live:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                else:
+                    for job, out in zip(live, outputs, strict=True):
+                        if not job.future.done():
+                            job.future.set_result((out, seconds))
+                finally:
+                    self._running -= len(live)
+            self._on_batch(BatchStats(sizes, abandoned, expired))
+
+    def _rollout(self, jobs: list[Job]) -> tuple[list[NDArray[np.float32]], float, list[int]]:
+        """Every job's horizon in one batched roll-out: each predicted frame becomes the
+        newest frame of that job's window; jobs leave the batch when their horizon is done."""
+        start = time.perf_counter()
+        windows = np.stack([j.sequence for j in jobs])
+        frame_shape = windows.shape[2:]
+        outputs = [np.empty((j.horizon, *frame_shape), dtype=np.float32) for j in jobs]
+        sizes = []
+        for step in range(max(j.horizon for j in jobs)):
+            active = [i for i, j in enumerate(jobs) if j.horizon > step]
+            predicted = self._run_batch(windows[active])
+            sizes.append(len(active))
+            for k, i in enumerate(active):
+                outputs[i][step] = predicted[k]
+            windows[active] = np.concatenate([windows[active, 1:], predicted[:, None]], axis=1)
+        return outputs, time.perf_counter() - start, sizes
