@@ -1,0 +1,132 @@
+# syntax=docker/dockerfile:1
+#
+# Three stages:
+#   train        TensorFlow + tf2onnx: exports models/convlstm.onnx and its card from the
+#                committed Keras checkpoint (the export refuses to write when parity > 1e-4);
+#                --build-arg RETRAIN=1 trains the checkpoint from scratch first.
+#   runtime-cpu  the server on a slim Python image with the CPU onnxruntime.
+#   runtime      the server on CUDA + cuDNN with onnxruntime-gpu; the default target (last).
+#
+#   docker build -t convlstm-serve:gpu .
+#   docker build --target runtime-cpu -t convlstm-serve:cpu .
+#   docker build --build-arg RETRAIN=1 -t convlstm-serve:gpu .
+#
+# Each stage installs the exact pins from pyproject.toml before it copies any code, so a code
+# edit reuses the dependency layers. `python -c "$PINS" EXTRA...` prints the project's
+# dependencies plus those of each named extra, one per line (tomllib is in the stdlib).
+ARG PINS="import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *(r for e in sys.argv[1:] for r in p['optional-dependencies'][e]), sep=chr(10))"
+
+
+FROM python:3.11-slim-bookworm AS train
+ARG PINS
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+WORKDIR /build
+COPY pyproject.toml ./
+RUN python -c "$PINS" train > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt
+
+COPY model_export/ model_export/
+COPY models/ models/
+
+# RETRAIN=1 runs the training of `make model` (about 65 minutes on a 2-core CPU) before the
+# export; otherwise the committed checkpoint models/convlstm.keras is exported as it is.
+# `evaluate` refills the card's test-split scores, which every export resets.
+ARG RETRAIN=0
+ARG TRAIN_SAMPLES=3000
+ARG TRAIN_EPOCHS=20
+ARG TRAIN_MAX_MINUTES=65
+RUN if [ "$RETRAIN" = "1" ]; then \
+        python -m model_export train --variant convlstm --samples "$TRAIN_SAMPLES" --epochs "$TRAIN_EPOCHS" --max-minutes "$TRAIN_MAX_MINUTES" --out models; \
+    fi \
+    && python -m model_export export --models models --variant convlstm \
+    && python -m model_export evaluate --models models --variant convlstm
+
+
+FROM python:3.11-slim-bookworm AS runtime-cpu
+ARG PINS
+LABEL org.opencontainers.image.title="convlstm-serve (CPU)" \
+      org.opencontainers.image.description="ConvLSTM next-frame prediction over HTTP, onnxruntime on CPU" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The server reads every setting from CONVLSTM_* variables; it must listen on all interfaces
+# to be reachable through a published port.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CONVLSTM_HOST=0.0.0.0 \
+    CONVLSTM_PORT=8000 \
+    CONVLSTM_PROVIDER=cpu
+
+RUN groupadd --gid 10001 convlstm \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin convlstm
+
+WORKDIR /app
+COPY pyproject.toml ./
+RUN python -c "$PINS" serve cpu > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY README.md ./
+COPY service/ service/
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info
+COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json models/
+
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --start-interval=2s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('CONVLSTM_PORT', '8000') + '/readyz', timeout=4)"]
+ENTRYPOINT ["python", "-m", "service"]
+
+
+# onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9: its PyPI metadata (extras `cuda`
+# and `cudnn`) asks for nvidia-cuda-runtime~=13.0, nvidia-cuda-nvrtc~=13.0, nvidia-cufft~=12.0,
+# nvidia-curand~=10.0 and nvidia-cudnn-cu13~=9.0, and ONNX Runtime's CUDA EP requirements page
+# says a build runs on any CUDA minor release of its major version but never across cuDNN
+# majors. The cudnn-runtime image already holds cudart, cuBLAS, cuFFT, cuRAND, NVRTC (CUDA
+# 13.0) and cuDNN 9, so those pip extras are not installed. The host needs an NVIDIA driver
+# for CUDA 13 (R580 or newer) and the NVIDIA Container Toolkit.
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS runtime
+ARG PINS
+ARG DEBIAN_FRONTEND=noninteractive
+LABEL org.opencontainers.image.title="convlstm-serve (GPU)" \
+      org.opencontainers.image.description="ConvLSTM next-frame prediction over HTTP, onnxruntime on CUDA" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    CONVLSTM_HOST=0.0.0.0 \
+    CONVLSTM_PORT=8000
+
+# Ubuntu 24.04's Python is 3.12 (the project supports 3.11 and 3.12). Its packages are not
+# version-pinned: the Ubuntu archive keeps only the newest build of each, so a pin would
+# break the build at the next security update; the Python packages are all pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.12 -m venv /opt/venv \
+    && groupadd --gid 10001 convlstm \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin convlstm
+
+WORKDIR /app
+COPY pyproject.toml ./
+RUN python -c "$PINS" serve gpu > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY README.md ./
+COPY service/ service/
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info
+COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json models/
+
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --start-interval=2s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('CONVLSTM_PORT', '8000') + '/readyz', timeout=4)"]
+ENTRYPOINT ["python", "-m", "service"]
