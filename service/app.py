@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from service.api.deps import ServiceState
 from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.routes import router
+from service.api.web import mount_web
 from service.config import Settings
 from service.errors import ModelLoadError, ServiceError
 from service.inference.engine import InferenceEngine
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     app.include_router(router)
+    mount_web(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestObserver, state=state)
     _add_error_handlers(app)
@@ -143,7 +145,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-        response = error_response(exc.status_code, error_type, str(exc.detail))
+        message = str(exc.detail)
+        if message == "There was an error parsing the body":  # FastAPI's words for it
+            error_type, message = (
+                "invalid_json",
+                "body could not be parsed as JSON (nested too deeply?)",
+            )
+        response = error_response(exc.status_code, error_type, message)
         if exc.headers:
             response.headers.update(exc.headers)
         return response

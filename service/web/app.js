@@ -1,0 +1,458 @@
+// The demo page: pick a sample or upload frames, call POST /predict, show the answer.
+// Plain JavaScript, no build step. Every URL is relative to the page, so the page also
+// works behind a proxy that serves the service under a path prefix.
+"use strict";
+
+(() => {
+  const INPUT_FRAMES = 15;
+  const FRAME_MS = 280;
+  const HOLD_TICKS = 4; // the animation rests on its last frame this many ticks
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $("service-status"),
+    form: $("predict-form"),
+    sample: $("sample"),
+    files: $("files"),
+    horizon: $("horizon"),
+    apiKey: $("api-key"),
+    run: $("run"),
+    busy: $("busy"),
+    error: $("error"),
+    info: $("result-info"),
+    noResult: $("no-result"),
+    model: $("info-model"),
+    provider: $("info-provider"),
+    inference: $("info-inference"),
+    roundtrip: $("info-roundtrip"),
+    inputs: $("inputs"),
+    truth: $("truth"),
+    predicted: $("predicted"),
+    movieTruth: $("movie-truth"),
+    moviePredicted: $("movie-predicted"),
+    play: $("play"),
+    step: $("movie-step"),
+  };
+
+  /** A problem the page reports in words: from the API, or from the page itself. */
+  class PageError extends Error {}
+
+  // What is on screen: the source sequence, and the last prediction for it.
+  // A frame is {src, name, base64: () => Promise<string>}.
+  // `generation` changes with the sequence, so a late answer for an old one is dropped.
+  const view = { inputs: [], truth: [], predicted: [], objectUrls: [], generation: 0 };
+
+  // ---- the sequence: a sample or uploaded files --------------------------------------
+
+  async function loadSamples() {
+    let index;
+    try {
+      const response = await fetch("web/samples/samples.json");
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      index = await response.json();
+    } catch (err) {
+      el.sample.replaceChildren(new Option("(no samples: " + err.message + ")", ""));
+      return;
+    }
+    el.sample.replaceChildren(
+      ...index.samples.map((s) => {
+        const option = new Option(s.title, s.name);
+        option.dataset.inputFrames = s.input_frames;
+        option.dataset.truthFrames = s.truth_frames;
+        return option;
+      }),
+      new Option("(your own frames)", ""),
+    );
+    el.sample.selectedIndex = 0;
+    showSample();
+  }
+
+  function sampleFrame(name, file) {
+    const src = `web/samples/${encodeURIComponent(name)}/${file}`;
+    return {
+      src,
+      name: file,
+      base64: async () => {
+        const response = await fetch(src);
+        if (!response.ok) throw new PageError(`could not load the sample frame ${src}`);
+        return bytesToBase64(await response.arrayBuffer());
+      },
+    };
+  }
+
+  function showSample() {
+    const option = el.sample.selectedOptions[0];
+    if (!option || !option.value) {
+      if (el.files.files.length > 0) showFiles();
+      else setSequence([], [], []);
+      return;
+    }
+    el.files.value = "";
+    const name = option.value;
+    const pad = (i) => String(i).padStart(2, "0");
+    const inputs = [];
+    const truth = [];
+    for (let i = 0; i < Number(option.dataset.inputFrames); i++) {
+      inputs.push(sampleFrame(name, `input_${pad(i)}.png`));
+    }
+    for (let i = 0; i < Number(option.dataset.truthFrames); i++) {
+      truth.push(sampleFrame(name, `truth_${pad(i)}.png`));
+    }
+    setSequence(inputs, truth, []);
+  }
+
+  async function showFiles() {
+    const files = [...el.files.files];
+    if (files.length === 0) return;
+    el.sample.value = "";
+    hideError();
+    const gifs = files.filter(isGif);
+    try {
+      if (gifs.length > 0 && files.length > 1) {
+        throw new PageError(
+          "Upload either PNG/JPEG frames or one animated GIF, not both or several GIFs.",
+        );
+      }
+      if (gifs.length === 1) {
+        const frames = await gifFrames(gifs[0]);
+        setSequence(frames.slice(0, INPUT_FRAMES), frames.slice(INPUT_FRAMES), []);
+        return;
+      }
+      // The API checks each file (type, size, count) and says what is wrong; the page
+      // sends the files as they are, in file-name order.
+      files.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+      const urls = files.map((f) => URL.createObjectURL(f));
+      const frames = files.map((file, i) => ({
+        src: urls[i],
+        name: file.name,
+        base64: async () => bytesToBase64(await file.arrayBuffer()),
+      }));
+      setSequence(frames, [], [], urls);
+    } catch (err) {
+      setSequence([], [], []);
+      showError(err);
+    }
+  }
+
+  function isGif(file) {
+    return file.type === "image/gif" || /\.gif$/i.test(file.name);
+  }
+
+  /** Every frame of an animated GIF as a PNG frame (the API takes PNG or JPEG only). */
+  async function gifFrames(file) {
+    if (!("ImageDecoder" in window) || !(await ImageDecoder.isTypeSupported("image/gif"))) {
+      throw new PageError(
+        "This browser cannot split an animated GIF into frames; upload 15 PNG files instead.",
+      );
+    }
+    const frames = [];
+    let decoder;
+    try {
+      decoder = new ImageDecoder({ data: await file.arrayBuffer(), type: "image/gif" });
+      await decoder.tracks.ready;
+      const count = decoder.tracks.selectedTrack.frameCount;
+      const canvas = document.createElement("canvas");
+      const context = canvas.getContext("2d");
+      for (let i = 0; i < count; i++) {
+        const { image } = await decoder.decode({ frameIndex: i });
+        canvas.width = image.displayWidth;
+        canvas.height = image.displayHeight;
+        context.drawImage(image, 0, 0);
+        image.close();
+        const dataUrl = canvas.toDataURL("image/png");
+        frames.push({
+          src: dataUrl,
+          name: `${file.name} frame ${i + 1}`,
+          base64: async () => dataUrl.slice(dataUrl.indexOf(",") + 1),
+        });
+      }
+    } catch (err) {
+      throw new PageError(`Could not read the frames of ${file.name}: ${err.message}`);
+    } finally {
+      if (decoder) decoder.close();
+    }
+    return frames;
+  }
+
+  function setSequence(inputs, truth, predicted, objectUrls = []) {
+    view.objectUrls.forEach((url) => URL.revokeObjectURL(url));
+    Object.assign(view, { inputs, truth, predicted, objectUrls });
+    view.generation += 1;
+    showNoResult();
+    renderStrip(el.inputs, inputs, 1, "input", "No frames chosen.");
+    renderNext();
+    restartMovie();
+  }
+
+  // ---- the prediction ----------------------------------------------------------------
+
+  async function predict(event) {
+    event.preventDefault();
+    hideError();
+    if (view.inputs.length === 0) {
+      showError(new PageError("Choose a sample or upload frames first."));
+      return;
+    }
+    // The old answer goes at once, so that it is never taken for the new one.
+    view.predicted = [];
+    showNoResult();
+    renderNext();
+    restartMovie();
+    const generation = view.generation;
+    el.run.disabled = true;
+    el.busy.hidden = false;
+    try {
+      const frames = await Promise.all(view.inputs.map((f) => f.base64()));
+      const body = { frames, horizon: el.horizon.valueAsNumber };
+      if (!Number.isFinite(body.horizon)) {
+        throw new PageError("Horizon: enter a whole number of frames to predict.");
+      }
+      const headers = { "Content-Type": "application/json" };
+      const key = el.apiKey.value.trim();
+      // fetch() refuses header values outside Latin-1 with an obscure TypeError.
+      if (!/^[\x20-\x7e]*$/.test(key)) {
+        throw new PageError("API key: only printable ASCII characters can be sent.");
+      }
+      if (key) headers["X-API-Key"] = key;
+      const started = performance.now();
+      const answer = await postJson("predict", body, headers, Boolean(key));
+      const roundtrip = performance.now() - started;
+      if (generation !== view.generation) return;
+      const predicted = answer.frames.map((png, i) => {
+        const src = `data:image/png;base64,${png}`;
+        return { src, name: `predicted frame ${i + 1}`, base64: async () => png };
+      });
+      view.predicted = predicted;
+      showInfo(answer, roundtrip);
+      renderNext();
+      restartMovie();
+    } catch (err) {
+      showError(err);
+    } finally {
+      el.run.disabled = false;
+      el.busy.hidden = true;
+    }
+  }
+
+  async function postJson(url, body, headers, sentKey) {
+    let response;
+    try {
+      response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body) });
+    } catch (err) {
+      throw new PageError(`Could not reach the service (${err.message}).`);
+    }
+    const text = await response.text();
+    let answer = null;
+    try {
+      answer = JSON.parse(text);
+    } catch {
+      // not JSON: described below from the status and the text
+    }
+    if (response.ok && answer && Array.isArray(answer.frames)) return answer;
+    throw new PageError(describeFailure(response, answer, text, sentKey));
+  }
+
+  /** The API's error in words: its message, every listed problem, and its status. */
+  function describeFailure(response, answer, text, sentKey) {
+    const status = `HTTP ${response.status}${response.statusText ? " " + response.statusText : ""}`;
+    const error = answer && answer.error;
+    if (!error) {
+      const snippet = text.trim().slice(0, 300) || "no body";
+      return `The service answered ${status} without an error message: ${snippet}`;
+    }
+    const lines = [`The service refused the request (${status}, ${error.type}): ${error.message}`];
+    if (Array.isArray(error.errors) && error.errors.length > 1) {
+      lines.push(...error.errors.map((e) => `  \u2022 ${e.message}`));
+    }
+    if (response.status === 401) {
+      lines.push(
+        sentKey
+          ? "The API key was not accepted; check it."
+          : "This service needs an API key: enter it in the API key field.",
+      );
+    }
+    return lines.join("\n");
+  }
+
+  function showInfo(answer, roundtrip) {
+    el.model.textContent = `${answer.model} ${answer.model_version}`;
+    el.provider.textContent = answer.provider;
+    const steps = answer.horizon === 1 ? "1 model run" : `${answer.horizon} model runs`;
+    el.inference.textContent = `${answer.inference_ms.toFixed(1)} ms in the model (${steps})`;
+    el.roundtrip.textContent = `${roundtrip.toFixed(0)} ms in all, seen from this page`;
+    el.info.hidden = false;
+    el.noResult.hidden = true;
+  }
+
+  function showNoResult() {
+    el.info.hidden = true;
+    el.noResult.hidden = false;
+  }
+
+  function showError(err) {
+    const message = err instanceof PageError ? err.message : `Unexpected error: ${err}`;
+    el.error.textContent = message;
+    el.error.hidden = false;
+    if (!(err instanceof PageError)) console.error(err);
+  }
+
+  function hideError() {
+    el.error.hidden = true;
+    el.error.textContent = "";
+  }
+
+  // ---- frames on screen --------------------------------------------------------------
+
+  function renderStrip(container, frames, firstStep, kind, empty) {
+    if (frames.length === 0) {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = empty;
+      container.replaceChildren(p);
+      return;
+    }
+    container.replaceChildren(
+      ...frames.map((frame, i) => {
+        const figure = document.createElement("figure");
+        const img = new Image();
+        img.src = frame.src;
+        img.alt = `${kind} frame t=${firstStep + i}`;
+        img.title = frame.name;
+        const caption = document.createElement("figcaption");
+        caption.textContent = `t=${firstStep + i}`;
+        figure.append(img, caption);
+        return figure;
+      }),
+    );
+  }
+
+  /** How many frames after the inputs to show: those predicted, else the horizon asked. */
+  function shownAfter() {
+    const horizon = Math.max(1, Math.min(el.horizon.valueAsNumber || 1, 64));
+    return view.predicted.length || horizon;
+  }
+
+  function renderNext() {
+    const first = view.inputs.length + 1;
+    const truth = view.truth.slice(0, shownAfter());
+    const noTruth = view.truth.length ? "" : "No ground truth for these frames.";
+    renderStrip(el.truth, truth, first, "ground truth", noTruth || "Press Predict.");
+    renderStrip(el.predicted, view.predicted, first, "predicted", "Press Predict.");
+  }
+
+  // ---- the animation: both canvases step through the same time line ------------------
+
+  const movie = { tick: 0, timer: null, playing: true, truth: [], predicted: [], inputs: [] };
+
+  function loaded(frames) {
+    return frames.map((frame) => {
+      const img = new Image();
+      img.src = frame.src;
+      return img;
+    });
+  }
+
+  function restartMovie() {
+    movie.inputs = loaded(view.inputs);
+    movie.truth = loaded(view.truth.slice(0, shownAfter()));
+    movie.predicted = loaded(view.predicted);
+    movie.tick = 0;
+    drawMovie();
+  }
+
+  function drawFrame(canvas, img, label) {
+    const context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = false;
+    context.fillStyle = "#000";
+    context.fillRect(0, 0, canvas.width, canvas.height);
+    if (img && img.complete && img.naturalWidth > 0) {
+      context.drawImage(img, 0, 0, canvas.width, canvas.height);
+    }
+    context.fillStyle = "rgba(255, 255, 255, 0.85)";
+    context.font = "12px system-ui, sans-serif";
+    context.fillText(label, 6, canvas.height - 8);
+  }
+
+  function drawMovie() {
+    const after = Math.max(movie.truth.length, movie.predicted.length);
+    const length = movie.inputs.length + after;
+    if (length === 0) {
+      drawFrame(el.movieTruth, null, "");
+      drawFrame(el.moviePredicted, null, "");
+      el.step.textContent = "";
+      return;
+    }
+    const t = Math.min(movie.tick % (length + HOLD_TICKS), length - 1);
+    const step = t + 1;
+    if (t < movie.inputs.length) {
+      const img = movie.inputs[t];
+      drawFrame(el.movieTruth, img, `t=${step} input`);
+      drawFrame(el.moviePredicted, img, `t=${step} input`);
+      el.step.textContent = `t=${step} of ${length}: input`;
+    } else {
+      const k = t - movie.inputs.length;
+      const truth = movie.truth[k];
+      const predicted = movie.predicted[k];
+      drawFrame(el.movieTruth, truth, truth ? `t=${step} truth` : `t=${step} (none)`);
+      drawFrame(el.moviePredicted, predicted, predicted ? `t=${step} predicted` : `t=${step}`);
+      el.step.textContent = `t=${step} of ${length}: ${predicted ? "predicted" : "ground truth"}`;
+    }
+  }
+
+  function setPlaying(playing) {
+    movie.playing = playing;
+    clearInterval(movie.timer);
+    movie.timer = playing
+      ? setInterval(() => {
+          movie.tick += 1;
+          drawMovie();
+        }, FRAME_MS)
+      : null;
+    el.play.textContent = playing ? "Pause" : "Play";
+  }
+
+  // ---- the service's state -----------------------------------------------------------
+
+  async function checkReady() {
+    try {
+      const response = await fetch("readyz");
+      const body = await response.json();
+      if (response.ok) {
+        el.status.textContent =
+          `Ready: ${body.model} ${body.model_version} on ${body.provider}.`;
+        return;
+      }
+      el.status.textContent = `Not ready yet: ${body.error ? body.error.message : response.status}.`;
+    } catch (err) {
+      el.status.textContent = `The service does not answer (${err.message}).`;
+    }
+    setTimeout(checkReady, 3000);
+  }
+
+  // ---- start ---------------------------------------------------------------------------
+
+  function bytesToBase64(buffer) {
+    const bytes = new Uint8Array(buffer);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) {
+      text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    }
+    return btoa(text);
+  }
+
+  el.form.addEventListener("submit", predict);
+  el.sample.addEventListener("change", () => {
+    hideError();
+    showSample();
+  });
+  el.files.addEventListener("change", showFiles);
+  el.horizon.addEventListener("input", () => {
+    if (view.predicted.length > 0) return;
+    renderNext();
+    restartMovie();
+  });
+  el.play.addEventListener("click", () => setPlaying(!movie.playing));
+  setPlaying(!window.matchMedia("(prefers-reduced-motion: reduce)").matches);
+  checkReady();
+  loadSamples();
+})();
