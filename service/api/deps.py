@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.config import Settings
-from service.errors import NotReady, ShuttingDown, Unauthorized, UnsupportedMediaType
+from service.errors import NotReady, Unauthorized, UnsupportedMediaType
 from service.inference.engine import InferenceEngine
 from service.metrics import Metrics
 
@@ -41,10 +41,9 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 def get_engine(state: StateDep) -> InferenceEngine:
-    if state.draining:
-        state.metrics.rejected.labels("shutting_down").inc()
-        raise ShuttingDown(f"not ready: {state.not_ready_reason}")
-    if not state.ready or state.engine is None:
+    # Not `state.ready`: a request accepted before a drain began is still served.
+    # New ones are refused earlier, by the middleware.
+    if state.engine is None:
         raise NotReady(f"not ready: {state.not_ready_reason}")
     return state.engine
 

@@ -23,6 +23,8 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 # Monitoring polls these; counting them would drown the request metrics.
 UNOBSERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The demo page's static files: a page load fetches dozens.
+UNOBSERVED_PREFIX = "/web/"
 
 
 class BodyTooLarge(HTTPException):
@@ -62,19 +64,18 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_error(send: Send, status: int, error_type: str, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, error_type: str, message: str, *, retry_after: bool = False
+) -> None:
     body = json.dumps({"error": {"type": error_type, "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -102,7 +103,19 @@ class RequestObserver:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        observed = scope["path"] not in UNOBSERVED_PATHS
+        path = scope["path"]
+        observed = path not in UNOBSERVED_PATHS and not path.startswith(UNOBSERVED_PREFIX)
+        if observed and self.state.draining:
+            self.state.metrics.rejected.labels("shutting_down").inc()
+            await _send_error(
+                tagged_send,
+                503,
+                "shutting_down",
+                "the service is shutting down; retry on another replica",
+                retry_after=True,
+            )
+            request_id.reset(token)
+            return
         metrics = self.state.metrics
         start = time.perf_counter()
         if observed:

@@ -6,10 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -38,9 +40,16 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], url: str, log: IO[str]) -> None:
         self.process = process
         self.url = url
+        self._log = log
+
+    def output(self) -> str:
+        """Everything the server has logged so far."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -52,11 +61,14 @@ def run_server(
 ) -> Iterator[RunningServer]:
     """``python -m service`` on a free loopback port, until /readyz answers 200."""
     port = free_port()
+    # A file, not a pipe: nobody reads a pipe while the server runs, and a full one
+    # would block the server's logging.
+    log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port), "--model", str(model), *args],
         cwd=REPO,
         env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -65,8 +77,8 @@ def run_server(
         deadline = time.monotonic() + ready_within
         while True:
             if process.poll() is not None:
-                out = process.stdout.read() if process.stdout else ""
-                raise AssertionError(f"server exited with {process.returncode}:\n{out}")
+                log.seek(0)
+                raise AssertionError(f"server exited with {process.returncode}:\n{log.read()}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
@@ -75,7 +87,7 @@ def run_server(
             if time.monotonic() > deadline:
                 raise AssertionError(f"server not ready within {ready_within} s")
             time.sleep(0.2)
-        yield RunningServer(process, url)
+        yield RunningServer(process, url, log)
     finally:
         process.terminate()
         try:
@@ -83,6 +95,7 @@ def run_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
 
 
 def start_failure(model: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

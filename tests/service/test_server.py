@@ -186,7 +186,7 @@ def test_bad_input_gets_422_naming_where(client: httpx.Client, case: str) -> Non
     ("content", "words"),
     [
         (b"{not json", "not valid JSON"),
-        (b"[" * 50_000, "parsing the body"),
+        (b"[" * 50_000, "could not be parsed as JSON"),
     ],
 )
 def test_malformed_json_gets_400(client: httpx.Client, content: bytes, words: str) -> None:
