@@ -74,7 +74,13 @@ async def readyz(state: StateDep) -> Any:
     )
 
 
-@router.get("/metrics", tags=["health"], summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
 async def metrics(state: StateDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
