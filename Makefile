@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser lint typecheck install summary model train export evaluate clean
+.PHONY: run check test browser bench soak lint typecheck install summary model train export evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,8 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || echo "no /usr/bin/chromium and not root: the browser tests will skip"
 
 lint: $(STAMP)
-	$(PY) -m ruff check model_export service tests
-	$(PY) -m ruff format --check model_export service tests
+	$(PY) -m ruff check model_export service bench examples tests
+	$(PY) -m ruff format --check model_export service bench examples tests
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -64,6 +64,14 @@ model: $(STAMP)
 		--learning-rate 0.003
 	$(PY) -m model_export export
 	$(PY) -m model_export evaluate
+
+# Benchmarks (about 6 minutes on a 2-core CPU) and the soak test (5 minutes), on
+# loopback only; results under bench/results/.
+bench: $(STAMP)
+	$(PY) -m bench.suite
+
+soak: $(STAMP)
+	$(PY) -m bench.soak --minutes 5 --concurrency 4
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache

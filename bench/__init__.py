@@ -1,0 +1,1 @@
+"""Benchmarks and the soak test: loopback only, bounded in count and time."""

@@ -1,0 +1,92 @@
+"""A closed-loop load generator: N clients, each sending its next request when the last
+is answered, until a request count or a time limit is reached (whichever comes first)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    transport_errors: int = 0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses[200]
+
+    @property
+    def throughput(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        if len(self.latencies_ms) == 1:
+            return self.latencies_ms[0]
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(q) - 1]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "requests": sum(self.statuses.values()) + self.transport_errors,
+            "ok": self.ok,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "transport_errors": self.transport_errors,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.throughput, 3),
+            "p50_ms": round(self.percentile(50), 2),
+            "p95_ms": round(self.percentile(95), 2),
+            "p99_ms": round(self.percentile(99), 2),
+        }
+
+
+async def _closed_loop(
+    url: str, body: dict[str, Any], concurrency: int, max_requests: int, max_seconds: float
+) -> LoadResult:
+    result = LoadResult(concurrency, 0.0)
+    issued = 0
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < max_requests and time.perf_counter() < deadline:
+                issued += 1
+                start = time.perf_counter()
+                try:
+                    r = await client.post("/predict", json=body)
+                except httpx.TransportError:
+                    result.transport_errors += 1
+                    continue
+                result.latencies_ms.append((time.perf_counter() - start) * 1000.0)
+                result.statuses[r.status_code] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def closed_loop(
+    url: str,
+    body: dict[str, Any],
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+) -> LoadResult:
+    return asyncio.run(_closed_loop(url, body, concurrency, max_requests, max_seconds))

@@ -1,0 +1,86 @@
+"""Start the real server as a child process on a loopback port, and watch it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+    ready_seconds: float
+    log: IO[str]
+
+    @property
+    def rss_mb(self) -> float:
+        return rss_mb(self.process.pid)
+
+
+@contextmanager
+def serve(
+    model: Path, env: dict[str, str] | None = None, ready_within: float = 120.0
+) -> Iterator[Server]:
+    """``python -m service`` until it answers /readyz; the seconds that took."""
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), "--model", str(model)],
+        cwd=REPO,
+        env={**os.environ, "CONVLSTM_ACCESS_LOG": "false", **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"server exited with {process.returncode}: {log.read()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - start > ready_within:
+                raise RuntimeError(f"server not ready within {ready_within} s")
+            time.sleep(0.02)
+        yield Server(process, url, time.perf_counter() - start, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -1,0 +1,342 @@
+"""The benchmark suite, ``make bench``: one run, one machine, every figure beside its baseline.
+
+    python -m bench.suite [--smoke] [--out bench/results]
+
+1. Model compute per sequence at batch 1, 8 and 32: Keras ``predict``, the plain tf2onnx
+   export and the served ONNX graph, as achieved GFLOP/s beside the machine's float32
+   matrix-multiply rate (numpy), the practical limit.
+2. The real server under closed-loop load at concurrency 1 to 32, with dynamic batching
+   on and off, beside raw onnxruntime on the served graph at the same batch sizes.
+3. Start-up time to ready and the server's resident memory.
+
+Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
+at a size that takes seconds, for CI: its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.load import closed_loop
+from bench.machine import describe
+from bench.server import REPO, serve
+from service.api.examples import moving_square_frames
+
+MODELS = REPO / "models"
+FILTERS = (30, 50, 60, 70)
+
+
+def convlstm_gflop(frames: int = 15, size: int = 40, channels: int = 3) -> float:
+    """Multiply-adds x 2 of the four ConvLSTM layers over one sequence (head excluded):
+    per layer and step, size^2 * 9 * (in + filters) * 4 * filters."""
+    macs, inputs = 0, channels
+    for f in FILTERS:
+        macs += frames * size * size * 9 * (inputs + f) * 4 * f
+        inputs = f
+    return 2 * macs / 1e9
+
+
+@dataclass(frozen=True)
+class Plan:
+    batches: tuple[int, ...]
+    matmul_n: int
+    min_seconds: float
+    concurrency: tuple[int, ...]
+    load_seconds: float
+    load_requests: int
+    keras: bool
+
+
+FULL = Plan((1, 8, 32), 4096, 6.0, (1, 2, 4, 8, 16, 32), 20.0, 400, True)
+SMOKE = Plan((1, 2), 256, 0.0, (1, 2), 1.0, 4, False)
+
+
+def timed(fn: Callable[[], object], min_seconds: float, min_runs: int = 2) -> float:
+    """Best seconds per call after one warm-up call, over at least ``min_runs`` calls and
+    ``min_seconds`` of calls."""
+    fn()
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < min_runs or spent < min_seconds:
+        start = time.perf_counter()
+        fn()
+        took = time.perf_counter() - start
+        best, spent, runs = min(best, took), spent + took, runs + 1
+    return best
+
+
+def matmul_gflops(n: int, min_seconds: float) -> float:
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
+    return 2 * n**3 / timed(lambda: a @ b, min_seconds) / 1e9
+
+
+def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The served path's session options, on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def keras_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import keras
+
+    model = keras.models.load_model(path)
+    return lambda x: np.asarray(model.predict(x, batch_size=len(x), verbose=0))
+
+
+def compute(plan: Plan) -> dict[str, Any]:
+    gflop = convlstm_gflop()
+    graphs: dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = {}
+    if plan.keras:
+        graphs["keras predict"] = lambda: keras_runner(MODELS / "convlstm.keras")
+    plain = MODELS / "convlstm.plain.onnx"
+    if plain.exists():
+        graphs["plain tf2onnx export"] = lambda: onnx_runner(plain)
+    graphs["served graph"] = lambda: onnx_runner(MODELS / "convlstm.onnx")
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, make in graphs.items():
+        run = make()
+        for batch in plan.batches:
+            x = rng.random((batch, 15, 40, 40, 3), dtype=np.float32)
+            seconds = timed(partial(run, x), plan.min_seconds)
+            per_seq = seconds / batch
+            rows.append(
+                {
+                    "graph": name,
+                    "batch": batch,
+                    "ms_per_sequence": round(per_seq * 1000, 2),
+                    "sequences_per_s": round(1 / per_seq, 3),
+                    "gflops": round(gflop / per_seq, 1),
+                }
+            )
+            print(f"compute: {name} batch {batch}: {per_seq * 1000:.1f} ms/seq", flush=True)
+    return {"gflop_per_sequence": round(gflop, 2), "rows": rows}
+
+
+def load(plan: Plan, batching: bool) -> dict[str, Any]:
+    env = {} if batching else {"CONVLSTM_MAX_BATCH_SIZE": "1"}
+    body = {"frames": moving_square_frames()}
+    rows = []
+    with serve(MODELS / "convlstm.onnx", env=env) as server:
+        startup = {
+            "ready_seconds": round(server.ready_seconds, 2),
+            "rss_mb_ready": round(server.rss_mb, 1),
+        }
+        for c in plan.concurrency:
+            result = closed_loop(
+                server.url,
+                body,
+                concurrency=c,
+                max_requests=plan.load_requests,
+                max_seconds=plan.load_seconds,
+            )
+            rows.append(result.summary())
+            print(f"load (batching {'on' if batching else 'off'}): c={c}: {rows[-1]}", flush=True)
+        startup["rss_mb_after_load"] = round(server.rss_mb, 1)
+    return {"batching": batching, "startup": startup, "rows": rows}
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each as measured, met or not."""
+    rows = results["compute"]["rows"]
+
+    def ms(graph: str, batch: int) -> float | None:
+        return next(
+            (r["ms_per_sequence"] for r in rows if r["graph"] == graph and r["batch"] == batch),
+            None,
+        )
+
+    served_b1 = ms("served graph", 1)
+    raw_best = max(
+        (1000 / r["ms_per_sequence"] for r in rows if r["graph"] == "served graph"), default=0
+    )
+    on = {r["concurrency"]: r for r in results["load_batching_on"]["rows"]}
+    out = []
+    plain8, fast8 = ms("plain tf2onnx export", 8), ms("served graph", 8)
+    if plain8 and fast8:
+        out.append(
+            {
+                "target": "served graph <= 0.5x plain export, batch 8",
+                "measured": f"{fast8 / plain8:.2f}x",
+                "met": fast8 / plain8 <= 0.5,
+            }
+        )
+    if served_b1 and 1 in on:
+        limit = served_b1 * 1.05 + 3
+        out.append(
+            {
+                "target": "service p50 at c=1 <= raw batch-1 x 1.05 + 3 ms",
+                "measured": f"{on[1]['p50_ms']:.1f} ms vs limit {limit:.1f} ms",
+                "met": on[1]["p50_ms"] <= limit,
+            }
+        )
+    if 16 in on and raw_best:
+        share = on[16]["throughput_rps"] / raw_best
+        out.append(
+            {
+                "target": "service throughput at c=16 >= 90% of raw best batched",
+                "measured": f"{share:.0%}",
+                "met": share >= 0.9,
+            }
+        )
+    start = results["load_batching_on"]["startup"]
+    out.append(
+        {
+            "target": "ready within 5 s",
+            "measured": f"{start['ready_seconds']} s",
+            "met": start["ready_seconds"] <= 5,
+        }
+    )
+    out.append(
+        {
+            "target": "resident memory < 500 MB",
+            "measured": f"{start['rss_mb_after_load']} MB",
+            "met": start["rss_mb_after_load"] < 500,
+        }
+    )
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Measured {results['date']} on {m['cpu']}, {m['cores']} cores, {m['provider']}, "
+        f"onnxruntime {m['onnxruntime']}{' (SMOKE RUN: figures meaningless)' if results['smoke'] else ''}.",
+        "",
+        f"Float32 matrix multiply (numpy, {results['matmul']['n']}²): **{results['matmul']['gflops']} GFLOP/s**, "
+        f"the practical limit. One sequence is {results['compute']['gflop_per_sequence']} GFLOP.",
+        "",
+        "| graph | batch | ms / sequence | sequences / s | GFLOP/s | share of matmul |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["compute"]["rows"]:
+        share = r["gflops"] / results["matmul"]["gflops"]
+        lines.append(
+            f"| {r['graph']} | {r['batch']} | {r['ms_per_sequence']} | {r['sequences_per_s']} | {r['gflops']} | {share:.0%} |"
+        )
+    raw = {r["batch"]: r for r in results["compute"]["rows"] if r["graph"] == "served graph"}
+    lines += [
+        "",
+        "The server under closed-loop load (loopback, PNG frames, horizon 1), beside raw onnxruntime on the served graph:",
+        "",
+        "| concurrency | batching | requests | throughput / s | p50 ms | p95 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in ("load_batching_on", "load_batching_off"):
+        for r in results[key]["rows"]:
+            errors = r["requests"] - r["ok"]
+            lines.append(
+                f"| {r['concurrency']} | {'on' if results[key]['batching'] else 'off'} | {r['requests']} | "
+                f"{r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {errors} |"
+            )
+    lines.append("")
+    lines.append(
+        "Raw onnxruntime, served graph: "
+        + ", ".join(
+            f"batch {b}: {r['ms_per_sequence']} ms/seq ({r['sequences_per_s']} seq/s)"
+            for b, r in raw.items()
+        )
+        + "."
+    )
+    s = results["load_batching_on"]["startup"]
+    lines += [
+        "",
+        f"Start-up to ready: {s['ready_seconds']} s; resident memory {s['rss_mb_ready']} MB when ready, "
+        f"{s['rss_mb_after_load']} MB after the load runs.",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {v['target']} | {v['measured']} | {'yes' if v['met'] else 'no'} |"
+        for v in results["verdicts"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    graphs = sorted({r["graph"] for r in results["compute"]["rows"]})
+    for g in graphs:
+        rows = [r for r in results["compute"]["rows"] if r["graph"] == g]
+        left.plot([r["batch"] for r in rows], [r["gflops"] for r in rows], marker="o", label=g)
+    left.axhline(results["matmul"]["gflops"], color="grey", linestyle="--", label="float32 matmul")
+    left.set(xscale="log", xlabel="batch", ylabel="GFLOP/s", title="model compute")
+    left.legend(fontsize=8)
+    for key in ("load_batching_on", "load_batching_off"):
+        rows = results[key]["rows"]
+        label = f"server, batching {'on' if results[key]['batching'] else 'off'}"
+        right.plot(
+            [r["concurrency"] for r in rows],
+            [r["throughput_rps"] for r in rows],
+            marker="o",
+            label=label,
+        )
+    raw = [r for r in results["compute"]["rows"] if r["graph"] == "served graph"]
+    right.axhline(
+        max(r["sequences_per_s"] for r in raw),
+        color="grey",
+        linestyle="--",
+        label="raw onnxruntime, best batch",
+    )
+    right.set(xscale="log", xlabel="concurrency", ylabel="requests / s", title="service throughput")
+    right.legend(fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"{m['cpu']}, {m['cores']} cores, {m['provider']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(plan: Plan, smoke: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "smoke": smoke,
+        "machine": describe(),
+        "matmul": {
+            "n": plan.matmul_n,
+            "gflops": round(matmul_gflops(plan.matmul_n, plan.min_seconds), 1),
+        },
+    }
+    results["compute"] = compute(plan)
+    results["load_batching_on"] = load(plan, batching=True)
+    results["load_batching_off"] = load(plan, batching=False)
+    results["verdicts"] = verdicts(results)
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--smoke", action="store_true", help="seconds-long run for CI")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = p.parse_args()
+    results = run(SMOKE if args.smoke else FULL, args.smoke)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(results))
+    plot(results, args.out / "results.png")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

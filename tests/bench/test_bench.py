@@ -1,0 +1,60 @@
+"""Smoke runs of the benchmark suite and the soak test, so that both keep working.
+They assert what was measured and written, never how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench.server import REPO
+from bench.soak import markdown, soak
+from bench.suite import convlstm_gflop
+
+pytestmark = pytest.mark.slow
+
+
+def test_gflop_arithmetic_matches_the_issue() -> None:
+    # 17.9 G multiply-adds per sequence for the 30/50/60/70 stack.
+    assert convlstm_gflop() == pytest.approx(35.75, abs=0.01)
+
+
+def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.suite", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["smoke"] is True
+    assert {"cpu", "cores", "provider"} <= data["machine"].keys()
+    assert {r["graph"] for r in data["compute"]["rows"]} >= {"served graph"}
+    for key in ("load_batching_on", "load_batching_off"):
+        rows = data[key]["rows"]
+        assert [r["concurrency"] for r in rows] == [1, 2]
+        assert all(r["ok"] == r["requests"] > 0 for r in rows), rows
+    assert {v["target"] for v in data["verdicts"]} >= {
+        "ready within 5 s",
+        "resident memory < 500 MB",
+    }
+    assert "SMOKE RUN" in (tmp_path / "results.md").read_text()
+    with Image.open(tmp_path / "results.png") as img:
+        assert img.format == "PNG" and img.width > 100
+
+
+def test_soak_smoke_reports_windows_and_memory() -> None:
+    report = soak(
+        REPO / "models" / "convlstm.onnx", minutes=0.03, concurrency=2, window_s=0.8, horizon=1
+    )
+    assert report["requests_ok"] > 0
+    assert report["unexpected_errors"] == 0
+    assert len(report["windows"]) >= 2
+    assert report["rss_mb_at_end"] > 0 and "memory_growth" in report
+    assert "Requests served" in markdown(report)
