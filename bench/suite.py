@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
