@@ -40,19 +40,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            engine = await anyio.to_thread.run_sync(InferenceEngine.load, settings, state.metrics)
+            for path in settings.model_paths():
+                engine = await anyio.to_thread.run_sync(
+                    InferenceEngine.load, settings, state.metrics, path
+                )
+                await engine.start()
+                _describe_model(state, engine)
+                state.engines[engine.info.name] = engine
         except ModelLoadError as err:
             log.error("cannot serve: %s", err.message)
+            for engine in state.engines.values():
+                await engine.stop()
             raise
-        await engine.start()
-        _describe_model(state, engine)
-        state.engine, state.ready = engine, True
+        state.default_model = settings.model_path.stem
+        state.ready = True
         state.metrics.ready.set(1)
         try:
             yield
         finally:
             state.begin_drain("the service is shutting down")
-            await engine.stop()
+            for engine in state.engines.values():
+                await engine.stop()
 
     app = FastAPI(
         title="convlstm-serve",
@@ -72,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _describe_model(state: ServiceState, engine: InferenceEngine) -> None:
     info, metrics, session = engine.info, state.metrics, engine.session
     metrics.model_info.labels(info.name, info.version, info.sha256, info.provider).set(1)
-    metrics.queue_depth.set_function(lambda: engine.scheduler.queued)
+    metrics.queue_depth.labels(info.name).set_function(lambda: engine.scheduler.queued)
     wanted = session.requested[0]
     if wanted in GPU_PROVIDERS and session.provider != wanted:
         metrics.provider_fallback.labels(wanted, session.provider).set(1)

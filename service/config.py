@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     model_path: Path = Path("models/convlstm.onnx")
     """The ONNX model to serve. Its card is the same path with ``.json``."""
 
+    serve_model_dir: bool = True
+    """Also serve every other ONNX model that has a card (``<stem>.json``) in the model's
+    directory, each under its file stem; the model above stays the default."""
+
     provider: Provider = "auto"
     """Execution provider: ``auto`` and ``cuda`` prefer CUDA and fall back to the CPU;
     ``tensorrt`` prefers TensorRT, then CUDA, then the CPU; ``cpu`` uses the CPU only."""
@@ -93,3 +97,12 @@ class Settings(BaseSettings):
     @property
     def card_path(self) -> Path:
         return self.model_path.with_suffix(".json")
+
+    def model_paths(self) -> list[Path]:
+        """The models to serve, the default first."""
+        paths = [self.model_path]
+        if self.serve_model_dir and self.model_path.parent.is_dir():
+            for path in sorted(self.model_path.parent.glob("*.onnx")):
+                if path.name != self.model_path.name and path.with_suffix(".json").is_file():
+                    paths.append(path)
+        return paths

@@ -41,6 +41,11 @@ class UnsupportedMediaType(ServiceError):
     error_type = "unsupported_media_type"
 
 
+class UnknownModel(ServiceError):
+    status_code = 404
+    error_type = "unknown_model"
+
+
 class Unauthorized(ServiceError):
     status_code = 401
     error_type = "unauthorized"

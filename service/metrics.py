@@ -59,7 +59,7 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "convlstm_queue_depth", "Requests waiting for the model now.", registry=r
+            "convlstm_queue_depth", "Requests waiting for the model now.", ["model"], registry=r
         )
         self.provider_fallback = Gauge(
             "convlstm_provider_fallback",

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.config import Settings
-from service.errors import NotReady, Unauthorized, UnsupportedMediaType
+from service.errors import NotReady, Unauthorized, UnknownModel, UnsupportedMediaType
 from service.inference.engine import InferenceEngine
 from service.metrics import Metrics
 
@@ -20,11 +20,29 @@ class ServiceState:
 
     settings: Settings
     metrics: Metrics
-    engine: InferenceEngine | None = None
+    engines: dict[str, InferenceEngine] = field(default_factory=dict)
+    default_model: str = ""
     ready: bool = False
     not_ready_reason: str = field(default="the model is loading")
     draining: bool = False
     in_flight: int = 0
+
+    @property
+    def engine(self) -> InferenceEngine | None:
+        """The default model's engine, once loaded."""
+        return self.engines.get(self.default_model)
+
+    def lookup(self, name: str | None) -> InferenceEngine:
+        """The engine serving ``name`` (the default model when None)."""
+        if not self.engines:
+            raise NotReady(f"not ready: {self.not_ready_reason}")
+        engine = self.engines.get(name or self.default_model)
+        if engine is None:
+            raise UnknownModel(
+                f"model: no model named {name!r}; served: {', '.join(self.engines)}",
+                location="model",
+            )
+        return engine
 
     def begin_drain(self, reason: str) -> None:
         """Readiness off and new work refused; what is in flight carries on."""
@@ -43,9 +61,7 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 def get_engine(state: StateDep) -> InferenceEngine:
     # Not `state.ready`: a request accepted before a drain began is still served.
     # New ones are refused earlier, by the middleware.
-    if state.engine is None:
-        raise NotReady(f"not ready: {state.not_ready_reason}")
-    return state.engine
+    return state.lookup(None)
 
 
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]

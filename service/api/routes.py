@@ -31,6 +31,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "the body is not valid JSON",
         401: "an API key is configured and the request did not carry it",
+        404: "no served model has that name",
         413: "the body is larger than the configured limit",
         415: "the body is not application/json",
         422: "the JSON is valid but its content is not usable; the message says where",
@@ -71,6 +72,7 @@ async def readyz(state: StateDep) -> Any:
         and info.provider != engine.session.requested[0],
         input_name=info.input_name,
         input_shape=info.input_shape,
+        models=list(state.engines),
     )
 
 
@@ -96,6 +98,42 @@ async def model_card(engine: EngineDep) -> dict[str, Any]:
     return {**engine.info.card, "provider": engine.info.provider}
 
 
+@router.get(
+    "/v1/models",
+    tags=["model"],
+    summary="The served models: name, version, provider, input shape; the default first",
+    responses={401: _ERRORS[401], 503: _ERRORS[503]},
+    dependencies=[Depends(require_api_key)],
+)
+async def models(state: StateDep) -> dict[str, Any]:
+    state.lookup(None)  # 503 before the models are loaded
+    return {
+        "default": state.default_model,
+        "models": [
+            {
+                "name": e.info.name,
+                "version": e.info.version,
+                "sha256": e.info.sha256,
+                "provider": e.info.provider,
+                "input_shape": e.info.input_shape,
+            }
+            for e in state.engines.values()
+        ],
+    }
+
+
+@router.get(
+    "/v1/models/{name}",
+    tags=["model"],
+    summary="One served model's card",
+    responses={401: _ERRORS[401], 404: _ERRORS[404], 503: _ERRORS[503]},
+    dependencies=[Depends(require_api_key)],
+)
+async def named_model_card(name: str, state: StateDep) -> dict[str, Any]:
+    engine = state.lookup(name)
+    return {**engine.info.card, "provider": engine.info.provider}
+
+
 @router.post(
     "/predict",
     tags=["model"],
@@ -107,9 +145,10 @@ async def model_card(engine: EngineDep) -> dict[str, Any]:
 )
 async def predict(
     request: Annotated[NextFrameRequest, Body(openapi_examples=predict_examples())],
-    engine: EngineDep,
+    state: StateDep,
     http: Request,
 ) -> NextFrameResponse:
+    engine = state.lookup(request.model)
     source: FramesInput | TensorInput
     if request.frames is not None:
         source = FramesInput(request.frames)

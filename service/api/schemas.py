@@ -38,6 +38,12 @@ class NextFrameRequest(BaseModel):
     tensor: TensorData | None = Field(
         default=None, description="the input sequence as one raw array, shape [T, H, W, C]"
     )
+    model: str | None = Field(
+        default=None,
+        max_length=128,
+        description="which served model answers (GET /v1/models lists them); the default "
+        "model when left out",
+    )
     horizon: int = Field(
         default=1,
         description="frames to predict; each prediction is fed back in as the newest frame",
@@ -84,6 +90,7 @@ class ReadyResponse(BaseModel):
     fallback: bool = Field(description="true when a GPU provider was asked for but is not used")
     input_name: str
     input_shape: list[int | str]
+    models: list[str] = Field(description="every model served; `model` above is the default")
 
 
 class ErrorDetail(BaseModel):

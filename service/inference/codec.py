@@ -139,19 +139,23 @@ def decode_tensor(
     array = np.frombuffer(raw, dtype=np_dtype).reshape(spec.shape)
     if dtype == "uint8":
         return array.astype(np.float32) / 255.0
-    values = array.astype(np.float32)
+    return check_unit_range(array.astype(np.float32), "tensor.data")
+
+
+def check_unit_range(values: NDArray[np.float32], where: str) -> NDArray[np.float32]:
+    """``values`` if every one is finite and within [0, 1]; else where the first is not."""
     bad = ~np.isfinite(values)
     if bad.any():
         raise InvalidInput(
-            f"tensor.data: {_count(bad)} NaN or infinite, the first at index {_first_index(bad)}",
-            location="tensor.data",
+            f"{where}: {_count(bad)} NaN or infinite, the first at index {_first_index(bad)}",
+            location=where,
         )
     outside = (values < 0.0) | (values > 1.0)
     if outside.any():
         raise InvalidInput(
-            f"tensor.data: float32 values must be in [0, 1]; {_count(outside)} not, "
+            f"{where}: float32 values must be in [0, 1]; {_count(outside)} not, "
             f"the first at index {_first_index(outside)} is {values[outside][0]:g}",
-            location="tensor.data",
+            location=where,
         )
     return values
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -111,24 +112,29 @@ class InferenceEngine:
         await self.scheduler.stop()
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> InferenceEngine:
-        """Load the model and its card, check them against each other, warm up."""
+    def load(
+        cls, settings: Settings, metrics: Metrics, path: Path | None = None
+    ) -> InferenceEngine:
+        """Load the model (``path``, else the settings' model) and its card, check them
+        against each other, warm up. The model is served under its file stem."""
+        model = path or settings.model_path
+        card_path = model.with_suffix(".json")
         session = OnnxSession(
-            settings.model_path,
+            model,
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
             require_gpu=settings.require_gpu,
         )
-        sha = sha256_of(settings.model_path)
-        card = read_card(settings.card_path, settings.model_path, sha)
+        sha = sha256_of(model)
+        card = read_card(card_path, model, sha)
         stated = card_input_shape(card)
         if stated is not None and stated[1:] != session.input_shape[1:]:
             raise ModelLoadError(
-                f"model card {settings.card_path} states input shape {stated}, "
-                f"but {settings.model_path} takes {session.input_shape}"
+                f"model card {card_path} states input shape {stated}, "
+                f"but {model} takes {session.input_shape}"
             )
         info = ModelInfo(
-            name=str(card["name"]),
+            name=model.stem,
             version=str(card["version"]),
             sha256=sha,
             provider=session.provider,

@@ -282,8 +282,11 @@ def test_metrics_count_requests_and_inference(client: httpx.Client) -> None:
     assert delta("convlstm_inference_duration_seconds_count", **model) == 1
     assert delta("convlstm_inference_batch_size_count", model="convlstm") == 2
     assert delta("convlstm_predicted_frames_total", model="convlstm") == 2
-    info = [k for k in samples(after) if k[0] == "convlstm_model_info"]
-    assert len(info) == 1 and ("provider", provider) in info[0][1]
+    info = {
+        dict(k[1])["model"]: dict(k[1]) for k in samples(after) if k[0] == "convlstm_model_info"
+    }
+    assert set(info) == {"convlstm", "cnn_lstm"}
+    assert info["convlstm"]["provider"] == provider
     assert value(after, "convlstm_http_requests_in_flight") == 0
     assert value(after, "convlstm_ready") == 1
     assert '"/healthz"' not in after and '"/metrics"' not in after
@@ -318,3 +321,30 @@ def test_readme_example_request(client: httpx.Client) -> None:
     frames = r.json()["frames"]
     assert len(frames) == body["horizon"] == 3
     assert all(decode_png(f).shape == (40, 40, 3) for f in frames)
+
+
+def test_every_model_with_a_card_is_served(client: httpx.Client) -> None:
+    listing = client.get("/v1/models").json()
+    assert listing["default"] == "convlstm"
+    names = [m["name"] for m in listing["models"]]
+    assert names[0] == "convlstm" and "cnn_lstm" in names
+    assert not any(".plain" in n for n in names)  # a graph without a card of its own
+    assert client.get("/readyz").json()["models"] == names
+    card = client.get("/v1/models/cnn_lstm").json()
+    assert card["name"] == "cnn_lstm" and card["parameters"]["total"] == 1_504_896
+
+
+def test_request_names_the_model(client: httpx.Client) -> None:
+    r = client.post("/predict", json={"frames": FRAMES, "model": "cnn_lstm"})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "cnn_lstm"
+    assert client.post("/predict", json={"frames": FRAMES}).json()["model"] == "convlstm"
+    text = client.get("/metrics").text
+    assert (value(text, "convlstm_predicted_frames_total", model="cnn_lstm") or 0) >= 1
+
+
+def test_unknown_model_is_404_naming_the_served_ones(client: httpx.Client) -> None:
+    error = error_of(client.post("/predict", json={"frames": FRAMES, "model": "unet"}), 404)
+    assert error["type"] == "unknown_model" and error["location"] == "model"
+    assert "no model named 'unet'; served: convlstm, cnn_lstm" in error["message"]
+    assert error_of(client.get("/v1/models/unet"), 404)["type"] == "unknown_model"
