@@ -13,8 +13,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service import __version__
 from service.api.deps import ServiceState
 from service.api.middleware import BodySizeLimit, RequestObserver
+from service.api.oip import is_oip_path, oip_error
+from service.api.oip import router as oip_router
 from service.api.routes import router
 from service.api.web import mount_web
 from service.config import Settings
@@ -65,11 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="convlstm-serve",
         summary="Next-frame prediction with a convolutional LSTM on onnxruntime",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.service = state
     app.include_router(router)
+    app.include_router(oip_router)
     mount_web(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestObserver, state=state)
@@ -128,7 +132,10 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        response = error_response(exc.status_code, exc.error_type, exc.message, exc.location)
+        if is_oip_path(request.url.path):
+            response = oip_error(exc.status_code, exc.message)
+        else:
+            response = error_response(exc.status_code, exc.error_type, exc.message, exc.location)
         response.headers.update(exc.headers)
         if exc.status_code == 503:
             response.headers.setdefault("Retry-After", "1")
@@ -137,6 +144,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [_describe(dict(e)) for e in exc.errors()]
+        if is_oip_path(request.url.path):
+            return oip_error(400, "; ".join(p["message"] for p in problems))
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return error_response(400, "invalid_json", problems[0]["message"], "body")
         shown = "; ".join(p["message"] for p in problems[:3])
@@ -159,7 +168,11 @@ def _add_error_handlers(app: FastAPI) -> None:
                 "invalid_json",
                 "body could not be parsed as JSON (nested too deeply?)",
             )
-        response = error_response(exc.status_code, error_type, message)
+        response = (
+            oip_error(exc.status_code, message)
+            if is_oip_path(request.url.path)
+            else error_response(exc.status_code, error_type, message)
+        )
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -168,4 +181,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The trace goes to the log, never to the client.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if is_oip_path(request.url.path):
+            return oip_error(500, "internal error; see the server log")
         return error_response(500, "internal_error", "internal error; see the server log")

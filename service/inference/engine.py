@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,18 +180,32 @@ class InferenceEngine:
                 location="horizon",
             )
 
+    async def run(
+        self, sequences: NDArray[np.float32], horizon: int
+    ) -> tuple[NDArray[np.float32], float]:
+        """Checked (N, T, H, W, C) sequences -> (N, horizon, H, W, C) predictions and the
+        longest time any of them spent in the model. Each sequence is its own job, so
+        the scheduler batches them with whatever else is queued."""
+        self.check_horizon(horizon)
+        try:
+            results = await asyncio.gather(
+                *(self.scheduler.submit(s, horizon, self.timeout_s) for s in sequences)
+            )
+        except Overloaded:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise
+        seconds = max(s for _, s in results)
+        self.metrics.inference_seconds.labels(self.info.name, self.info.provider).observe(seconds)
+        self.metrics.predicted_frames.labels(self.info.name).inc(horizon * len(results))
+        return np.stack([frames for frames, _ in results]), seconds
+
     async def predict(
         self, source: FramesInput | TensorInput, *, horizon: int = 1, return_tensor: bool = False
     ) -> Prediction:
         self.check_horizon(horizon)
         sequence = await anyio.to_thread.run_sync(self.decode, source)
-        try:
-            predicted, seconds = await self.scheduler.submit(sequence, horizon, self.timeout_s)
-        except Overloaded:
-            self.metrics.rejected.labels("overloaded").inc()
-            raise
-        self.metrics.inference_seconds.labels(self.info.name, self.info.provider).observe(seconds)
-        self.metrics.predicted_frames.labels(self.info.name).inc(horizon)
+        batch, seconds = await self.run(sequence[None], horizon)
+        predicted = batch[0]
         pngs = await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])
         return Prediction(
             png_frames=pngs,

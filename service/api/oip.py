@@ -1,0 +1,240 @@
+"""The Open Inference Protocol (KServe V2) over REST, as Triton and KServe speak it:
+server and model metadata, health, and ``infer`` with JSON tensors or the binary tensor
+data extension. Errors here are ``{"error": "..."}``, as the protocol says."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service import __version__
+from service.api.deps import ServiceState, StateDep, require_api_key
+from service.errors import InvalidInput, ServiceError
+from service.inference.codec import check_unit_range
+from service.inference.engine import InferenceEngine
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+HEADER_LENGTH = "inference-header-content-length"
+SERVER_NAME = "convlstm-serve"
+EXTENSIONS = ["binary_tensor_data"]
+# Datatypes a client may send: FP32 values in [0, 1], or UINT8 pixels scaled by 1/255.
+INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+
+
+class InferTensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str
+    data: list[Any] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    inputs: list[InferTensor] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def oip_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def _engine(state: ServiceState, name: str) -> InferenceEngine:
+    return state.lookup(name)
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness: every model loaded, not draining")
+async def ready(state: StateDep) -> Response:
+    if not state.ready:
+        return JSONResponse(status_code=503, content={"ready": False})
+    return JSONResponse({"ready": True})
+
+
+@router.get("/models/{name}", summary="Model metadata", dependencies=[Depends(require_api_key)])
+async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
+    info = _engine(state, name).info
+    return {
+        "name": info.name,
+        "versions": [info.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": info.input_name, "datatype": "FP32", "shape": _dims(info.input_shape)}],
+        "outputs": [
+            {"name": info.output_name, "datatype": "FP32", "shape": _dims(info.output_shape)}
+        ],
+    }
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+async def model_ready(name: str, state: StateDep) -> Response:
+    engine = state.engines.get(name)
+    if engine is None:
+        return oip_error(404, f"no model named {name!r}; served: {', '.join(state.engines)}")
+    if not state.ready:
+        return JSONResponse(status_code=503, content={"name": name, "ready": False})
+    return JSONResponse({"name": name, "ready": True})
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference: JSON tensors, or JSON header + binary tensors",
+    dependencies=[Depends(require_api_key)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": InferRequest.model_json_schema()},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def infer(name: str, request: Request, state: StateDep) -> Response:
+    engine = _engine(state, name)
+    raw = await request.body()
+    header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
+    try:
+        req = InferRequest.model_validate_json(header)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{where}: {first['msg']}", location=where) from None
+    sequences = _input_array(req, binary, engine)
+    horizon = req.parameters.get("horizon", 1)
+    if not isinstance(horizon, int) or isinstance(horizon, bool):
+        raise InvalidInput(f"parameters.horizon: must be an integer, got {horizon!r}")
+    predicted, _ = await engine.run(sequences, horizon)
+    out = predicted[:, 0] if horizon == 1 else predicted
+    return _response(req, engine, out)
+
+
+def _dims(shape: list[int | str]) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return raw, b""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise InvalidInput(
+            f"{HEADER_LENGTH}: {header_length!r} is not a length within the {len(raw)}-byte body"
+        )
+    n = int(header_length)
+    return raw[:n], raw[n:]
+
+
+def _input_array(req: InferRequest, binary: bytes, engine: InferenceEngine) -> NDArray[np.float32]:
+    info, spec = engine.info, engine.spec
+    if len(req.inputs) != 1 or req.inputs[0].name != info.input_name:
+        got = [i.name for i in req.inputs]
+        raise InvalidInput(
+            f"inputs: the model takes one input named {info.input_name!r}, got {got}"
+        )
+    tensor = req.inputs[0]
+    dtype = INPUT_DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"inputs[0].datatype: {tensor.datatype!r} is not one of {sorted(INPUT_DATATYPES)}"
+        )
+    if len(tensor.shape) != 5 or tuple(tensor.shape[1:]) != spec.shape or tensor.shape[0] < 1:
+        raise InvalidInput(
+            f"inputs[0].shape: expected [N, {', '.join(map(str, spec.shape))}] with N >= 1, "
+            f"got {tensor.shape}"
+        )
+    count = int(np.prod(tensor.shape))
+    size = tensor.parameters.get("binary_data_size")
+    if size is not None:
+        if size != count * dtype.itemsize or len(binary) != size:
+            raise InvalidInput(
+                f"inputs[0].parameters.binary_data_size: {size} bytes declared, {len(binary)} "
+                f"sent, shape {tensor.shape} of {tensor.datatype} needs {count * dtype.itemsize}"
+            )
+        array = np.frombuffer(binary, dtype=dtype)
+    elif tensor.data is not None:
+        try:
+            array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise InvalidInput(f"inputs[0].data: not {tensor.datatype} numbers ({err})") from None
+        if array.size != count:
+            raise InvalidInput(
+                f"inputs[0].data: {array.size} values, shape {tensor.shape} needs {count}"
+            )
+    else:
+        raise InvalidInput("inputs[0]: neither data nor parameters.binary_data_size")
+    array = array.reshape(tensor.shape)
+    if tensor.datatype == "UINT8":
+        return array.astype(np.float32) / 255.0
+    return check_unit_range(array.astype(np.float32), "inputs[0].data")
+
+
+def _response(req: InferRequest, engine: InferenceEngine, out: NDArray[np.float32]) -> Response:
+    info = engine.info
+    wanted = req.outputs or [RequestedOutput(name=info.output_name)]
+    unknown = [o.name for o in wanted if o.name != info.output_name]
+    if unknown:
+        raise InvalidInput(
+            f"outputs: the model has one output, {info.output_name!r}; asked {unknown}"
+        )
+    binary = bool(req.parameters.get("binary_data_output")) or any(
+        o.parameters.get("binary_data") for o in wanted
+    )
+    output: dict[str, Any] = {
+        "name": info.output_name,
+        "datatype": "FP32",
+        "shape": list(out.shape),
+    }
+    payload = np.ascontiguousarray(out, dtype="<f4")
+    if binary:
+        output["parameters"] = {"binary_data_size": payload.nbytes}
+    else:
+        output["data"] = payload.reshape(-1).tolist()
+    body: dict[str, Any] = {
+        "model_name": info.name,
+        "model_version": info.version,
+        "outputs": [output],
+    }
+    if req.id is not None:
+        body["id"] = req.id
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not binary:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + payload.tobytes(),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def is_oip_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def render_oip_error(exc: ServiceError) -> JSONResponse:
+    return oip_error(exc.status_code, exc.message)
