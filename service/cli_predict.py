@@ -1,0 +1,268 @@
+"""``convlstm-predict FRAMES... [--url URL] [--horizon N] [--out DIR] [--model NAME]``
+
+Sends a sequence to a running service and writes what it predicts. FRAMES is one of:
+
+- 15 PNG or JPEG files, oldest first, in the order given (a shell glob sorts them);
+- one animated GIF: its first 15 frames (later ones are ignored, as on the demo page);
+- one ``.npy`` array, (T, H, W, 3) for one sequence or (N, T, H, W, 3) for N sequences,
+  uint8 in 0-255 or floating point in [0, 1].
+
+For each sequence it writes ``pred_01.png``, ``pred_02.png``, ... and ``sequence.gif``
+(the inputs, then the prediction) under DIR, or under ``DIR/seq_000/``, ``DIR/seq_001/``,
+... for an (N, T, H, W, 3) array, and shows progress on stderr while a batch runs.
+
+Exit status: 0 done; 1 the server refused a request or could not be reached (its
+message is printed; sequences already written stay); 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from service.client import ClientError, NextFrameClient, Prediction, ReadyInfo
+
+PROG = "convlstm-predict"
+GIF_FRAME_MS = 200
+
+
+class InputError(Exception):
+    """The command line or an input file cannot be used: exit status 2."""
+
+
+@dataclass
+class Inputs:
+    """Every sequence to send, (N, T, H, W, 3), uint8 or float32 in [0, 1]."""
+
+    sequences: NDArray[Any]
+    batched: bool
+    source: str
+    trim_to_model: bool = False  # a GIF: keep only as many frames as the model takes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(__doc__ or "").split("\n\n", 1)[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "frames", nargs="+", type=Path, metavar="FRAMES", help="PNG/JPEG files, a GIF or a .npy"
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("CONVLSTM_URL", "http://127.0.0.1:8000"),
+        metavar="URL",
+        help="the service (default $CONVLSTM_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--horizon", type=int, default=1, metavar="N", help="frames to predict (default 1)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions"),
+        metavar="DIR",
+        help="output directory (default ./predictions)",
+    )
+    p.add_argument(
+        "--model", metavar="NAME", help="which served model answers (default: the server's)"
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("CONVLSTM_API_KEY"),
+        metavar="KEY",
+        help="API key, when the service needs one (default $CONVLSTM_API_KEY)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="seconds per request (60)"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (a console script passes it to exit)."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 on --help
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        inputs = load_inputs(args.frames)
+        with NextFrameClient(args.url, args.api_key, timeout=args.timeout) as client:
+            ready = client.ready()
+            # /readyz describes the default model; another one is left to the server to check.
+            check_against_model(inputs, ready, strict=args.model in (None, ready.model))
+            return predict_all(client, inputs, args.horizon, args.model, args.out)
+    except InputError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except ClientError as err:
+        print(f"{PROG}: server error: {err}", file=sys.stderr)
+        return 1
+
+
+def load_inputs(paths: list[Path]) -> Inputs:
+    """Read FRAMES: image files, one GIF or one ``.npy`` array."""
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+    suffixes = {p.suffix.lower() for p in paths}
+    for kind in (".npy", ".gif"):
+        if kind in suffixes and len(paths) > 1:
+            raise InputError(f"give one {kind} file alone, or image files; got {len(paths)} files")
+    if suffixes == {".npy"}:
+        return _load_npy(paths[0])
+    if suffixes == {".gif"}:
+        frames = _gif_frames(paths[0])
+        return Inputs(frames[np.newaxis], batched=False, source=str(paths[0]), trim_to_model=True)
+    images = [_read_image(p) for p in paths]
+    first = images[0].shape
+    for path, image in zip(paths, images, strict=True):
+        if image.shape != first:
+            raise InputError(f"{path}: {_size(image)}, but {paths[0]} is {_size(images[0])}")
+    return Inputs(np.stack(images)[np.newaxis], batched=False, source=f"{len(paths)} images")
+
+
+def check_against_model(inputs: Inputs, ready: ReadyInfo, *, strict: bool = True) -> None:
+    """Cut a GIF to the model's frame count; when ``strict``, catch a wrong frame count or
+    size here, naming the input, before any prediction is asked for."""
+    spec = ready.frame_shape
+    if spec is None:
+        return
+    frames, height, width, channels = spec
+    got = inputs.sequences.shape[1]
+    if inputs.trim_to_model and got > frames:
+        print(f"{inputs.source}: {got} frames, using the first {frames}", file=sys.stderr)
+        inputs.sequences = inputs.sequences[:, :frames]
+    if not strict:
+        return
+    shape = inputs.sequences.shape[1:]
+    if shape[0] != frames:
+        raise InputError(
+            f"{inputs.source}: {shape[0]} frames, but model {ready.model} needs {frames}"
+        )
+    if shape[1:] != (height, width, channels):
+        raise InputError(
+            f"{inputs.source}: frames are {list(shape[1:])} (height, width, channels), "
+            f"but model {ready.model} needs {[height, width, channels]}"
+        )
+
+
+def predict_all(
+    client: NextFrameClient, inputs: Inputs, horizon: int, model: str | None, out: Path
+) -> int:
+    total = len(inputs.sequences)
+    progress = Progress(total, sys.stderr) if total > 1 else None
+    last: Prediction | None = None
+    for i, sequence in enumerate(inputs.sequences):
+        last = client.predict(sequence, horizon=horizon, model=model)
+        directory = out / f"seq_{i:03d}" if inputs.batched else out
+        write_outputs(directory, sequence, last.frames)
+        if progress is not None:
+            progress.step()
+    assert last is not None
+    where = f"{out}/seq_000 ... seq_{total - 1:03d}" if inputs.batched else str(out)
+    print(
+        f"{total} sequence(s), {horizon} frame(s) each, written to {where} "
+        f"(model {last.model} {last.model_version} on {last.provider})"
+    )
+    return 0
+
+
+def write_outputs(directory: Path, inputs: NDArray[Any], predicted: NDArray[np.float32]) -> None:
+    """``pred_NN.png`` per predicted frame, and ``sequence.gif``: inputs then prediction."""
+    directory.mkdir(parents=True, exist_ok=True)
+    predicted_u8 = to_uint8(predicted)
+    for i, frame in enumerate(predicted_u8, start=1):
+        Image.fromarray(frame).save(directory / f"pred_{i:02d}.png")
+    images = [Image.fromarray(f) for f in np.concatenate([to_uint8(inputs), predicted_u8])]
+    images[0].save(
+        directory / "sequence.gif",
+        save_all=True,
+        append_images=images[1:],
+        duration=GIF_FRAME_MS,
+        loop=0,
+    )
+
+
+def to_uint8(frames: NDArray[Any]) -> NDArray[np.uint8]:
+    """uint8 stays; floating point in [0, 1] is rounded to 0-255 as the server rounds."""
+    if frames.dtype == np.uint8:
+        return np.asarray(frames, dtype=np.uint8)
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+class Progress:
+    """One stderr line, redrawn in place on a terminal, one line per step otherwise."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+        self.start = time.monotonic()
+        self.tty = stream.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        per = (time.monotonic() - self.start) / self.done
+        left = per * (self.total - self.done)
+        filled = round(20 * self.done / self.total)
+        line = (
+            f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} sequences, "
+            f"{per:.1f} s each, ~{left:.0f} s left"
+        )
+        end = "\n" if not self.tty or self.done == self.total else ""
+        self.stream.write(("\r" if self.tty else "") + line + end)
+        self.stream.flush()
+
+
+def _load_npy(path: Path) -> Inputs:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a NumPy .npy array ({err})") from None
+    if array.ndim not in (4, 5) or array.shape[-1] != 3:
+        raise InputError(
+            f"{path}: shape {list(array.shape)}; expected (T, H, W, 3) or (N, T, H, W, 3)"
+        )
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"{path}: dtype {array.dtype}; expected uint8 or float in [0, 1]")
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise InputError(f"{path}: float values must be finite and within [0, 1]")
+    batched = array.ndim == 5
+    if batched and len(array) == 0:
+        raise InputError(f"{path}: holds no sequence (N = 0)")
+    return Inputs(array if batched else array[np.newaxis], batched=batched, source=str(path))
+
+
+def _gif_frames(path: Path) -> NDArray[np.uint8]:
+    try:
+        with Image.open(path) as img:
+            return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(img)])
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable GIF ({err})") from None
+
+
+def _read_image(path: Path) -> NDArray[np.uint8]:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable image ({err})") from None
+
+
+def _size(image: NDArray[Any]) -> str:
+    return f"{image.shape[1]}x{image.shape[0]} (width x height)"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""A small typed client for the next-frame service.
+
+Needs only httpx, NumPy and Pillow (no onnxruntime, no FastAPI), so it can run on a
+machine that only calls the service::
+
+    from service.client import NextFrameClient
+
+    with NextFrameClient("http://127.0.0.1:8000") as client:
+        prediction = client.predict(frames, horizon=2)   # frames: (15, 40, 40, 3) uint8
+        prediction.frames                                # (2, 40, 40, 3) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+# What `predict` accepts: one array, PIL images, or image files (PNG or JPEG).
+FramesLike = NDArray[Any] | Sequence[Image.Image] | Sequence[str | os.PathLike[str]]
+
+
+class ClientError(Exception):
+    """The service refused the request, or could not be reached.
+
+    ``status`` is the HTTP status (``None`` when no answer came back); ``error_type``
+    and ``message`` are the server's own (``invalid_input``, ``unauthorized``, ...),
+    and ``location`` the field it names, when it names one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        error_type: str,
+        location: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+        self.location = location
+
+    def __str__(self) -> str:
+        status = f"HTTP {self.status}" if self.status is not None else "no answer"
+        return f"{self.message} ({status}, {self.error_type})"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted frames, float32 in [0, 1], shape (horizon, H, W, 3), unrounded."""
+
+    frames: NDArray[np.float32]
+    model: str
+    model_version: str
+    provider: str
+    inference_ms: float
+
+
+@dataclass(frozen=True)
+class ReadyInfo:
+    """What ``GET /readyz`` says once the model is loaded and warmed up."""
+
+    model: str
+    model_version: str
+    provider: str
+    input_shape: list[int | str]
+    models: list[str]
+    """Every served model; ``model`` is the default (only ``model`` on older servers)."""
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int, int] | None:
+        """(T, H, W, C) one sequence must have, when the model fixes all four."""
+        dims = self.input_shape[1:]
+        if len(dims) != 4 or not all(isinstance(d, int) for d in dims):
+            return None
+        t, h, w, c = (int(d) for d in dims)
+        return (t, h, w, c)
+
+
+class NextFrameClient:
+    """Calls ``/readyz`` and ``/predict``.
+
+    A 503 (queue full, model loading) is retried up to ``retries`` times, waiting what
+    its ``Retry-After`` says but never more than ``max_retry_wait`` seconds at a time;
+    every other error raises :class:`ClientError` at once. ``transport`` is httpx's, for
+    tests (``httpx.MockTransport``) or a proxy set-up.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 3,
+        max_retry_wait: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
+
+    def __enter__(self) -> NextFrameClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def ready(self) -> ReadyInfo:
+        """The served model; raises :class:`ClientError` when the service is not ready."""
+        body = self._request("GET", "/readyz", retry=False)
+        return ReadyInfo(
+            model=str(body["model"]),
+            model_version=str(body["model_version"]),
+            provider=str(body["provider"]),
+            input_shape=list(body["input_shape"]),
+            models=[str(m) for m in body.get("models", [body["model"]])],
+        )
+
+    def predict(self, frames: FramesLike, horizon: int = 1, model: str | None = None) -> Prediction:
+        """Predict ``horizon`` frames after ``frames`` (oldest first).
+
+        An array (T, H, W, 3) is sent raw: uint8 as 0-255, floating point as float32
+        in [0, 1]. PIL images and image files are sent as PNG/JPEG, so the server checks
+        each one and names it (``frames[3]``) when one is wrong. ``model`` picks one of
+        the served models; without it the server's default answers.
+        """
+        body: dict[str, Any] = {**encode_frames(frames), "horizon": horizon}
+        body["return_tensor"] = True
+        if model is not None:
+            body["model"] = model
+        answer = self._request("POST", "/predict", json=body, retry=True)
+        tensor = answer["tensor"]
+        data = np.frombuffer(base64.b64decode(tensor["data"]), dtype="<f4")
+        return Prediction(
+            frames=data.reshape(tensor["shape"]).astype(np.float32),
+            model=str(answer["model"]),
+            model_version=str(answer["model_version"]),
+            provider=str(answer["provider"]),
+            inference_ms=float(answer["inference_ms"]),
+        )
+
+    def _request(
+        self, method: str, path: str, *, retry: bool, json: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, json=json)
+            except httpx.TimeoutException as err:
+                raise ClientError(
+                    f"no answer from {self._http.base_url} within the timeout ({err})",
+                    status=None,
+                    error_type="timeout",
+                ) from err
+            except httpx.TransportError as err:
+                raise ClientError(
+                    f"cannot reach {self._http.base_url}: {err}",
+                    status=None,
+                    error_type="connection_error",
+                ) from err
+            if response.status_code == 503 and retry and attempt < self.retries:
+                attempt += 1
+                time.sleep(self._retry_wait(response, attempt))
+                continue
+            if response.is_success:
+                result: dict[str, Any] = response.json()
+                return result
+            raise _error_from(response)
+
+    def _retry_wait(self, response: httpx.Response, attempt: int) -> float:
+        wait = _parse_retry_after(response.headers.get("retry-after"))
+        if wait is None:
+            wait = 0.5 * 2 ** (attempt - 1)
+        return min(max(wait, 0.0), self.max_retry_wait)
+
+
+def encode_frames(frames: FramesLike) -> dict[str, Any]:
+    """The input part of a ``/predict`` body: ``{"tensor": ...}`` or ``{"frames": [...]}``."""
+    if isinstance(frames, np.ndarray):
+        if frames.dtype == np.uint8:
+            array: NDArray[Any] = np.ascontiguousarray(frames, dtype="<u1")
+            dtype = "uint8"
+        elif np.issubdtype(frames.dtype, np.floating):
+            array = np.ascontiguousarray(frames, dtype="<f4")
+            dtype = "float32"
+        else:
+            raise TypeError(f"frames: expected a uint8 or float array, got {frames.dtype}")
+        data = base64.b64encode(array.tobytes()).decode("ascii")
+        return {"tensor": {"data": data, "dtype": dtype, "shape": list(array.shape)}}
+    if isinstance(frames, str | os.PathLike):
+        raise TypeError("frames: expected one path per frame, got a single path")
+    encoded = []
+    for frame in frames:
+        if isinstance(frame, Image.Image):
+            buffer = io.BytesIO()
+            frame.convert("RGB").save(buffer, format="PNG")
+            raw = buffer.getvalue()
+        else:
+            raw = Path(frame).read_bytes()
+        encoded.append(base64.b64encode(raw).decode("ascii"))
+    return {"frames": encoded}
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_from(response: httpx.Response) -> ClientError:
+    """The server's ``{"error": {"type", "message", "location"}}``, or what came instead."""
+    try:
+        error = response.json()["error"]
+        if isinstance(error, dict):
+            return ClientError(
+                str(error["message"]),
+                status=response.status_code,
+                error_type=str(error["type"]),
+                location=error.get("location"),
+            )
+        # A plain-string error, as some proxies and other protocols send.
+        return ClientError(str(error), status=response.status_code, error_type="http_error")
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip()[:200] or response.reason_phrase
+        return ClientError(text, status=response.status_code, error_type="http_error")
