@@ -42,8 +42,8 @@ ARG TRAIN_MAX_MINUTES=65
 RUN if [ "$RETRAIN" = "1" ]; then \
         python -m model_export train --variant convlstm --samples "$TRAIN_SAMPLES" --epochs "$TRAIN_EPOCHS" --max-minutes "$TRAIN_MAX_MINUTES" --out models; \
     fi \
-    && python -m model_export export --models models --variant convlstm \
-    && python -m model_export evaluate --models models --variant convlstm
+    && python -m model_export export --models models --variant convlstm cnn_lstm \
+    && python -m model_export evaluate --models models --variant convlstm cnn_lstm
 
 
 FROM python:3.11-slim-bookworm AS runtime-cpu
@@ -73,7 +73,10 @@ COPY README.md ./
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json models/
+# Both models with their cards: the server serves every model with a card in models/,
+# convlstm (CONVLSTM_MODEL_PATH) by default.
+COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
+     /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
 
 USER 10001:10001
 EXPOSE 8000
@@ -123,7 +126,10 @@ COPY README.md ./
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json models/
+# Both models with their cards: the server serves every model with a card in models/,
+# convlstm (CONVLSTM_MODEL_PATH) by default.
+COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
+     /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
 
 USER 10001:10001
 EXPOSE 8000
