@@ -53,6 +53,25 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class ProtocolError(BaseModel):
+    error: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ProtocolError, "description": _WHY[code]} for code in codes}
+
+
+_WHY = {
+    400: "the request could not be parsed",
+    401: "an API key is configured and the request did not carry it",
+    404: "no served model has that name",
+    413: "the body is larger than the configured limit",
+    422: "the request is well-formed but its tensors do not fit the model",
+    503: "the queue is full, or the server is loading or shutting down",
+    504: "the request was not answered within the configured deadline",
+}
+
+
 def oip_error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
@@ -71,14 +90,23 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server readiness: every model loaded, not draining")
+@router.get(
+    "/health/ready",
+    summary="Server readiness: every model loaded, not draining",
+    responses={503: {"description": "not ready", "content": {"application/json": {}}}},
+)
 async def ready(state: StateDep) -> Response:
     if not state.ready:
         return JSONResponse(status_code=503, content={"ready": False})
     return JSONResponse({"ready": True})
 
 
-@router.get("/models/{name}", summary="Model metadata", dependencies=[Depends(require_api_key)])
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    dependencies=[Depends(require_api_key)],
+    responses=_errors(400, 401, 404, 503),
+)
 async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
     info = _engine(state, name).info
     return {
@@ -92,7 +120,14 @@ async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness",
+    responses={
+        **_errors(400, 404),
+        503: {"description": "not ready", "content": {"application/json": {}}},
+    },
+)
 async def model_ready(name: str, state: StateDep) -> Response:
     engine = state.engines.get(name)
     if engine is None:
@@ -106,6 +141,10 @@ async def model_ready(name: str, state: StateDep) -> Response:
     "/models/{name}/infer",
     summary="Inference: JSON tensors, or JSON header + binary tensors",
     dependencies=[Depends(require_api_key)],
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **_errors(400, 401, 404, 413, 422, 503, 504),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
