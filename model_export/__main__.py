@@ -46,24 +46,31 @@ def _export(args: argparse.Namespace) -> int:
 
     for variant in args.variant:
         try:
-            result = export(args.models / f"{variant}.keras", opset=args.opset)
+            result = export(
+                args.models / f"{variant}.keras",
+                opset=args.opset,
+                keep_evaluation=args.keep_evaluation,
+            )
         except ParityError as err:
             print(f"export failed: {err}", file=sys.stderr)
             return 1
         print(
             f"{result.onnx_path}: parity max |diff| {result.max_abs_diff:.2e}, sha256 {result.sha256}"
         )
+        if result.plain_path is not None:
+            print(f"{result.plain_path}: parity max |diff| {result.plain_max_abs_diff:.2e}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from model_export.export import ParityError, check
+    from model_export.export import ParityError, check_graphs
 
     failed = 0
     for variant in args.variant:
         try:
-            diff = check(args.models / f"{variant}.keras")
-            print(f"{variant}: ONNX matches checkpoint (max |diff| {diff:.2e}), card sha256 ok")
+            diffs = check_graphs(args.models / f"{variant}.keras")
+            matches = ", ".join(f"{name} max |diff| {diff:.2e}" for name, diff in diffs.items())
+            print(f"{variant}: ONNX matches checkpoint ({matches}), card sha256 ok")
         except (ParityError, FileNotFoundError) as err:
             print(f"{variant}: {err}", file=sys.stderr)
             failed += 1
@@ -116,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--models", type=Path, default=Path("models"))
     e.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
     e.add_argument("--opset", type=int, default=17)
+    e.add_argument(
+        "--keep-evaluation",
+        action="store_true",
+        help="keep the existing card's evaluation (a new graph of the same checkpoint)",
+    )
     e.set_defaults(func=_export)
 
     c = sub.add_parser("check", help="check committed ONNX files against checkpoints and cards")

@@ -1,5 +1,11 @@
 """Keras checkpoint -> ONNX with tf2onnx, a parity check, and the model card.
 
+A ConvLSTM stack is exported twice: the served graph (``<name>.onnx``) from
+the export-friendly rebuild in ``model_export.fast``, and the plain tf2onnx
+export of the checkpoint as is beside it (``<name>.plain.onnx``), for
+comparison. Both must match the Keras model; the card names both. Other
+models are exported plain only.
+
 TensorFlow and tf2onnx are imported inside the functions that need them, so
 training (which may run on another Keras backend) never loads them.
 """
@@ -18,13 +24,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_export import data
-from model_export.card import card_path, sha256_of, write_card
+from model_export.card import card_path, read_card, sha256_of, write_card
+from model_export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, is_convlstm_stack
 from model_export.model import INPUT_NAME, OUTPUT_NAME, parameter_table
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_SEQUENCES = 8
 MODEL_VERSION = "1.0.0"
+PLAIN_DESCRIPTION = "plain: the tf2onnx export of the Keras model as is"
 
 
 class ParityError(RuntimeError):
@@ -37,6 +45,13 @@ class ExportResult:
     card_path: Path
     max_abs_diff: float
     sha256: str
+    plain_path: Path | None = None
+    plain_max_abs_diff: float | None = None
+
+
+def plain_path(onnx_path: Path) -> Path:
+    """Where the plain export of a fast graph goes: ``convlstm.onnx`` -> ``convlstm.plain.onnx``."""
+    return onnx_path.with_suffix(".plain.onnx")
 
 
 def to_onnx_bytes(model: keras.Model, opset: int = OPSET) -> bytes:
@@ -112,6 +127,7 @@ def build_card(
     max_abs_diff: float,
     training: dict[str, Any] | None,
     opset: int,
+    graph: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rows = parameter_table(model)
     in_shape = ["N", *[int(d) for d in model.input.shape[1:]]]
@@ -122,6 +138,7 @@ def build_card(
         "file": onnx_path.name,
         "sha256": sha256_of(onnx_path),
         "format": {"onnx_opset": opset, "producer": "tf2onnx"},
+        "graph": graph or {"kind": "plain", "description": PLAIN_DESCRIPTION},
         "inputs": [
             {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "range": [0.0, 1.0]}
         ],
@@ -158,28 +175,81 @@ def training_record(models_dir: Path, name: str) -> dict[str, Any] | None:
     return record
 
 
+def _checked_parity(
+    model: keras.Model,
+    onnx_bytes: bytes,
+    x: NDArray[np.float32],
+    *,
+    what: str,
+    tolerance: float,
+) -> float:
+    diff = parity(model, onnx_bytes, x)
+    if not diff <= tolerance:
+        raise ParityError(f"{what} differs from Keras by {diff:.3g} (max allowed {tolerance:g})")
+    return diff
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+
+
 def export(
     checkpoint: Path,
     onnx_path: Path | None = None,
     *,
     opset: int = OPSET,
     tolerance: float = PARITY_TOLERANCE,
+    fast: bool = True,
+    keep_evaluation: bool = False,
 ) -> ExportResult:
-    """Convert ``checkpoint`` to ONNX, check parity, write the ONNX file and its card.
+    """Convert ``checkpoint`` to ONNX, check parity, write the ONNX file(s) and the card.
 
-    Nothing is written when parity fails, so a bad graph never replaces a good one.
+    A ConvLSTM stack gets the fast graph at ``onnx_path`` and the plain export
+    at ``plain_path(onnx_path)`` (``fast=False``: the plain export only, at
+    ``onnx_path``). Nothing is written unless every graph passes parity, so a
+    bad graph never replaces a good one. ``keep_evaluation`` carries the
+    existing card's ``evaluation`` over, for a new graph of the same checkpoint.
     """
     onnx_path = onnx_path or checkpoint.with_suffix(".onnx")
     model = keras.models.load_model(checkpoint)
-    onnx_bytes = to_onnx_bytes(model, opset)
-    diff = parity(model, onnx_bytes, parity_inputs(model))
-    if not diff <= tolerance:
-        raise ParityError(
-            f"{checkpoint}: ONNX output differs from Keras by {diff:.3g} (max allowed {tolerance:g})"
+    x = parity_inputs(model)
+    plain_bytes = to_onnx_bytes(model, opset)
+    plain_diff = _checked_parity(
+        model, plain_bytes, x, what=f"{checkpoint}: ONNX output", tolerance=tolerance
+    )
+    if fast and is_convlstm_stack(model):
+        served_bytes = to_onnx_bytes(build_fast_convlstm(model), opset)
+        diff = _checked_parity(
+            model,
+            served_bytes,
+            x,
+            what=f"{checkpoint}: fast ONNX graph output",
+            tolerance=tolerance,
         )
-    tmp = onnx_path.with_suffix(f".onnx.tmp{os.getpid()}")
-    tmp.write_bytes(onnx_bytes)
-    tmp.replace(onnx_path)
+        plain: Path | None = plain_path(onnx_path)
+    else:
+        served_bytes, diff, plain = plain_bytes, plain_diff, None
+
+    previous = card_path(onnx_path)
+    evaluation = (
+        read_card(previous).get("evaluation") if keep_evaluation and previous.exists() else None
+    )
+    graph: dict[str, Any] = {"kind": "plain", "description": PLAIN_DESCRIPTION}
+    if plain is not None:
+        _write_atomically(plain, plain_bytes)
+        graph = {
+            "kind": "fast",
+            "description": GRAPH_DESCRIPTION,
+            "plain": {
+                "file": plain.name,
+                "sha256": sha256_of(plain),
+                "description": PLAIN_DESCRIPTION,
+                "parity_max_abs_diff": plain_diff,
+            },
+        }
+    _write_atomically(onnx_path, served_bytes)
     name = checkpoint.stem
     card = build_card(
         model,
@@ -188,29 +258,50 @@ def export(
         max_abs_diff=diff,
         training=training_record(checkpoint.parent, name),
         opset=opset,
+        graph=graph,
     )
+    card["evaluation"] = evaluation
     write_card(card_path(onnx_path), card)
-    return ExportResult(onnx_path, card_path(onnx_path), diff, card["sha256"])
+    return ExportResult(
+        onnx_path,
+        card_path(onnx_path),
+        diff,
+        card["sha256"],
+        plain,
+        plain_diff if plain is not None else None,
+    )
+
+
+def check_graphs(checkpoint: Path, tolerance: float = PARITY_TOLERANCE) -> dict[str, float]:
+    """Check that a committed ONNX file, its card and any plain export belong to ``checkpoint``.
+
+    Returns the parity difference per ONNX file name; raises ``ParityError``
+    when a file does not compute what the checkpoint computes or its sha256
+    is not the one the card records.
+    """
+    onnx_path = checkpoint.with_suffix(".onnx")
+    card = read_card(card_path(onnx_path))
+    files = {onnx_path: str(card["sha256"])}
+    plain = (card.get("graph") or {}).get("plain")
+    if plain is not None:
+        files[onnx_path.parent / plain["file"]] = str(plain["sha256"])
+    for path, recorded in files.items():
+        actual = sha256_of(path)
+        if recorded != actual:
+            raise ParityError(f"{path}: card sha256 {recorded} but file is {actual}")
+    model = keras.models.load_model(checkpoint)
+    x = parity_inputs(model)
+    diffs = {}
+    for path in files:
+        diff = parity(model, path, x)
+        if not diff <= tolerance:
+            raise ParityError(
+                f"{path}: differs from {checkpoint} by {diff:.3g} (max allowed {tolerance:g})"
+            )
+        diffs[path.name] = diff
+    return diffs
 
 
 def check(checkpoint: Path, tolerance: float = PARITY_TOLERANCE) -> float:
-    """Check that a committed ONNX file and its card still belong to ``checkpoint``.
-
-    Returns the parity difference; raises ``ParityError`` when the ONNX file
-    does not compute what the checkpoint computes or the card's sha256 is not
-    the file's.
-    """
-    from model_export.card import read_card
-
-    onnx_path = checkpoint.with_suffix(".onnx")
-    card = read_card(card_path(onnx_path))
-    actual = sha256_of(onnx_path)
-    if card["sha256"] != actual:
-        raise ParityError(f"{onnx_path}: card sha256 {card['sha256']} but file is {actual}")
-    model = keras.models.load_model(checkpoint)
-    diff = parity(model, onnx_path, parity_inputs(model))
-    if not diff <= tolerance:
-        raise ParityError(
-            f"{onnx_path}: differs from {checkpoint} by {diff:.3g} (max allowed {tolerance:g})"
-        )
-    return diff
+    """``check_graphs``, reduced to the largest difference over the graphs."""
+    return max(check_graphs(checkpoint, tolerance).values())
