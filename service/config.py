@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     then, it never reaches the model."""
 
     warmup_runs: int = Field(default=1, ge=0, le=100)
-    """Dummy batches run after loading, before the service reports ready."""
+    """Dummy runs after loading, before the service reports ready: this many at batch 1
+    and this many at ``max_batch_size``."""
 
     max_horizon: int = Field(default=8, ge=1, le=256)
     """Largest ``horizon`` a request may ask for (each step is one model run)."""

@@ -146,7 +146,7 @@ class InferenceEngine:
             card=card,
         )
         engine = cls(session, info, settings, metrics)
-        warmup = session.warm_up(settings.warmup_runs)
+        warmup = session.warm_up(settings.warmup_runs, (1, settings.max_batch_size))
         log.info(
             "model %s %s (sha256 %s) on %s; requested %s, installed %s; "
             "loaded in %.2f s, %d warm-up run(s) in %.2f s",

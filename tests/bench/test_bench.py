@@ -51,10 +51,19 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
 
 def test_soak_smoke_reports_windows_and_memory() -> None:
     report = soak(
-        REPO / "models" / "convlstm.onnx", minutes=0.03, concurrency=2, window_s=0.8, horizon=1
+        REPO / "models" / "convlstm.onnx",
+        minutes=0.05,
+        concurrency=2,
+        window_s=0.5,
+        horizon=1,
+        warmup_s=0.5,
     )
     assert report["requests_ok"] > 0
     assert report["unexpected_errors"] == 0
-    assert len(report["windows"]) >= 2
-    assert report["rss_mb_at_end"] > 0 and "memory_growth" in report
+    assert report["warmup"]["ok"] > 0
+    # A window ends when its time is up and its requests are answered, so a slow machine
+    # may fit only one in the time.
+    assert len(report["windows"]) >= 1
+    assert sum(w["ok"] for w in report["windows"]) == report["requests_ok"]
+    assert report["rss_mb_after_warmup"] > 0 and "memory_growth" in report
     assert "Requests served" in markdown(report)

@@ -33,7 +33,7 @@ def test_committed_model_loads_on_an_installed_provider() -> None:
     assert session.provider in ort.get_available_providers()
     assert session.input_shape == ["N", 15, 40, 40, 3]
     assert session.output_shape == ["N", 40, 40, 3]
-    assert session.warm_up(1) > 0
+    assert session.warm_up(1, (1, 3)) > 0
     y = session.run(np.zeros((2, 15, 40, 40, 3), np.float32))
     assert y.shape == (2, 40, 40, 3)
 
