@@ -44,19 +44,31 @@ class Server:
     def rss_mb(self) -> float:
         return rss_mb(self.process.pid)
 
+    def output(self) -> str:
+        """Everything the server has logged so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
 
 @contextmanager
 def serve(
-    model: Path, env: dict[str, str] | None = None, ready_within: float = 120.0
+    model: Path, *args: str, env: dict[str, str] | None = None, ready_within: float = 120.0
 ) -> Iterator[Server]:
-    """``python -m service`` until it answers /readyz; the seconds that took."""
+    """``python -m service`` on a free loopback port until /readyz answers 200; the
+    seconds that took. ``args`` are more command-line flags, ``env`` more variables."""
     port = free_port()
+    # A file, not a pipe: nobody reads a pipe while the server runs, and a full one
+    # would block the server's logging.
     log = tempfile.TemporaryFile(mode="w+")
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--model", str(model)],
+        [sys.executable, "-m", "service", "--port", str(port), "--model", str(model), *args],
         cwd=REPO,
-        env={**os.environ, "CONVLSTM_ACCESS_LOG": "false", **(env or {})},
+        env={**os.environ, **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -66,7 +78,7 @@ def serve(
         while True:
             if process.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"server exited with {process.returncode}: {log.read()}")
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read()}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break

@@ -23,6 +23,8 @@ from bench.server import REPO, serve
 from service.api.examples import moving_square_frames
 
 MEMORY_GROWTH_LIMIT = 0.05
+# One log line per request would only slow the measured server down.
+QUIET = {"CONVLSTM_ACCESS_LOG": "false"}
 
 
 def soak(
@@ -35,7 +37,7 @@ def soak(
 ) -> dict[str, Any]:
     body = {"frames": moving_square_frames(), "horizon": horizon}
     windows: list[dict[str, Any]] = []
-    with serve(model) as server:
+    with serve(model, env=QUIET) as server:
         rss_start = server.rss_mb
         warmup = closed_loop(
             server.url, body, concurrency=concurrency, max_requests=10**9, max_seconds=warmup_s

@@ -29,6 +29,7 @@ import numpy as np
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
+from bench.soak import QUIET
 from service.api.examples import moving_square_frames
 
 MODELS = REPO / "models"
@@ -128,7 +129,7 @@ def compute(plan: Plan) -> dict[str, Any]:
 
 
 def load(plan: Plan, batching: bool) -> dict[str, Any]:
-    env = {} if batching else {"CONVLSTM_MAX_BATCH_SIZE": "1"}
+    env = {**QUIET, **({} if batching else {"CONVLSTM_MAX_BATCH_SIZE": "1"})}
     body = {"frames": moving_square_frames()}
     rows = []
     with serve(MODELS / "convlstm.onnx", env=env) as server:

@@ -34,8 +34,7 @@ SAMPLES = json.loads((WEB / "samples" / "samples.json").read_text())["samples"]
 FIRST = SAMPLES[0]["name"]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-# run_server pipes the server's output and reads it only at the end; a page load is some
-# 30 requests, and their access-log lines would fill the pipe and stall the server.
+# A page load is some 30 requests; their log lines add nothing to these tests.
 QUIET = ("--log-level", "warning")
 # Every wait in the browser is bounded. A prediction takes about 0.3 s per horizon step on
 # two idle cores; PREDICT_MS leaves room for a loaded machine.
