@@ -14,8 +14,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
-from service.api.deps import ServiceState, StateDep, require_api_key
-from service.errors import InvalidInput, ServiceError
+from service.api.deps import StateDep, require_api_key
+from service.errors import InvalidInput
 from service.inference.codec import check_unit_range
 from service.inference.engine import InferenceEngine
 
@@ -76,10 +76,6 @@ def oip_error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def _engine(state: ServiceState, name: str) -> InferenceEngine:
-    return state.lookup(name)
-
-
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
@@ -108,7 +104,7 @@ async def ready(state: StateDep) -> Response:
     responses=_errors(400, 401, 404, 503),
 )
 async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
-    info = _engine(state, name).info
+    info = state.lookup(name).info
     return {
         "name": info.name,
         "versions": [info.version],
@@ -156,7 +152,7 @@ async def model_ready(name: str, state: StateDep) -> Response:
     },
 )
 async def infer(name: str, request: Request, state: StateDep) -> Response:
-    engine = _engine(state, name)
+    engine = state.lookup(name)
     raw = await request.body()
     header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
     try:
@@ -273,7 +269,3 @@ def _response(req: InferRequest, engine: InferenceEngine, out: NDArray[np.float3
 
 def is_oip_path(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
-
-
-def render_oip_error(exc: ServiceError) -> JSONResponse:
-    return oip_error(exc.status_code, exc.message)
