@@ -34,7 +34,8 @@ COPY models/ models/
 
 # RETRAIN=1 runs the training of `make model` (about 65 minutes on a 2-core CPU) before the
 # export; otherwise the committed checkpoint models/convlstm.keras is exported as it is.
-# `evaluate` refills the card's test-split scores, which every export resets.
+# `quantize` makes the opt-in int8 graph from the exported float32 one; `evaluate` refills
+# the cards' test-split scores, which every export resets.
 ARG RETRAIN=0
 ARG TRAIN_SAMPLES=3000
 ARG TRAIN_EPOCHS=20
@@ -43,7 +44,8 @@ RUN if [ "$RETRAIN" = "1" ]; then \
         python -m model_export train --variant convlstm --samples "$TRAIN_SAMPLES" --epochs "$TRAIN_EPOCHS" --max-minutes "$TRAIN_MAX_MINUTES" --out models; \
     fi \
     && python -m model_export export --models models --variant convlstm cnn_lstm \
-    && python -m model_export evaluate --models models --variant convlstm cnn_lstm
+    && python -m model_export quantize --models models \
+    && python -m model_export evaluate --models models --variant convlstm convlstm_int8 cnn_lstm
 
 
 FROM python:3.11-slim-bookworm AS runtime-cpu
@@ -73,9 +75,10 @@ COPY README.md ./
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-# Both models with their cards: the server serves every model with a card in models/,
-# convlstm (CONVLSTM_MODEL_PATH) by default.
+# The models with their cards: the server serves every model with a card in models/,
+# convlstm (CONVLSTM_MODEL_PATH) by default; convlstm_int8 is the opt-in int8 graph.
 COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
+     /build/models/convlstm_int8.onnx /build/models/convlstm_int8.json \
      /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
 
 USER 10001:10001
@@ -126,9 +129,10 @@ COPY README.md ./
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-# Both models with their cards: the server serves every model with a card in models/,
-# convlstm (CONVLSTM_MODEL_PATH) by default.
+# The models with their cards: the server serves every model with a card in models/,
+# convlstm (CONVLSTM_MODEL_PATH) by default; convlstm_int8 is the opt-in int8 graph.
 COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
+     /build/models/convlstm_int8.onnx /build/models/convlstm_int8.json \
      /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
 
 USER 10001:10001

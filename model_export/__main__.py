@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {summary,train,export,check,evaluate}``."""
+"""Command line: ``python -m model_export {summary,train,export,quantize,check,evaluate}``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from model_export.model import VARIANTS
+
+# The trained variants and the int8 graph made from the ConvLSTM's.
+EVALUATED = (*VARIANTS, "convlstm_int8")
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -62,8 +65,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from model_export.quantize import QuantizationError, quantize
+
+    try:
+        card = quantize(
+            args.models / "convlstm.onnx", calibration_sequences=args.calibration_sequences
+        )
+    except QuantizationError as err:
+        print(f"quantize failed: {err}", file=sys.stderr)
+        return 1
+    parity = card["parity"]
+    print(
+        f"{args.models / card['file']}: mean |int8 - float32| {parity['mean_abs_diff']:.2e}, "
+        f"max {parity['max_abs_diff']:.2e}, sha256 {card['sha256']}"
+    )
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from model_export.export import ParityError, check_graphs
+    from model_export.quantize import QuantizationError, check_int8, int8_path
 
     failed = 0
     for variant in args.variant:
@@ -71,7 +93,14 @@ def _check(args: argparse.Namespace) -> int:
             diffs = check_graphs(args.models / f"{variant}.keras")
             matches = ", ".join(f"{name} max |diff| {diff:.2e}" for name, diff in diffs.items())
             print(f"{variant}: ONNX matches checkpoint ({matches}), card sha256 ok")
-        except (ParityError, FileNotFoundError) as err:
+            onnx_path = args.models / f"{variant}.onnx"
+            if int8_path(onnx_path).exists():
+                result = check_int8(onnx_path)
+                print(
+                    f"{int8_path(onnx_path).stem}: made from {onnx_path.name}, mean |diff| "
+                    f"{result['mean_abs_diff']:.2e}, card sha256 ok"
+                )
+        except (ParityError, QuantizationError, FileNotFoundError) as err:
             print(f"{variant}: {err}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
@@ -130,6 +159,18 @@ def parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_export)
 
+    q = sub.add_parser(
+        "quantize", help="the int8 variant of the ConvLSTM graph (opt-in; float32 stays default)"
+    )
+    q.add_argument("--models", type=Path, default=Path("models"))
+    q.add_argument(
+        "--calibration-sequences",
+        type=int,
+        default=64,
+        help="training sequences that set the activation ranges",
+    )
+    q.set_defaults(func=_quantize)
+
     c = sub.add_parser("check", help="check committed ONNX files against checkpoints and cards")
     c.add_argument("--models", type=Path, default=Path("models"))
     c.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
@@ -137,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="score the ONNX models on the test split")
     v.add_argument("--models", type=Path, default=Path("models"))
-    v.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
+    v.add_argument("--variant", choices=EVALUATED, nargs="+", default=list(VARIANTS))
     v.add_argument("--samples", type=int, default=256)
     v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
     v.set_defaults(func=_evaluate)

@@ -281,12 +281,14 @@ def test_runtime_copies_the_exported_model_where_the_server_loads_it(
     exported = set()
     for run in train.all("RUN"):
         for command in model_export_commands(run, train.arg_defaults()):
+            args = _cli().parse_args(command)
+            base = PurePosixPath(train.all("WORKDIR")[-1]) / getattr(args, "models", "")
             if command[0] == "export":
-                args = _cli().parse_args(command)
-                base = PurePosixPath(train.all("WORKDIR")[-1]) / args.models
                 exported |= {
                     str(base / f"{v}{ext}") for v in args.variant for ext in (".onnx", ".json")
                 }
+            if command[0] == "quantize":
+                exported |= {str(base / f"convlstm_int8{ext}") for ext in (".onnx", ".json")}
     assert set(sources) <= exported, (sources, exported)
 
 
@@ -301,13 +303,15 @@ def test_train_stage_runs_the_real_model_export_cli(stages: dict[str, Stage]) ->
     commands = [
         c for run in train.all("RUN") for c in model_export_commands(run, train.arg_defaults())
     ]
-    assert [c[0] for c in commands] == ["train", "export", "evaluate"]
+    assert [c[0] for c in commands] == ["train", "export", "quantize", "evaluate"]
     parsed = [_cli().parse_args(c) for c in commands]  # SystemExit on an unknown flag
-    trained, exported, evaluated = parsed
-    assert trained.out == exported.models == evaluated.models
-    # RETRAIN retrains the served ConvLSTM; both models are exported, scored and served.
+    trained, exported, quantized, evaluated = parsed
+    assert trained.out == exported.models == quantized.models == evaluated.models
+    # RETRAIN retrains the served ConvLSTM; both models are exported, scored and served,
+    # and the int8 graph made from the new ConvLSTM export is scored beside them.
     assert trained.variant == "convlstm"
-    assert exported.variant == evaluated.variant == ["convlstm", "cnn_lstm"]
+    assert exported.variant == ["convlstm", "cnn_lstm"]
+    assert evaluated.variant == ["convlstm", "convlstm_int8", "cnn_lstm"]
 
 
 def test_retrain_is_a_build_argument_that_defaults_to_off(stages: dict[str, Stage]) -> None:

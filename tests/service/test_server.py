@@ -285,7 +285,7 @@ def test_metrics_count_requests_and_inference(client: httpx.Client) -> None:
     info = {
         dict(k[1])["model"]: dict(k[1]) for k in samples(after) if k[0] == "convlstm_model_info"
     }
-    assert set(info) == {"convlstm", "cnn_lstm"}
+    assert set(info) == {"convlstm", "cnn_lstm", "convlstm_int8"}
     assert info["convlstm"]["provider"] == provider
     assert value(after, "convlstm_http_requests_in_flight") == 0
     assert value(after, "convlstm_ready") == 1
@@ -341,6 +341,32 @@ def test_request_names_the_model(client: httpx.Client) -> None:
     assert client.post("/predict", json={"frames": FRAMES}).json()["model"] == "convlstm"
     text = client.get("/metrics").text
     assert (value(text, "convlstm_predicted_frames_total", model="cnn_lstm") or 0) >= 1
+
+
+def test_int8_variant_is_served_beside_float32_and_predicts_close_to_it(
+    client: httpx.Client,
+) -> None:
+    x = sequence()
+    body = {
+        "tensor": {
+            "data": base64.b64encode(x.astype("<f4").tobytes()).decode(),
+            "dtype": "float32",
+            "shape": list(x.shape),
+        },
+        "return_tensor": True,
+        "model": "convlstm_int8",
+    }
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "convlstm_int8"
+    t = r.json()["tensor"]
+    got = np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"])[0]
+    diff = np.abs(got - onnx_next_frame(x))
+    # Quantized, so not the float32 answer, but near it.
+    assert 0 < diff.mean() <= 0.01
+    card = client.get("/v1/models/convlstm_int8").json()
+    assert card["graph"]["kind"] == "int8"
+    assert card["graph"]["source"]["sha256"] == client.get("/v1/models/convlstm").json()["sha256"]
 
 
 def test_unknown_model_is_404_naming_the_served_ones(client: httpx.Client) -> None:
