@@ -75,11 +75,12 @@ COPY README.md ./
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-# The models with their cards: the server serves every model with a card in models/,
-# convlstm (CONVLSTM_MODEL_PATH) by default; convlstm_int8 is the opt-in int8 graph.
+# Both models with their cards: the server serves every model with a card in models/,
+# convlstm (CONVLSTM_MODEL_PATH) by default. The int8 graph lies apart, served only when
+# CONVLSTM_MODEL_PATH=models/int8/convlstm_int8.onnx names it.
 COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
-     /build/models/convlstm_int8.onnx /build/models/convlstm_int8.json \
      /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
+COPY --from=train /build/models/int8/ models/int8/
 
 USER 10001:10001
 EXPOSE 8000
@@ -129,11 +130,12 @@ COPY README.md ./
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-# The models with their cards: the server serves every model with a card in models/,
-# convlstm (CONVLSTM_MODEL_PATH) by default; convlstm_int8 is the opt-in int8 graph.
+# Both models with their cards: the server serves every model with a card in models/,
+# convlstm (CONVLSTM_MODEL_PATH) by default. The int8 graph lies apart, served only when
+# CONVLSTM_MODEL_PATH=models/int8/convlstm_int8.onnx names it.
 COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
-     /build/models/convlstm_int8.onnx /build/models/convlstm_int8.json \
      /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
+COPY --from=train /build/models/int8/ models/int8/
 
 USER 10001:10001
 EXPOSE 8000

@@ -10,6 +10,8 @@ SERVE_STAMP := $(SERVE_VENV)/.installed
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The default model; MODEL=models/int8/convlstm_int8.onnx serves the opt-in int8 graph.
+MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: run check test browser bench soak lint typecheck install summary model train export evaluate clean
@@ -30,7 +32,7 @@ install: $(STAMP)
 
 # Serve the committed ConvLSTM on http://$(HOST):$(PORT) (CONVLSTM_* variables apply).
 run: $(SERVE_STAMP)
-	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --model models/convlstm.onnx
+	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --model $(MODEL)
 
 # Check and score the committed models (the training-stage tools; prints only).
 check: $(STAMP)

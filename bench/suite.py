@@ -108,7 +108,7 @@ def compute(plan: Plan) -> dict[str, Any]:
     if plain.exists():
         graphs["plain tf2onnx export"] = lambda: onnx_runner(plain)
     graphs["served graph"] = lambda: onnx_runner(MODELS / "convlstm.onnx")
-    int8 = MODELS / "convlstm_int8.onnx"
+    int8 = MODELS / "int8" / "convlstm_int8.onnx"
     if int8.exists():
         graphs[INT8] = lambda: onnx_runner(int8)
     rng = np.random.default_rng(0)

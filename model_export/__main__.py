@@ -66,18 +66,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from model_export.quantize import QuantizationError, quantize
+    from model_export.quantize import QuantizationError, int8_path, quantize
 
+    source = args.models / "convlstm.onnx"
     try:
-        card = quantize(
-            args.models / "convlstm.onnx", calibration_sequences=args.calibration_sequences
-        )
+        card = quantize(source, calibration_sequences=args.calibration_sequences)
     except QuantizationError as err:
         print(f"quantize failed: {err}", file=sys.stderr)
         return 1
     parity = card["parity"]
     print(
-        f"{args.models / card['file']}: mean |int8 - float32| {parity['mean_abs_diff']:.2e}, "
+        f"{int8_path(source)}: mean |int8 - float32| {parity['mean_abs_diff']:.2e}, "
         f"max {parity['max_abs_diff']:.2e}, sha256 {card['sha256']}"
     )
     return 0

@@ -20,6 +20,7 @@ from model_export import data
 from model_export.card import card_path, update_card
 from model_export.host import describe_machine
 from model_export.model import INPUT_NAME, OUTPUT_NAME
+from model_export.quantize import find_onnx
 
 BASELINE = "copy_last_frame"
 
@@ -96,7 +97,7 @@ def evaluate(
     results: dict[str, Any] = {BASELINE: scores(x[:, -1], truth)}
     predictions = {}
     for name in names:
-        model = OnnxModel(models_dir / f"{name}.onnx")
+        model = OnnxModel(find_onnx(models_dir, name))
         predictions[name] = model(x)
         results[name] = scores(predictions[name], truth)
         results[name]["latency_ms_batch1"] = model.latency_ms(x, latency_repeats)
@@ -113,7 +114,7 @@ def evaluate(
     }
     if write_cards:
         for name in names:
-            update_card(card_path(models_dir / f"{name}.onnx"), evaluation=report)
+            update_card(card_path(find_onnx(models_dir, name)), evaluation=report)
     if grid_path is not None:
         from model_export.plots import prediction_grid
 

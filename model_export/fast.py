@@ -30,7 +30,12 @@ longer reduction; the same channels last about 0.67-0.75x; per-gate
 convolutions with channels zero-padded to multiples of 16, so that onnxruntime
 keeps the whole recurrence in its blocked NCHWc layout with no Split, about
 0.62-0.64x: the padding (50 -> 64, 70 -> 80 channels) costs more than the
-layout saves. onnxruntime's ORT_ENABLE_ALL matters (its NCHWc and Conv+Add
+layout saves. Winograd convolution written in ONNX ops (transforms as
+Pad/Slice/Concat/MatMul or fixed-kernel convolutions, the batched products as
+MatMul, with the state kept in the tile layout between steps) was slower than
+onnxruntime's Conv per step for F(2x2, 3x3) in every layout tried (1.3-4x)
+and about 0.85-1.0x of this graph end to end for F(4x4, 3x3): the transforms,
+each one more pass over memory, cost what the multiplies save. onnxruntime's ORT_ENABLE_ALL matters (its NCHWc and Conv+Add
 fusions); two intra-op threads beat one; the memory pattern makes no difference.
 """
 

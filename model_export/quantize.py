@@ -1,7 +1,7 @@
 """An opt-in int8 variant of the served graph, quantized with onnxruntime's own tools.
 
 The float32 graph (``convlstm.onnx``) stays the default: it matches Keras to
-1e-4. The int8 graph (``convlstm_int8.onnx``) trades a little next-frame
+1e-4. The int8 graph (``int8/convlstm_int8.onnx``) trades a little next-frame
 quality (its card and the README report it beside float32 on the test split)
 for about half the CPU time: onnxruntime runs its quantized convolutions with
 the CPU's int8 dot-product instructions (AVX-512 VNNI here).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from model_export import data
 from model_export.card import card_path, read_card, sha256_of, write_card
 from model_export.model import INPUT_NAME, OUTPUT_NAME
 
+INT8_DIR = "int8"
 CALIBRATION_SEQUENCES = 64
 CALIBRATION_BATCH = 8
 CHECK_SEQUENCES = 8
@@ -50,12 +52,21 @@ class QuantizationError(RuntimeError):
 
 
 def int8_path(onnx_path: Path) -> Path:
-    """Where the int8 variant of a graph goes: ``convlstm.onnx`` -> ``convlstm_int8.onnx``.
+    """Where the int8 variant of a graph goes: ``convlstm.onnx`` -> ``int8/convlstm_int8.onnx``.
 
-    A name of its own (not a second suffix) because the server serves it as a
-    model of its own, named after the file.
+    A directory of its own because the server serves every carded model in its
+    default model's directory: a variant nobody asked for would cost every
+    server its memory (about 200 MB) and warm-up. A name of its own so that,
+    served, it answers as ``convlstm_int8``.
     """
-    return onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
+    return onnx_path.parent / INT8_DIR / f"{onnx_path.stem}_int8.onnx"
+
+
+def find_onnx(models_dir: Path, name: str) -> Path:
+    """The ONNX file of a model name: ``<name>.onnx`` in ``models_dir`` or its int8 directory."""
+    path = models_dir / f"{name}.onnx"
+    other = models_dir / INT8_DIR / f"{name}.onnx"
+    return other if not path.exists() and other.exists() else path
 
 
 def _session(path: Path) -> Any:
@@ -143,6 +154,7 @@ def quantize(
     calibration, _ = data.inputs_and_targets(
         data.generate_split(calibration_sequences, "train"), every_step=False
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp")
     try:
         _quantize(onnx_path, tmp, calibration)
@@ -164,7 +176,10 @@ def quantize(
         graph={
             "kind": "int8",
             "description": INT8_DESCRIPTION,
-            "source": {"file": onnx_path.name, "sha256": sha256_of(onnx_path)},
+            "source": {
+                "file": os.path.relpath(onnx_path, out.parent),
+                "sha256": sha256_of(onnx_path),
+            },
             "calibration": {"split": "train", "sequences": calibration_sequences},
         },
         parity={

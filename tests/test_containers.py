@@ -270,10 +270,16 @@ def test_exposed_port_is_the_server_default(
 def test_runtime_copies_the_exported_model_where_the_server_loads_it(
     stages: dict[str, Stage], stage: str, settings: Any
 ) -> None:
-    (copy_args,) = [a for a in stages[stage].all("COPY") if a.startswith("--from=train")]
-    *sources, destination = shlex.split(copy_args)[1:]
     workdir = PurePosixPath(stages[stage].all("WORKDIR")[-1])
-    landed = {str(workdir / destination / PurePosixPath(s).name) for s in sources}
+    sources, landed = [], set()
+    for copy_args in [a for a in stages[stage].all("COPY") if a.startswith("--from=train")]:
+        *copied, destination = shlex.split(copy_args)[1:]
+        sources += [str(PurePosixPath(s)) for s in copied]
+        # A directory's contents land in the destination; a file lands under its name.
+        landed |= {
+            str(workdir / destination / ("" if s.endswith("/") else PurePosixPath(s).name))
+            for s in copied
+        }
     assert str(workdir / settings.model_path) in landed
     assert str(workdir / settings.card_path) in landed
     # ... and the sources are what the train stage's export writes.
@@ -288,7 +294,7 @@ def test_runtime_copies_the_exported_model_where_the_server_loads_it(
                     str(base / f"{v}{ext}") for v in args.variant for ext in (".onnx", ".json")
                 }
             if command[0] == "quantize":
-                exported |= {str(base / f"convlstm_int8{ext}") for ext in (".onnx", ".json")}
+                exported.add(str(base / "int8"))  # copied as a directory
     assert set(sources) <= exported, (sources, exported)
 
 
@@ -501,6 +507,7 @@ def dockerignored(path: str) -> bool:
         (".mypy_cache/3.11/service", True),
         (".git/HEAD", True),
         ("models/convlstm.onnx", True),
+        ("models/int8/convlstm_int8.onnx", True),
     ],
 )
 def test_dockerignore_keeps_the_context_to_what_the_build_uses(path: str, ignored: bool) -> None:

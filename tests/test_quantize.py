@@ -18,6 +18,7 @@ from model_export.quantize import (
     QuantizationError,
     check_int8,
     compare,
+    find_onnx,
     int8_path,
     quantize,
 )
@@ -25,6 +26,13 @@ from model_export.quantize import (
 pytestmark = pytest.mark.slow
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def copy_files(source: Path, destination: Path) -> None:
+    """The export's files (not the int8 directory an earlier test may have added)."""
+    for path in source.iterdir():
+        if path.is_file():
+            (destination / path.name).write_bytes(path.read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +44,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export(directory / "convlstm.keras").onnx_path
 
 
-def test_int8_path_is_a_model_name_of_its_own() -> None:
-    assert int8_path(Path("models/convlstm.onnx")) == Path("models/convlstm_int8.onnx")
+def test_int8_graph_lies_apart_under_a_model_name_of_its_own(tmp_path: Path) -> None:
+    assert int8_path(Path("models/convlstm.onnx")) == Path("models/int8/convlstm_int8.onnx")
+    assert find_onnx(tmp_path, "convlstm_int8") == tmp_path / "convlstm_int8.onnx"  # neither
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "int8" / "convlstm_int8.onnx").touch()
+    assert find_onnx(tmp_path, "convlstm_int8") == tmp_path / "int8" / "convlstm_int8.onnx"
+    (tmp_path / "convlstm_int8.onnx").touch()
+    assert find_onnx(tmp_path, "convlstm_int8") == tmp_path / "convlstm_int8.onnx"
 
 
 def test_quantize_writes_an_int8_graph_and_its_card(exported: Path) -> None:
@@ -57,7 +71,7 @@ def test_quantize_writes_an_int8_graph_and_its_card(exported: Path) -> None:
     assert card["name"] == "convlstm_int8" and card["file"] == "convlstm_int8.onnx"
     assert card["sha256"] == sha256_of(out)
     assert card["graph"]["kind"] == "int8"
-    assert card["graph"]["source"] == {"file": exported.name, "sha256": sha256_of(exported)}
+    assert card["graph"]["source"] == {"file": f"../{exported.name}", "sha256": sha256_of(exported)}
     assert card["inputs"] == read_card(exported.with_suffix(".json"))["inputs"]
     assert 0 < card["parity"]["mean_abs_diff"] <= MEAN_ABS_TOLERANCE
     assert card["evaluation"] is None
@@ -77,8 +91,7 @@ def test_quantization_that_strays_too_far_is_refused_and_nothing_written(
 def test_check_refuses_an_int8_graph_made_from_another_float32_graph(
     exported: Path, tmp_path: Path
 ) -> None:
-    for path in exported.parent.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
+    copy_files(exported.parent, tmp_path)
     copied = tmp_path / exported.name
     quantize(copied, calibration_sequences=8)
     check_int8(copied)
@@ -89,8 +102,7 @@ def test_check_refuses_an_int8_graph_made_from_another_float32_graph(
 
 
 def test_cli_quantize_then_check(exported: Path, tmp_path: Path) -> None:
-    for path in exported.parent.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
+    copy_files(exported.parent, tmp_path)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -103,14 +115,15 @@ def test_cli_quantize_then_check(exported: Path, tmp_path: Path) -> None:
 
     out = cli("quantize", "--calibration-sequences", "8")
     assert out.returncode == 0, out.stderr
-    assert "convlstm_int8.onnx: mean |int8 - float32|" in out.stdout
+    assert "int8/convlstm_int8.onnx: mean |int8 - float32|" in out.stdout
     out = cli("check", "--variant", "convlstm")
     assert out.returncode == 0, out.stderr
     assert "convlstm_int8: made from convlstm.onnx" in out.stdout
 
-    card = json.loads((tmp_path / "convlstm_int8.json").read_text())
+    card_file = tmp_path / "int8" / "convlstm_int8.json"
+    card = json.loads(card_file.read_text())
     card["sha256"] = "0" * 64
-    (tmp_path / "convlstm_int8.json").write_text(json.dumps(card))
+    card_file.write_text(json.dumps(card))
     out = cli("check", "--variant", "convlstm")
     assert out.returncode == 1 and "convlstm_int8.onnx sha256" in out.stderr
 
@@ -118,7 +131,7 @@ def test_cli_quantize_then_check(exported: Path, tmp_path: Path) -> None:
 def test_committed_int8_graph_was_made_from_the_committed_float32_graph() -> None:
     result = check_int8(MODELS / "convlstm.onnx")
     assert result["mean_abs_diff"] <= MEAN_ABS_TOLERANCE
-    card = read_card(MODELS / "convlstm_int8.json")
+    card = read_card(MODELS / "int8" / "convlstm_int8.json")
     evaluation = card["evaluation"]["metrics"]
     # Reported beside float32 on the same test split, and close to it.
     assert evaluation["convlstm_int8"]["mse"] <= 1.1 * evaluation["convlstm"]["mse"]

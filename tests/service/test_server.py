@@ -17,7 +17,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.examples import moving_square_frames
-from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer
+from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer, run_server
 
 FRAMES = moving_square_frames()
 
@@ -285,7 +285,7 @@ def test_metrics_count_requests_and_inference(client: httpx.Client) -> None:
     info = {
         dict(k[1])["model"]: dict(k[1]) for k in samples(after) if k[0] == "convlstm_model_info"
     }
-    assert set(info) == {"convlstm", "cnn_lstm", "convlstm_int8"}
+    assert set(info) == {"convlstm", "cnn_lstm"}
     assert info["convlstm"]["provider"] == provider
     assert value(after, "convlstm_http_requests_in_flight") == 0
     assert value(after, "convlstm_ready") == 1
@@ -343,9 +343,10 @@ def test_request_names_the_model(client: httpx.Client) -> None:
     assert (value(text, "convlstm_predicted_frames_total", model="cnn_lstm") or 0) >= 1
 
 
-def test_int8_variant_is_served_beside_float32_and_predicts_close_to_it(
+def test_int8_variant_is_served_only_when_named_and_predicts_close_to_float32(
     client: httpx.Client,
 ) -> None:
+    assert "convlstm_int8" not in [m["name"] for m in client.get("/v1/models").json()["models"]]
     x = sequence()
     body = {
         "tensor": {
@@ -354,17 +355,19 @@ def test_int8_variant_is_served_beside_float32_and_predicts_close_to_it(
             "shape": list(x.shape),
         },
         "return_tensor": True,
-        "model": "convlstm_int8",
     }
-    r = client.post("/predict", json=body)
-    assert r.status_code == 200, r.text
-    assert r.json()["model"] == "convlstm_int8"
+    with run_server(REPO / "models" / "int8" / "convlstm_int8.onnx") as int8:
+        with httpx.Client(base_url=int8.url, timeout=30) as c:
+            assert c.get("/v1/models").json()["default"] == "convlstm_int8"
+            r = c.post("/predict", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == "convlstm_int8"
+            card = c.get("/v1/models/convlstm_int8").json()
     t = r.json()["tensor"]
     got = np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"])[0]
     diff = np.abs(got - onnx_next_frame(x))
     # Quantized, so not the float32 answer, but near it.
     assert 0 < diff.mean() <= 0.01
-    card = client.get("/v1/models/convlstm_int8").json()
     assert card["graph"]["kind"] == "int8"
     assert card["graph"]["source"]["sha256"] == client.get("/v1/models/convlstm").json()["sha256"]
 
