@@ -15,6 +15,12 @@ calibration, 0.00777 for 2.5x the calibration time; int8 activations, 0.00778
 0.00753 but slower than float32 (161-177 against 141 ms per sequence). Only the
 convolutions are quantized: the gates and the cell state stay float32, so the
 recurrence does not accumulate rounding in its state.
+
+bfloat16 is not an option on onnxruntime's CPU provider: it registers no
+bfloat16 arithmetic kernels (no Conv, no MatMul; onnxruntime issues #20630 and
+#28768), so a bfloat16 graph fails to load. The project's CPU machines report
+AVX-512 BF16, FP16 and VNNI but no AMX flags, so int8 through VNNI is the
+reduced precision this hardware and runtime offer.
 """
 
 from __future__ import annotations
