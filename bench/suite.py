@@ -6,7 +6,9 @@
    export, the served ONNX graph and the opt-in int8 graph, as achieved GFLOP/s beside the
    machine's float32 matrix-multiply rate (numpy), the practical limit.
 2. The real server under closed-loop load at concurrency 1 to 32, with dynamic batching
-   on and off, beside raw onnxruntime on the served graph at the same batch sizes.
+   on and off, beside raw onnxruntime on the served graph at the same batch sizes; and the
+   server with the opt-in int8 graph as its model, at the lowest and highest of those
+   concurrencies, beside raw onnxruntime on the int8 graph.
 3. Start-up time to ready and the server's resident memory.
 
 Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
@@ -34,6 +36,7 @@ from service.api.examples import moving_square_frames
 
 MODELS = REPO / "models"
 INT8 = "int8 graph (opt-in)"
+INT8_PATH = MODELS / "int8" / "convlstm_int8.onnx"
 FILTERS = (30, 50, 60, 70)
 
 
@@ -108,9 +111,8 @@ def compute(plan: Plan) -> dict[str, Any]:
     if plain.exists():
         graphs["plain tf2onnx export"] = lambda: onnx_runner(plain)
     graphs["served graph"] = lambda: onnx_runner(MODELS / "convlstm.onnx")
-    int8 = MODELS / "int8" / "convlstm_int8.onnx"
-    if int8.exists():
-        graphs[INT8] = lambda: onnx_runner(int8)
+    if INT8_PATH.exists():
+        graphs[INT8] = lambda: onnx_runner(INT8_PATH)
     rng = np.random.default_rng(0)
     rows = []
     for name, make in graphs.items():
@@ -132,16 +134,21 @@ def compute(plan: Plan) -> dict[str, Any]:
     return {"gflop_per_sequence": round(gflop, 2), "rows": rows}
 
 
-def load(plan: Plan, batching: bool) -> dict[str, Any]:
+def load(
+    plan: Plan,
+    batching: bool,
+    model: Path = MODELS / "convlstm.onnx",
+    concurrency: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     env = {**QUIET, **({} if batching else {"CONVLSTM_MAX_BATCH_SIZE": "1"})}
     body = {"frames": moving_square_frames()}
     rows = []
-    with serve(MODELS / "convlstm.onnx", env=env) as server:
+    with serve(model, env=env) as server:
         startup = {
             "ready_seconds": round(server.ready_seconds, 2),
             "rss_mb_ready": round(server.rss_mb, 1),
         }
-        for c in plan.concurrency:
+        for c in concurrency or plan.concurrency:
             result = closed_loop(
                 server.url,
                 body,
@@ -150,9 +157,12 @@ def load(plan: Plan, batching: bool) -> dict[str, Any]:
                 max_seconds=plan.load_seconds,
             )
             rows.append(result.summary())
-            print(f"load (batching {'on' if batching else 'off'}): c={c}: {rows[-1]}", flush=True)
+            print(
+                f"load ({model.name}, batching {'on' if batching else 'off'}): c={c}: {rows[-1]}",
+                flush=True,
+            )
         startup["rss_mb_after_load"] = round(server.rss_mb, 1)
-    return {"batching": batching, "startup": startup, "rows": rows}
+    return {"model": model.name, "batching": batching, "startup": startup, "rows": rows}
 
 
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -267,6 +277,32 @@ def markdown(results: dict[str, Any]) -> str:
         )
         + "."
     )
+    if "load_int8" in results:
+        int8 = results["load_int8"]
+        raw8 = {r["batch"]: r for r in results["compute"]["rows"] if r["graph"] == INT8}
+        lines += [
+            "",
+            f"The server with the opt-in int8 graph as its model ({int8['model']}, batching on; "
+            f"ready in {int8['startup']['ready_seconds']} s, "
+            f"{int8['startup']['rss_mb_after_load']} MB after the load):",
+            "",
+            "| concurrency | requests | throughput / s | p50 ms | p99 ms | errors |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['concurrency']} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['requests'] - r['ok']} |"
+            for r in int8["rows"]
+        ]
+        lines += [
+            "",
+            "Raw onnxruntime, int8 graph: "
+            + ", ".join(
+                f"batch {b}: {r['ms_per_sequence']} ms/seq ({r['sequences_per_s']} seq/s)"
+                for b, r in raw8.items()
+            )
+            + ".",
+        ]
     s = results["load_batching_on"]["startup"]
     lines += [
         "",
@@ -335,6 +371,9 @@ def run(plan: Plan, smoke: bool) -> dict[str, Any]:
     results["compute"] = compute(plan)
     results["load_batching_on"] = load(plan, batching=True)
     results["load_batching_off"] = load(plan, batching=False)
+    if INT8_PATH.exists():
+        ends = (plan.concurrency[0], plan.concurrency[-1])
+        results["load_int8"] = load(plan, batching=True, model=INT8_PATH, concurrency=ends)
     results["verdicts"] = verdicts(results)
     return results
 

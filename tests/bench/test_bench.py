@@ -44,7 +44,13 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
         "ready within 5 s",
         "resident memory < 500 MB",
     }
-    assert "SMOKE RUN" in (tmp_path / "results.md").read_text()
+    int8 = data["load_int8"]
+    assert int8["model"] == "convlstm_int8.onnx"
+    assert [r["concurrency"] for r in int8["rows"]] == [1, 2]
+    assert all(r["ok"] == r["requests"] > 0 for r in int8["rows"]), int8
+    assert {r["graph"] for r in data["compute"]["rows"]} >= {"served graph", "int8 graph (opt-in)"}
+    markdown = (tmp_path / "results.md").read_text()
+    assert "SMOKE RUN" in markdown and "opt-in int8 graph as its model" in markdown
     with Image.open(tmp_path / "results.png") as img:
         assert img.format == "PNG" and img.width > 100
 
