@@ -235,6 +235,14 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def raw_line(graph: str, rows: dict[int, dict[str, Any]]) -> str:
+    per_batch = ", ".join(
+        f"batch {b}: {r['ms_per_sequence']} ms/seq ({r['sequences_per_s']} seq/s)"
+        for b, r in rows.items()
+    )
+    return f"Raw onnxruntime, {graph}: {per_batch}."
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -269,14 +277,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {errors} |"
             )
     lines.append("")
-    lines.append(
-        "Raw onnxruntime, served graph: "
-        + ", ".join(
-            f"batch {b}: {r['ms_per_sequence']} ms/seq ({r['sequences_per_s']} seq/s)"
-            for b, r in raw.items()
-        )
-        + "."
-    )
+    lines.append(raw_line("served graph", raw))
     if "load_int8" in results:
         int8 = results["load_int8"]
         raw8 = {r["batch"]: r for r in results["compute"]["rows"] if r["graph"] == INT8}
@@ -294,15 +295,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['p99_ms']} | {r['requests'] - r['ok']} |"
             for r in int8["rows"]
         ]
-        lines += [
-            "",
-            "Raw onnxruntime, int8 graph: "
-            + ", ".join(
-                f"batch {b}: {r['ms_per_sequence']} ms/seq ({r['sequences_per_s']} seq/s)"
-                for b, r in raw8.items()
-            )
-            + ".",
-        ]
+        lines += ["", raw_line("int8 graph", raw8)]
     s = results["load_batching_on"]["startup"]
     lines += [
         "",

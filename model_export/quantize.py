@@ -36,7 +36,8 @@ from numpy.typing import NDArray
 
 from model_export import data
 from model_export.card import card_path, read_card, sha256_of, write_card
-from model_export.model import INPUT_NAME, OUTPUT_NAME
+from model_export.export import onnx_predict
+from model_export.model import INPUT_NAME
 
 INT8_DIR = "int8"
 CALIBRATION_SEQUENCES = 64
@@ -75,26 +76,9 @@ def find_onnx(models_dir: Path, name: str) -> Path:
     return other if not path.exists() and other.exists() else path
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def predict(
-    path: Path, x: NDArray[np.float32], batch: int = CALIBRATION_BATCH
-) -> NDArray[np.float32]:
-    session = _session(path)
-    parts = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0]
-        for i in range(0, len(x), batch)
-    ]
-    return np.concatenate(parts)
-
-
 def compare(reference: Path, int8: Path, x: NDArray[np.float32]) -> dict[str, float]:
     """How far the int8 graph's predictions are from the reference graph's on ``x``."""
-    diff = np.abs(predict(int8, x) - predict(reference, x))
+    diff = np.abs(onnx_predict(int8, x) - onnx_predict(reference, x))
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
 
 
