@@ -82,6 +82,17 @@ def compare(reference: Path, int8: Path, x: NDArray[np.float32]) -> dict[str, fl
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
 
 
+def _checked(reference: Path, int8: Path, tolerance: float) -> dict[str, float]:
+    """``compare`` on the check sequences, refusing a mean difference above ``tolerance``."""
+    result = compare(reference, int8, check_inputs())
+    if not result["mean_abs_diff"] <= tolerance:
+        raise QuantizationError(
+            f"{int8.name}: mean |int8 - float32| {result['mean_abs_diff']:.3g} "
+            f"exceeds {tolerance:g}"
+        )
+    return result
+
+
 def check_inputs(n: int = CHECK_SEQUENCES) -> NDArray[np.float32]:
     x, _ = data.inputs_and_targets(data.generate_split(n, "test"), every_step=False)
     return x
@@ -148,12 +159,7 @@ def quantize(
     tmp = out.with_name(f"{out.name}.tmp")
     try:
         _quantize(onnx_path, tmp, calibration)
-        check = compare(onnx_path, tmp, check_inputs())
-        if not check["mean_abs_diff"] <= tolerance:
-            raise QuantizationError(
-                f"{tmp.name}: mean |int8 - float32| {check['mean_abs_diff']:.3g} "
-                f"exceeds {tolerance:g}"
-            )
+        check = _checked(onnx_path, tmp, tolerance)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -200,9 +206,4 @@ def check_int8(onnx_path: Path, tolerance: float = MEAN_ABS_TOLERANCE) -> dict[s
             raise QuantizationError(
                 f"{out.name} card: {path.name} sha256 {recorded} but file is {actual}"
             )
-    result = compare(onnx_path, out, check_inputs())
-    if not result["mean_abs_diff"] <= tolerance:
-        raise QuantizationError(
-            f"{out.name}: mean |int8 - float32| {result['mean_abs_diff']:.3g} exceeds {tolerance:g}"
-        )
-    return result
+    return _checked(onnx_path, out, tolerance)
