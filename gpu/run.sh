@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call on the GPU machine (docs/gpu.md): bash gpu/run.sh receive|infer|train [ARGS]
+# receive: keep the part this call carried; infer/train: install, then run the job.
+set -uo pipefail
+job=${1:?receive, infer or train}
+shift
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=csv,noheader || true
+case "$job" in
+receive)
+    python3 -m gpu.receive
+    ;;
+infer)
+    python3 -m gpu.receive --install infer || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+    python3 -m gpu.infer --out "$OUT" "$@" 2>&1 | tee "$OUT/infer.log"
+    ;;
+train)
+    python3 -m gpu.receive --install train || exit 1
+    export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=torch
+    python3 -m gpu.train --out "$OUT" "$@" 2>&1 | tee "$OUT/train.log"
+    ;;
+*)
+    echo "unknown job $job" >&2
+    exit 2
+    ;;
+esac
