@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
+PadBatches = Literal["auto", "on", "off"]
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     """Dynamic batching: queued requests run together, up to this many sequences per
     model run. 1 turns batching off."""
+
+    pad_batches: PadBatches = "auto"
+    """Pad each batch up to the next power of two (or ``max_batch_size``) and warm every
+    such size before ready. ``auto`` pads on a GPU provider, where each new input shape
+    costs a cuDNN algorithm search, and never on the CPU, where padding is only work."""
 
     max_batch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """How long a worker waits for more requests to fill a batch; a lone request never

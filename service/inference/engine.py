@@ -125,6 +125,8 @@ class InferenceEngine:
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
             require_gpu=settings.require_gpu,
+            pad_batches=settings.pad_batches,
+            max_batch=settings.max_batch_size,
         )
         sha = sha256_of(model)
         card = read_card(card_path, model, sha)
