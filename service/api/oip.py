@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service import __version__
 from service.api.deps import RegistryDep, require_api_key
 from service.api.error_responses import OIP_PREFIX
+from service.api.lifecycle import until_client_leaves
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
 from service.registry import ServedModel
@@ -164,7 +165,7 @@ async def infer(name: str, request: Request, registry: RegistryDep) -> Response:
     if not isinstance(horizon, int) or isinstance(horizon, bool):
         raise InvalidInput(f"parameters.horizon: must be an integer, got {horizon!r}")
     steps = model.task.steps(horizon)
-    predicted, _ = await model.runner.run(batch, steps)
+    predicted, _ = await until_client_leaves(request, model.runner.run(batch, steps))
     return _response(req, model, model.task.batch_output(predicted, steps))
 
 
