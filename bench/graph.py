@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
     fast_path = args.models / "convlstm.onnx"
     card = read_card(card_path(fast_path))
-    plain = card.graph.plain if card.graph else None
-    if plain is None or card.graph is None:
+    graph = card.graph
+    if graph is None or graph.plain is None:
         p.error(f"{card_path(fast_path)} names no plain graph; run `python -m model_export export`")
+    plain = graph.plain
     sessions = {
         "plain": session(args.models / plain.file, args.threads),
         "fast": session(fast_path, args.threads),
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} interleaved rounds per batch; "
         f"1-min load average {load_before:.1f} before, {load_after:.1f} after."
     )
-    print(f"Plain: {plain.file} (Loop per layer). Fast: {fast_path.name} ({card.graph.kind}).")
+    print(f"Plain: {plain.file} (Loop per layer). Fast: {fast_path.name} ({graph.kind}).")
     print(f"Nominal work: {gflop:.1f} GFLOP per sequence.\n")
     print(
         "| batch | plain ms/seq (median) | fast ms/seq (median) | fast / plain "
