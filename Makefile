@@ -49,8 +49,8 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || echo "no /usr/bin/chromium and not root: the browser tests will skip"
 
 lint: $(STAMP)
-	$(PY) -m ruff check model_export service bench examples tests
-	$(PY) -m ruff format --check model_export service bench examples tests
+	$(PY) -m ruff check convlstm_card model_export service bench examples tests
+	$(PY) -m ruff format --check convlstm_card model_export service bench examples tests
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

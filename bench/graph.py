@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from model_export.card import card_path, read_card
+from bench.workload import flops_per_sequence, sequence_shape
+from convlstm_card import card_path, read_card
 from model_export.host import describe_machine
 
 
@@ -40,23 +41,6 @@ class Timing:
     @property
     def best(self) -> float:
         return min(self.per_sequence)
-
-
-def flops_per_sequence(card: dict[str, Any]) -> float:
-    """Nominal FLOPs of one sequence: 2 x the multiply-adds of every convolution.
-
-    Per pixel and step, a ConvLSTM layer does 9·(in + f)·4f multiply-adds, its
-    parameter count less its 4f biases; the head does its count less its biases, once.
-    """
-    frames, height, width = (int(d) for d in card["inputs"][0]["shape"][1:4])
-    total = 0
-    for row in card["layers"]:
-        filters = int(row["output_shape"].strip("()").split(",")[-1])
-        if row["kind"] == "ConvLSTM2D":
-            total += (row["params"] - 4 * filters) * frames * height * width
-        elif row["kind"] == "Conv2D":
-            total += (row["params"] - filters) * height * width
-    return 2.0 * total
 
 
 def session(path: Path, threads: int) -> Any:
@@ -95,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fast_path = args.models / "convlstm.onnx"
     card = read_card(card_path(fast_path))
-    plain = (card.get("graph") or {}).get("plain")
-    if plain is None:
+    graph = card.graph
+    if graph is None or graph.plain is None:
         p.error(f"{card_path(fast_path)} names no plain graph; run `python -m model_export export`")
+    plain = graph.plain
     sessions = {
-        "plain": session(args.models / plain["file"], args.threads),
+        "plain": session(args.models / plain.file, args.threads),
         "fast": session(fast_path, args.threads),
     }
     gflop = flops_per_sequence(card) / 1e9
@@ -107,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = []
     for batch in args.batches:
-        x = rng.random((batch, *card["inputs"][0]["shape"][1:]), dtype=np.float32)
+        x = rng.random((batch, *sequence_shape(card)), dtype=np.float32)
         t = time_interleaved(sessions, x, args.rounds)
         plain_t, fast_t = t["plain"], t["fast"]
         rows.append(
@@ -123,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} interleaved rounds per batch; "
         f"1-min load average {load_before:.1f} before, {load_after:.1f} after."
     )
-    print(
-        f"Plain: {plain['file']} (Loop per layer). Fast: {fast_path.name} ({card['graph']['kind']})."
-    )
+    print(f"Plain: {plain.file} (Loop per layer). Fast: {fast_path.name} ({graph.kind}).")
     print(f"Nominal work: {gflop:.1f} GFLOP per sequence.\n")
     print(
         "| batch | plain ms/seq (median) | fast ms/seq (median) | fast / plain "

@@ -1,21 +1,14 @@
-"""The machine a figure was measured on, stated beside every figure."""
+"""The machine a figure was measured on, stated beside every figure: the CPU (as
+``model_export.host`` names it for the training and evaluation records) plus the
+onnxruntime provider the benchmarks run on."""
 
 from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from model_export.host import cpu_model
 
 
 def describe() -> dict[str, Any]:

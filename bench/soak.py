@@ -20,7 +20,7 @@ from typing import Any
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
-from service.api.examples import moving_square_frames
+from bench.workload import example_frames
 
 MEMORY_GROWTH_LIMIT = 0.05
 # One log line per request would only slow the measured server down.
@@ -35,7 +35,7 @@ def soak(
     horizon: int,
     warmup_s: float = 60.0,
 ) -> dict[str, Any]:
-    body = {"frames": moving_square_frames(), "horizon": horizon}
+    body = {"frames": example_frames(model), "horizon": horizon}
     windows: list[dict[str, Any]] = []
     with serve(model, env=QUIET) as server:
         rss_start = server.rss_mb

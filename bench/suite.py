@@ -32,22 +32,19 @@ from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
 from bench.soak import QUIET
-from service.api.examples import moving_square_frames
+from bench.workload import example_frames, flops_per_sequence, sequence_shape
+from convlstm_card import ModelCard, card_path, read_card
 
 MODELS = REPO / "models"
+SERVED = MODELS / "convlstm.onnx"
 INT8 = "int8 graph (opt-in)"
 INT8_PATH = MODELS / "int8" / "convlstm_int8.onnx"
-FILTERS = (30, 50, 60, 70)
 
 
-def convlstm_gflop(frames: int = 15, size: int = 40, channels: int = 3) -> float:
-    """Multiply-adds x 2 of the four ConvLSTM layers over one sequence (head excluded):
-    per layer and step, size^2 * 9 * (in + filters) * 4 * filters."""
-    macs, inputs = 0, channels
-    for f in FILTERS:
-        macs += frames * size * size * 9 * (inputs + f) * 4 * f
-        inputs = f
-    return 2 * macs / 1e9
+def served_card() -> ModelCard:
+    """The served graph's card: every size below (sequence shape, work per sequence)
+    comes from it, so the suite measures whatever model was exported."""
+    return read_card(card_path(SERVED))
 
 
 @dataclass(frozen=True)
@@ -103,14 +100,15 @@ def keras_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def compute(plan: Plan) -> dict[str, Any]:
-    gflop = convlstm_gflop()
+    card = served_card()
+    gflop = flops_per_sequence(card) / 1e9
     graphs: dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = {}
     if plan.keras:
         graphs["keras predict"] = lambda: keras_runner(MODELS / "convlstm.keras")
     plain = MODELS / "convlstm.plain.onnx"
     if plain.exists():
         graphs["plain tf2onnx export"] = lambda: onnx_runner(plain)
-    graphs["served graph"] = lambda: onnx_runner(MODELS / "convlstm.onnx")
+    graphs["served graph"] = lambda: onnx_runner(SERVED)
     if INT8_PATH.exists():
         graphs[INT8] = lambda: onnx_runner(INT8_PATH)
     rng = np.random.default_rng(0)
@@ -118,7 +116,7 @@ def compute(plan: Plan) -> dict[str, Any]:
     for name, make in graphs.items():
         run = make()
         for batch in plan.batches:
-            x = rng.random((batch, 15, 40, 40, 3), dtype=np.float32)
+            x = rng.random((batch, *sequence_shape(card)), dtype=np.float32)
             seconds = timed(partial(run, x), plan.min_seconds)
             per_seq = seconds / batch
             rows.append(
@@ -137,11 +135,11 @@ def compute(plan: Plan) -> dict[str, Any]:
 def load(
     plan: Plan,
     batching: bool,
-    model: Path = MODELS / "convlstm.onnx",
+    model: Path = SERVED,
     concurrency: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     env = {**QUIET, **({} if batching else {"CONVLSTM_MAX_BATCH_SIZE": "1"})}
-    body = {"frames": moving_square_frames()}
+    body = {"frames": example_frames(model)}
     rows = []
     with serve(model, env=env) as server:
         startup = {

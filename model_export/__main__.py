@@ -74,10 +74,10 @@ def _quantize(args: argparse.Namespace) -> int:
     except QuantizationError as err:
         print(f"quantize failed: {err}", file=sys.stderr)
         return 1
-    parity = card["parity"]
+    parity = card.parity or {}
     print(
         f"{int8_path(source)}: mean |int8 - float32| {parity['mean_abs_diff']:.2e}, "
-        f"max {parity['max_abs_diff']:.2e}, sha256 {card['sha256']}"
+        f"max {parity['max_abs_diff']:.2e}, sha256 {card.sha256}"
     )
     return 0
 

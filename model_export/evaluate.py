@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from convlstm_card import card_path, read_card, write_card
 from model_export import data
-from model_export.card import card_path, update_card
 from model_export.host import describe_machine
 from model_export.model import INPUT_NAME, OUTPUT_NAME
 from model_export.quantize import find_onnx
@@ -114,7 +114,8 @@ def evaluate(
     }
     if write_cards:
         for name in names:
-            update_card(card_path(find_onnx(models_dir, name)), evaluation=report)
+            path = card_path(find_onnx(models_dir, name))
+            write_card(path, read_card(path).model_copy(update={"evaluation": report}))
     if grid_path is not None:
         from model_export.plots import prediction_grid
 

@@ -23,8 +23,22 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
+from convlstm_card import (
+    Format,
+    Graph,
+    GraphFile,
+    Layer,
+    ModelCard,
+    ParameterCounts,
+    TensorSpec,
+    card_path,
+    infer_output_kind,
+    infer_task,
+    read_card,
+    sha256_of,
+    write_card,
+)
 from model_export import data
-from model_export.card import card_path, read_card, sha256_of, write_card
 from model_export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, is_convlstm_stack
 from model_export.model import INPUT_NAME, OUTPUT_NAME, parameter_table
 
@@ -127,42 +141,41 @@ def build_card(
     max_abs_diff: float,
     training: dict[str, Any] | None,
     opset: int,
-    graph: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    graph: Graph | None = None,
+) -> ModelCard:
     rows = parameter_table(model)
-    in_shape = ["N", *[int(d) for d in model.input.shape[1:]]]
-    out_shape = ["N", *[int(d) for d in model.output.shape[1:]]]
-    return {
-        "name": name,
-        "version": MODEL_VERSION,
-        "file": onnx_path.name,
-        "sha256": sha256_of(onnx_path),
-        "format": {"onnx_opset": opset, "producer": "tf2onnx"},
-        "graph": graph or {"kind": "plain", "description": PLAIN_DESCRIPTION},
-        "inputs": [
-            {"name": INPUT_NAME, "shape": in_shape, "dtype": "float32", "range": [0.0, 1.0]}
-        ],
-        "outputs": [
-            {"name": OUTPUT_NAME, "shape": out_shape, "dtype": "float32", "range": [0.0, 1.0]}
-        ],
-        "normalisation": "RGB channels last, value = uint8 / 255; no mean or std shift",
-        "layers": [asdict(r) for r in rows],
-        "parameters": {
-            "body": sum(r.params for r in rows if r.part == "body"),
-            "head": sum(r.params for r in rows if r.part == "head"),
-            "total": sum(r.params for r in rows),
-        },
-        "data": data.DataSpec().as_dict(),
-        "training": training,
-        "parity": {
+    in_shape: list[int | str] = ["N", *[int(d) for d in model.input.shape[1:]]]
+    out_shape: list[int | str] = ["N", *[int(d) for d in model.output.shape[1:]]]
+    task = infer_task(in_shape)
+    return ModelCard(
+        name=name,
+        version=MODEL_VERSION,
+        file=onnx_path.name,
+        sha256=sha256_of(onnx_path),
+        task=task,
+        output_kind=infer_output_kind(task, in_shape, out_shape),
+        format=Format(onnx_opset=opset, producer="tf2onnx"),
+        graph=graph or Graph(kind="plain", description=PLAIN_DESCRIPTION),
+        inputs=[TensorSpec(name=INPUT_NAME, shape=in_shape, dtype="float32", range=(0.0, 1.0))],
+        outputs=[TensorSpec(name=OUTPUT_NAME, shape=out_shape, dtype="float32", range=(0.0, 1.0))],
+        normalisation="RGB channels last, value = uint8 / 255; no mean or std shift",
+        layers=[Layer.model_validate(asdict(r)) for r in rows],
+        parameters=ParameterCounts(
+            body=sum(r.params for r in rows if r.part == "body"),
+            head=sum(r.params for r in rows if r.part == "head"),
+            total=sum(r.params for r in rows),
+        ),
+        data=data.DataSpec().as_dict(),
+        training=training,
+        parity={
             "max_abs_diff": max_abs_diff,
             "tolerance": PARITY_TOLERANCE,
             "sequences": PARITY_SEQUENCES,
             "split": "test",
         },
-        "evaluation": None,
-        "versions": tool_versions(),
-    }
+        evaluation=None,
+        versions=tool_versions(),
+    )
 
 
 def training_record(models_dir: Path, name: str) -> dict[str, Any] | None:
@@ -233,22 +246,20 @@ def export(
         served_bytes, diff, plain = plain_bytes, plain_diff, None
 
     previous = card_path(onnx_path)
-    evaluation = (
-        read_card(previous).get("evaluation") if keep_evaluation and previous.exists() else None
-    )
-    graph: dict[str, Any] = {"kind": "plain", "description": PLAIN_DESCRIPTION}
+    evaluation = read_card(previous).evaluation if keep_evaluation and previous.exists() else None
+    graph = Graph(kind="plain", description=PLAIN_DESCRIPTION)
     if plain is not None:
         _write_atomically(plain, plain_bytes)
-        graph = {
-            "kind": "fast",
-            "description": GRAPH_DESCRIPTION,
-            "plain": {
-                "file": plain.name,
-                "sha256": sha256_of(plain),
-                "description": PLAIN_DESCRIPTION,
-                "parity_max_abs_diff": plain_diff,
-            },
-        }
+        graph = Graph(
+            kind="fast",
+            description=GRAPH_DESCRIPTION,
+            plain=GraphFile(
+                file=plain.name,
+                sha256=sha256_of(plain),
+                description=PLAIN_DESCRIPTION,
+                parity_max_abs_diff=plain_diff,
+            ),
+        )
     _write_atomically(onnx_path, served_bytes)
     name = checkpoint.stem
     card = build_card(
@@ -260,13 +271,13 @@ def export(
         opset=opset,
         graph=graph,
     )
-    card["evaluation"] = evaluation
+    card.evaluation = evaluation
     write_card(card_path(onnx_path), card)
     return ExportResult(
         onnx_path,
         card_path(onnx_path),
         diff,
-        card["sha256"],
+        str(card.sha256),
         plain,
         plain_diff if plain is not None else None,
     )
@@ -281,10 +292,10 @@ def check_graphs(checkpoint: Path, tolerance: float = PARITY_TOLERANCE) -> dict[
     """
     onnx_path = checkpoint.with_suffix(".onnx")
     card = read_card(card_path(onnx_path))
-    files = {onnx_path: str(card["sha256"])}
-    plain = (card.get("graph") or {}).get("plain")
+    files = {onnx_path: str(card.sha256)}
+    plain = card.graph.plain if card.graph else None
     if plain is not None:
-        files[onnx_path.parent / plain["file"]] = str(plain["sha256"])
+        files[onnx_path.parent / plain.file] = plain.sha256
     for path, recorded in files.items():
         actual = sha256_of(path)
         if recorded != actual:

@@ -1,4 +1,5 @@
-"""A one-line description of the machine, for every recorded figure."""
+"""The machine a figure was measured on, stated beside every recorded figure (the
+training record, the evaluation, and the benchmarks, which import it from here)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import platform
 from pathlib import Path
 
 
-def describe_machine() -> str:
-    name = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} logical cores"
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> str:
+    """One line: the CPU and its logical cores."""
+    return f"{cpu_model()}, {os.cpu_count()} logical cores"

@@ -25,17 +25,15 @@ reduced precision this hardware and runtime offer.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from convlstm_card import ModelCard, card_path, read_card, sha256_of, write_card
 from model_export import data
-from model_export.card import card_path, read_card, sha256_of, write_card
 from model_export.export import onnx_predict
 from model_export.model import INPUT_NAME
 
@@ -142,7 +140,7 @@ def quantize(
     *,
     calibration_sequences: int = CALIBRATION_SEQUENCES,
     tolerance: float = MEAN_ABS_TOLERANCE,
-) -> dict[str, Any]:
+) -> ModelCard:
     """Write the int8 variant of ``onnx_path`` and its card; returns the card.
 
     Calibrates on the first ``calibration_sequences`` training sequences and
@@ -164,30 +162,36 @@ def quantize(
     finally:
         tmp.unlink(missing_ok=True)
 
-    card = copy.deepcopy(source_card)
-    card.update(
-        name=out.stem,
-        file=out.name,
-        sha256=sha256_of(out),
-        graph={
-            "kind": "int8",
-            "description": INT8_DESCRIPTION,
-            "source": {
-                "file": os.path.relpath(onnx_path, out.parent),
-                "sha256": sha256_of(onnx_path),
+    source_fields = source_card.to_json()
+    card = ModelCard.model_validate(
+        {
+            **source_fields,
+            "name": out.stem,
+            "file": out.name,
+            "sha256": sha256_of(out),
+            "format": {
+                **source_fields.get("format", {}),
+                "producer": "tf2onnx + onnxruntime.quantization",
             },
-            "calibration": {"split": "train", "sequences": calibration_sequences},
-        },
-        parity={
-            "reference": onnx_path.name,
-            **check,
-            "tolerance_mean_abs_diff": tolerance,
-            "sequences": CHECK_SEQUENCES,
-            "split": "test",
-        },
-        evaluation=None,
+            "graph": {
+                "kind": "int8",
+                "description": INT8_DESCRIPTION,
+                "source": {
+                    "file": os.path.relpath(onnx_path, out.parent),
+                    "sha256": sha256_of(onnx_path),
+                },
+                "calibration": {"split": "train", "sequences": calibration_sequences},
+            },
+            "parity": {
+                "reference": onnx_path.name,
+                **check,
+                "tolerance_mean_abs_diff": tolerance,
+                "sequences": CHECK_SEQUENCES,
+                "split": "test",
+            },
+            "evaluation": None,
+        }
     )
-    card["format"] = {**card.get("format", {}), "producer": "tf2onnx + onnxruntime.quantization"}
     write_card(card_path(out), card)
     return card
 
@@ -200,7 +204,9 @@ def check_int8(onnx_path: Path, tolerance: float = MEAN_ABS_TOLERANCE) -> dict[s
     """
     out = int8_path(onnx_path)
     card = read_card(card_path(out))
-    for path, recorded in ((out, card["sha256"]), (onnx_path, card["graph"]["source"]["sha256"])):
+    source = card.graph.source if card.graph else None
+    recorded_source = source.sha256 if source else None
+    for path, recorded in ((out, card.sha256), (onnx_path, recorded_source)):
         actual = sha256_of(path)
         if recorded != actual:
             raise QuantizationError(

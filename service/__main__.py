@@ -18,9 +18,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from service import logs
-from service.api.deps import ServiceState
 from service.app import create_app
 from service.config import Settings
+from service.registry import ModelRegistry
 
 log = logging.getLogger("service")
 
@@ -41,9 +41,9 @@ class DrainingServer(uvicorn.Server):
     turns 503 and new predictions are refused, requests in flight get up to the grace
     period to finish, then the server stops and the process exits 0."""
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+    def __init__(self, config: uvicorn.Config, registry: ModelRegistry) -> None:
         super().__init__(config)
-        self.state = state
+        self.registry = registry
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -56,16 +56,16 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)  # a second signal: stop now
             return
         self._draining = True
-        log.info("signal %d: draining %d request(s) in flight", sig, self.state.in_flight)
-        self.state.begin_drain("the service is shutting down")
+        log.info("signal %d: draining %d request(s) in flight", sig, self.registry.in_flight)
+        self.registry.begin_drain("the service is shutting down")
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
 
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.state.settings.shutdown_grace_s
-        while self.state.in_flight > 0 and time.monotonic() < deadline:
+        deadline = time.monotonic() + self.registry.settings.shutdown_grace_s
+        while self.registry.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self.state.in_flight:
-            log.warning("grace period over with %d request(s) unfinished", self.state.in_flight)
+        if self.registry.in_flight:
+            log.warning("grace period over with %d request(s) unfinished", self.registry.in_flight)
         # Not super().handle_exit: uvicorn would re-raise the signal after stopping and
         # the process would die of it instead of exiting 0.
         self.should_exit = True
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
-    server = DrainingServer(config, app.state.service)
+    server = DrainingServer(config, app.state.registry)
     server.run()
     return 0 if server.started else 1
 

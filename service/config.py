@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from convlstm_card import card_path
+
 Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
 PadBatches = Literal["auto", "on", "off"]
 
@@ -103,13 +105,13 @@ class Settings(BaseSettings):
 
     @property
     def card_path(self) -> Path:
-        return self.model_path.with_suffix(".json")
+        return card_path(self.model_path)
 
     def model_paths(self) -> list[Path]:
         """The models to serve, the default first."""
         paths = [self.model_path]
         if self.serve_model_dir and self.model_path.parent.is_dir():
             for path in sorted(self.model_path.parent.glob("*.onnx")):
-                if path.name != self.model_path.name and path.with_suffix(".json").is_file():
+                if path.name != self.model_path.name and card_path(path).is_file():
                     paths.append(path)
         return paths

@@ -1,7 +1,9 @@
 """One small error hierarchy; each error carries its HTTP status and a stable type name.
 
-The inference layer raises these without knowing HTTP; ``app.py`` renders every
-one of them the same way: ``{"error": {"type", "message", "location"}}``.
+The inference layer and the task adapters raise these without knowing HTTP;
+``service.api.error_responses`` renders every one of them the same way, in the shape of
+the protocol the request spoke: ``{"error": {"type", "message", "location"}}`` on the
+native routes, ``{"error": "<message>"}`` on the Open Inference Protocol's.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Ray Serve runs an ingress app's ASGI lifespan in each replica (uvicorn's ``Lifes
 after ``__init__``, before the replica counts as started): each replica loads and warms up
 its model in the app's own lifespan, a model that fails to load fails the replica's start,
 and on shutdown Ray stops routing to the replica, waits up to ``CONVLSTM_SHUTDOWN_GRACE_S``
-for the requests it holds, then runs the lifespan's exit, which stops the engines.
+for the requests it holds, then runs the lifespan's exit, which stops the models.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class ConvLSTMReplica:
 
 
 # `serve.ingress()` without an app: Ray calls __serve_build_asgi_app__ in the replica
-# process after __init__, so the app (its metrics registry, its engines) is made there
+# process after __init__, so the app (its metrics registry, its models) is made there
 # rather than pickled from the driver, and then runs the app's lifespan. Applied as calls,
 # not as class decorators, because mypy does not see a class decorator's return type.
 convlstm_deployment: Deployment = serve.deployment(name="convlstm")(

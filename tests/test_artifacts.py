@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from model_export.card import read_card, sha256_of
+from convlstm_card import read_card, sha256_of
 from model_export.export import check
 from model_export.model import VARIANTS
 
@@ -24,7 +24,7 @@ def test_committed_files_exist(variant: str) -> None:
 def test_committed_onnx_matches_checkpoint_and_card(variant: str) -> None:
     assert check(MODELS / f"{variant}.keras") <= 1e-4
     card = read_card(MODELS / f"{variant}.json")
-    assert card["sha256"] == sha256_of(MODELS / f"{variant}.onnx")
+    assert card.sha256 == sha256_of(MODELS / f"{variant}.onnx")
 
 
 def test_convlstm_contract_and_card() -> None:
@@ -38,8 +38,9 @@ def test_convlstm_contract_and_card() -> None:
     assert 0.0 <= y.min() and y.max() <= 1.0
 
     card = read_card(MODELS / "convlstm.json")
-    params = {r["name"]: r["params"] for r in card["layers"]}
+    params = {r.name: r.params for r in card.layers}
     assert [params[f"convlstm_{i}"] for i in range(1, 5)] == [35_760, 144_200, 237_840, 327_880]
-    assert card["parameters"]["body"] == 745_680
-    metrics = card["evaluation"]["metrics"]
+    assert card.parameters is not None and card.parameters.body == 745_680
+    assert card.evaluation is not None
+    metrics = card.evaluation["metrics"]
     assert {"convlstm", "cnn_lstm", "copy_last_frame"} <= metrics.keys()

@@ -235,6 +235,47 @@ def test_each_stage_installs_its_pinned_extras(
     assert wanted <= names and not unwanted & names, names
 
 
+FIRST_PARTY = ("convlstm_card", "model_export", "service", "bench")
+_IMPORTED = re.compile(r"^\s*(?:from|import)\s+(\w+)", re.MULTILINE)
+
+
+def copied_packages(stage: Stage) -> set[str]:
+    """The project's top-level packages a stage copies from the build context."""
+    sources = (
+        source.rstrip("/")
+        for args in stage.all("COPY")
+        if not args.startswith("--")
+        for source in shlex.split(args)[:-1]
+    )
+    return {s for s in sources if s in FIRST_PARTY}
+
+
+def imported_packages(package: str) -> set[str]:
+    """The project's top-level packages that ``package``'s modules import."""
+    return {
+        name
+        for path in (REPO / package).rglob("*.py")
+        for name in _IMPORTED.findall(path.read_text())
+        if name in FIRST_PARTY
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="convlstm_card/ (the model card both halves import) is not yet copied by the "
+    "Dockerfile's train and runtime stages: each needs `COPY convlstm_card/ convlstm_card/` "
+    "beside its `COPY model_export/` or `COPY service/`; remove this marker with that change",
+)
+@pytest.mark.parametrize("stage", ["train", *RUNTIME_STAGES])
+def test_each_stage_copies_every_package_its_code_imports(
+    stages: dict[str, Stage], stage: str
+) -> None:
+    copied = copied_packages(stages[stage])
+    assert copied, stage
+    needed = set().union(*(imported_packages(p) for p in copied))
+    assert needed <= copied, f"stage {stage} imports {sorted(needed - copied)} without copying"
+
+
 @pytest.mark.parametrize("stage", ["train", *RUNTIME_STAGES])
 def test_dependencies_are_installed_before_code_is_copied(
     stages: dict[str, Stage], stage: str

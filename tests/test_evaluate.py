@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convlstm_card import read_card
 from model_export import data
-from model_export.card import read_card
 from model_export.evaluate import BASELINE, evaluate, mse, psnr, scores
 from model_export.export import export
 from model_export.model import build_convlstm
@@ -36,5 +36,5 @@ def test_evaluate_scores_onnx_model_and_baseline_and_fills_the_card(tmp_path: Pa
     small = report["metrics"]["small"]
     assert small["mse_vs_copy_last"] == pytest.approx(small["mse"] / expected_base)
     assert small["latency_ms_batch1"] > 0
-    assert read_card(tmp_path / "small.json")["evaluation"] == report
+    assert read_card(tmp_path / "small.json").evaluation == report
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

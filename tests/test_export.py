@@ -1,12 +1,13 @@
 """A real tf2onnx export of a small real ConvLSTM, run in onnxruntime."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from model_export.card import read_card, sha256_of
+from convlstm_card import read_card, sha256_of
 from model_export.export import ParityError, check, export, parity, to_onnx_bytes
 from model_export.model import build_convlstm
 
@@ -24,16 +25,20 @@ def test_export_writes_a_matching_onnx_file_and_card(small_checkpoint: Path) -> 
     result = export(small_checkpoint)
     assert result.max_abs_diff <= 1e-4
     card = read_card(result.card_path)
-    assert card["sha256"] == sha256_of(result.onnx_path)
-    assert card["inputs"][0]["name"] == "frames"
-    assert card["outputs"][0]["shape"] == ["N", 40, 40, 3]
-    assert [r["params"] for r in card["layers"]] == [
+    assert card.sha256 == sha256_of(result.onnx_path)
+    assert card.input.name == "frames"
+    assert card.output.shape == ["N", 40, 40, 3]
+    # The export states what the service would otherwise infer from the shapes.
+    written = json.loads(result.card_path.read_text())
+    assert (written["task"], written["output_kind"]) == ("next_frame", "next_frame")
+    assert [r.params for r in card.layers] == [
         4 * (9 * 7 * 4 + 4),
         4 * (9 * 10 * 6 + 6),
         9 * 6 * 3 + 3,
     ]
-    assert card["format"]["onnx_opset"] == 17
-    assert {"tensorflow", "keras", "tf2onnx", "onnx"} <= card["versions"].keys()
+    assert card.format is not None and card.format.onnx_opset == 17
+    assert card.versions is not None
+    assert {"tensorflow", "keras", "tf2onnx", "onnx"} <= card.versions.keys()
 
     session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
@@ -64,6 +69,6 @@ def test_parity_detects_a_different_graph() -> None:
 def test_check_catches_a_card_that_does_not_match(small_checkpoint: Path) -> None:
     export(small_checkpoint)
     card_file = small_checkpoint.with_suffix(".json")
-    card_file.write_text(card_file.read_text().replace(read_card(card_file)["sha256"], "0" * 64))
+    card_file.write_text(card_file.read_text().replace(str(read_card(card_file).sha256), "0" * 64))
     with pytest.raises(ParityError, match="sha256"):
         check(small_checkpoint)

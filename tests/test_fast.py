@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from model_export.card import read_card, sha256_of
+from convlstm_card import read_card, sha256_of
 from model_export.export import (
     ParityError,
     check_graphs,
@@ -88,10 +88,11 @@ def test_export_writes_fast_and_plain_graphs_and_check_checks_both(
     assert "Loop" in op_types(result.plain_path.read_bytes())
 
     card = read_card(result.card_path)
-    assert card["graph"]["kind"] == "fast"
-    assert card["graph"]["plain"]["file"] == "convlstm.plain.onnx"
-    assert card["graph"]["plain"]["sha256"] == sha256_of(result.plain_path)
-    assert card["sha256"] == sha256_of(result.onnx_path)
+    assert card.graph is not None and card.graph.kind == "fast"
+    assert card.graph.plain is not None
+    assert card.graph.plain.file == "convlstm.plain.onnx"
+    assert card.graph.plain.sha256 == sha256_of(result.plain_path)
+    assert card.sha256 == sha256_of(result.onnx_path)
     assert set(check_graphs(checkpoint)) == {"convlstm.onnx", "convlstm.plain.onnx"}
 
     # Another model's plain graph passed off as this one's is caught.
@@ -99,8 +100,9 @@ def test_export_writes_fast_and_plain_graphs_and_check_checks_both(
     build_convlstm(filters=(4, 6)).save(other)
     export(other)
     result.plain_path.write_bytes((tmp_path / "other.plain.onnx").read_bytes())
-    card["graph"]["plain"]["sha256"] = sha256_of(result.plain_path)
-    result.card_path.write_text(json.dumps(card))
+    written = card.to_json()
+    written["graph"]["plain"]["sha256"] = sha256_of(result.plain_path)
+    result.card_path.write_text(json.dumps(written))
     with pytest.raises(ParityError, match="convlstm.plain.onnx: differs from"):
         check_graphs(checkpoint)
 
@@ -110,14 +112,14 @@ def test_export_keeps_the_evaluation_only_when_asked(small: keras.Model, tmp_pat
     small.save(checkpoint)
     export(checkpoint)
     card_file = checkpoint.with_suffix(".json")
-    card = read_card(card_file)
+    card = read_card(card_file).to_json()
     card["evaluation"] = {"split": "test", "metrics": {}}
     card_file.write_text(json.dumps(card))
-    assert read_card(export(checkpoint, keep_evaluation=True).card_path)["evaluation"] == {
+    assert read_card(export(checkpoint, keep_evaluation=True).card_path).evaluation == {
         "split": "test",
         "metrics": {},
     }
-    assert read_card(export(checkpoint).card_path)["evaluation"] is None
+    assert read_card(export(checkpoint).card_path).evaluation is None
 
 
 def test_cnn_lstm_is_exported_plain_only(tmp_path: Path) -> None:
@@ -126,7 +128,8 @@ def test_cnn_lstm_is_exported_plain_only(tmp_path: Path) -> None:
     result = export(checkpoint)
     assert result.plain_path is None
     assert not (tmp_path / "cnn_lstm.plain.onnx").exists()
-    assert read_card(result.card_path)["graph"]["kind"] == "plain"
+    graph = read_card(result.card_path).graph
+    assert graph is not None and graph.kind == "plain"
 
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(), reason="no committed checkpoint")

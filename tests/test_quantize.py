@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from model_export.card import read_card, sha256_of
+from convlstm_card import GraphFile, read_card, sha256_of
 from model_export.export import export
 from model_export.model import build_convlstm
 from model_export.quantize import (
@@ -68,14 +68,15 @@ def test_quantize_writes_an_int8_graph_and_its_card(exported: Path) -> None:
 
     on_disk = read_card(out.with_suffix(".json"))
     assert on_disk == card
-    assert card["name"] == "convlstm_int8" and card["file"] == "convlstm_int8.onnx"
-    assert card["sha256"] == sha256_of(out)
-    assert card["graph"]["kind"] == "int8"
-    assert card["graph"]["source"] == {"file": f"../{exported.name}", "sha256": sha256_of(exported)}
-    assert card["inputs"] == read_card(exported.with_suffix(".json"))["inputs"]
-    assert 0 < card["parity"]["mean_abs_diff"] <= MEAN_ABS_TOLERANCE
-    assert card["evaluation"] is None
-    assert check_int8(exported)["mean_abs_diff"] == pytest.approx(card["parity"]["mean_abs_diff"])
+    assert card.name == "convlstm_int8" and card.file == "convlstm_int8.onnx"
+    assert card.sha256 == sha256_of(out)
+    assert card.graph is not None and card.graph.kind == "int8"
+    assert card.graph.source == GraphFile(file=f"../{exported.name}", sha256=sha256_of(exported))
+    assert card.inputs == read_card(exported.with_suffix(".json")).inputs
+    assert card.parity is not None
+    assert 0 < card.parity["mean_abs_diff"] <= MEAN_ABS_TOLERANCE
+    assert card.evaluation is None
+    assert check_int8(exported)["mean_abs_diff"] == pytest.approx(card.parity["mean_abs_diff"])
 
 
 def test_quantization_that_strays_too_far_is_refused_and_nothing_written(
@@ -132,7 +133,8 @@ def test_committed_int8_graph_was_made_from_the_committed_float32_graph() -> Non
     result = check_int8(MODELS / "convlstm.onnx")
     assert result["mean_abs_diff"] <= MEAN_ABS_TOLERANCE
     card = read_card(MODELS / "int8" / "convlstm_int8.json")
-    evaluation = card["evaluation"]["metrics"]
+    assert card.evaluation is not None
+    evaluation = card.evaluation["metrics"]
     # Reported beside float32 on the same test split, and close to it.
     assert evaluation["convlstm_int8"]["mse"] <= 1.1 * evaluation["convlstm"]["mse"]
     assert evaluation["convlstm_int8"]["mse_vs_copy_last"] < 0.5

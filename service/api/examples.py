@@ -12,15 +12,17 @@ from service.inference.codec import encode_png
 FRAMES, SIZE, SQUARE = 15, 40, 10
 
 
-@lru_cache(maxsize=1)
-def moving_square_frames() -> list[str]:
-    frames = []
-    for t in range(FRAMES):
-        frame = np.zeros((SIZE, SIZE, 3), dtype=np.float32)
+@lru_cache(maxsize=4)
+def moving_square_frames(frames: int = FRAMES, height: int = SIZE, width: int = SIZE) -> list[str]:
+    """``frames`` RGB PNGs of ``height`` x ``width``; the square is cut off where it leaves
+    a smaller frame."""
+    pngs = []
+    for t in range(frames):
+        frame = np.zeros((height, width, 3), dtype=np.float32)
         x = 2 + 2 * t
         frame[15 : 15 + SQUARE, x : x + SQUARE] = (1.0, 0.6, 0.2)
-        frames.append(encode_png(frame))
-    return frames
+        pngs.append(encode_png(frame))
+    return pngs
 
 
 def predict_examples() -> dict[str, Any]:

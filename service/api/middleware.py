@@ -6,7 +6,6 @@ would buffer the body and wrap every response in an extra task.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -15,8 +14,9 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import ServiceState
+from service.api.error_responses import send_error
 from service.logs import request_id
+from service.registry import ModelRegistry
 
 access_log = logging.getLogger("service.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -48,7 +48,8 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _send_error(send, 413, "payload_too_large", BodyTooLarge(self.max_bytes).detail)
+            detail = BodyTooLarge(self.max_bytes).detail
+            await send_error(send, scope["path"], 413, "payload_too_large", detail)
             return
         received = 0
 
@@ -64,28 +65,13 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def _send_error(
-    send: Send, status: int, error_type: str, message: str, *, retry_after: bool = False
-) -> None:
-    body = json.dumps({"error": {"type": error_type, "message": message}}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    if retry_after:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class RequestObserver:
     """Gives every request an id (the client's ``X-Request-ID`` when it is sane), sends
     it back, and for non-health routes counts, times and logs the request."""
 
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+    def __init__(self, app: ASGIApp, registry: ModelRegistry) -> None:
         self.app = app
-        self.state = state
+        self.registry = registry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,10 +91,11 @@ class RequestObserver:
 
         path = scope["path"]
         observed = path not in UNOBSERVED_PATHS and not path.startswith(UNOBSERVED_PREFIX)
-        if observed and self.state.draining:
-            self.state.metrics.rejected.labels("shutting_down").inc()
-            await _send_error(
+        if observed and self.registry.draining:
+            self.registry.metrics.rejected.labels("shutting_down").inc()
+            await send_error(
                 tagged_send,
+                path,
                 503,
                 "shutting_down",
                 "the service is shutting down; retry on another replica",
@@ -116,22 +103,22 @@ class RequestObserver:
             )
             request_id.reset(token)
             return
-        metrics = self.state.metrics
+        metrics = self.registry.metrics
         start = time.perf_counter()
         if observed:
             metrics.in_flight.inc()
-            self.state.in_flight += 1
+            self.registry.in_flight += 1
         try:
             await self.app(scope, receive, tagged_send)
         finally:
             if observed:
                 elapsed = time.perf_counter() - start
                 metrics.in_flight.dec()
-                self.state.in_flight -= 1
+                self.registry.in_flight -= 1
                 route, method = _route_template(scope), scope["method"]
                 metrics.requests.labels(route, method, str(status)).inc()
                 metrics.request_seconds.labels(route, method).observe(elapsed)
-                if self.state.settings.access_log:
+                if self.registry.settings.access_log:
                     access_log.info(
                         "%s %s %d %.1f ms", method, scope["path"], status, elapsed * 1000.0
                     )

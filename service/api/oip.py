@@ -1,6 +1,8 @@
 """The Open Inference Protocol (KServe V2) over REST, as Triton and KServe speak it:
 server and model metadata, health, and ``infer`` with JSON tensors or the binary tensor
-data extension. Errors here are ``{"error": "..."}``, as the protocol says."""
+data extension, for a model of any task: the model's task adapter checks the tensor and
+shapes the answer. Errors here are ``{"error": "..."}``, as the protocol says
+(``service.api.error_responses`` renders them)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
-from service.api.deps import StateDep, require_api_key
+from service.api.deps import RegistryDep, require_api_key
+from service.api.error_responses import OIP_PREFIX
+from service.api.lifecycle import until_client_leaves
 from service.errors import InvalidInput
-from service.inference.codec import check_unit_range
-from service.inference.engine import InferenceEngine
+from service.inference.codec import array_from_bytes
+from service.registry import ServedModel
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_NAME = "convlstm-serve"
 EXTENSIONS = ["binary_tensor_data"]
@@ -72,10 +76,6 @@ _WHY = {
 }
 
 
-def oip_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
-
-
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
@@ -91,8 +91,8 @@ async def live() -> dict[str, bool]:
     summary="Server readiness: every model loaded, not draining",
     responses={503: {"description": "not ready", "content": {"application/json": {}}}},
 )
-async def ready(state: StateDep) -> Response:
-    if not state.ready:
+async def ready(registry: RegistryDep) -> Response:
+    if not registry.ready:
         return JSONResponse(status_code=503, content={"ready": False})
     return JSONResponse({"ready": True})
 
@@ -103,8 +103,8 @@ async def ready(state: StateDep) -> Response:
     dependencies=[Depends(require_api_key)],
     responses=_errors(400, 401, 404, 503),
 )
-async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
-    info = state.lookup(name).info
+async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
+    info = registry.lookup(name).info
     return {
         "name": info.name,
         "versions": [info.version],
@@ -124,11 +124,10 @@ async def model_metadata(name: str, state: StateDep) -> dict[str, Any]:
         503: {"description": "not ready", "content": {"application/json": {}}},
     },
 )
-async def model_ready(name: str, state: StateDep) -> Response:
-    engine = state.engines.get(name)
-    if engine is None:
-        return oip_error(404, f"no model named {name!r}; served: {', '.join(state.engines)}")
-    if not state.ready:
+async def model_ready(name: str, registry: RegistryDep) -> Response:
+    if name not in registry.models:
+        raise registry.unknown(name)
+    if not registry.ready:
         return JSONResponse(status_code=503, content={"name": name, "ready": False})
     return JSONResponse({"name": name, "ready": True})
 
@@ -151,8 +150,8 @@ async def model_ready(name: str, state: StateDep) -> Response:
         }
     },
 )
-async def infer(name: str, request: Request, state: StateDep) -> Response:
-    engine = state.lookup(name)
+async def infer(name: str, request: Request, registry: RegistryDep) -> Response:
+    model = registry.lookup(name)
     raw = await request.body()
     header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
     try:
@@ -161,13 +160,13 @@ async def infer(name: str, request: Request, state: StateDep) -> Response:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidInput(f"{where}: {first['msg']}", location=where) from None
-    sequences = _input_array(req, binary, engine)
+    batch = _input_batch(req, binary, model)
     horizon = req.parameters.get("horizon", 1)
     if not isinstance(horizon, int) or isinstance(horizon, bool):
         raise InvalidInput(f"parameters.horizon: must be an integer, got {horizon!r}")
-    predicted, _ = await engine.run(sequences, horizon)
-    out = predicted[:, 0] if horizon == 1 else predicted
-    return _response(req, engine, out)
+    steps = model.task.steps(horizon)
+    predicted, _ = await until_client_leaves(request, model.runner.run(batch, steps))
+    return _response(req, model, model.task.batch_output(predicted, steps))
 
 
 def _dims(shape: list[int | str]) -> list[int]:
@@ -185,8 +184,8 @@ def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[:n], raw[n:]
 
 
-def _input_array(req: InferRequest, binary: bytes, engine: InferenceEngine) -> NDArray[np.float32]:
-    info, spec = engine.info, engine.spec
+def _input_batch(req: InferRequest, binary: bytes, model: ServedModel) -> NDArray[np.float32]:
+    info = model.info
     if len(req.inputs) != 1 or req.inputs[0].name != info.input_name:
         got = [i.name for i in req.inputs]
         raise InvalidInput(
@@ -198,21 +197,15 @@ def _input_array(req: InferRequest, binary: bytes, engine: InferenceEngine) -> N
         raise InvalidInput(
             f"inputs[0].datatype: {tensor.datatype!r} is not one of {sorted(INPUT_DATATYPES)}"
         )
-    if len(tensor.shape) != 5 or tuple(tensor.shape[1:]) != spec.shape or tensor.shape[0] < 1:
-        raise InvalidInput(
-            f"inputs[0].shape: expected [N, {', '.join(map(str, spec.shape))}] with N >= 1, "
-            f"got {tensor.shape}"
-        )
-    count = int(np.prod(tensor.shape))
+    model.task.check_batch_shape(tensor.shape, "inputs[0].shape")
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
-        if size != count * dtype.itemsize or len(binary) != size:
-            raise InvalidInput(
-                f"inputs[0].parameters.binary_data_size: {size} bytes declared, {len(binary)} "
-                f"sent, shape {tensor.shape} of {tensor.datatype} needs {count * dtype.itemsize}"
-            )
-        array = np.frombuffer(binary, dtype=dtype)
+        where = "inputs[0].parameters.binary_data_size"
+        if size != len(binary):
+            raise InvalidInput(f"{where}: {size} bytes declared, {len(binary)} sent")
+        array = array_from_bytes(binary, dtype, tensor.shape, where, tensor.datatype)
     elif tensor.data is not None:
+        count = int(np.prod(tensor.shape))
         try:
             array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
         except (ValueError, TypeError, OverflowError) as err:
@@ -221,16 +214,14 @@ def _input_array(req: InferRequest, binary: bytes, engine: InferenceEngine) -> N
             raise InvalidInput(
                 f"inputs[0].data: {array.size} values, shape {tensor.shape} needs {count}"
             )
+        array = array.reshape(tensor.shape)
     else:
         raise InvalidInput("inputs[0]: neither data nor parameters.binary_data_size")
-    array = array.reshape(tensor.shape)
-    if tensor.datatype == "UINT8":
-        return array.astype(np.float32) / 255.0
-    return check_unit_range(array.astype(np.float32), "inputs[0].data")
+    return model.task.model_input(array, "inputs[0].data")
 
 
-def _response(req: InferRequest, engine: InferenceEngine, out: NDArray[np.float32]) -> Response:
-    info = engine.info
+def _response(req: InferRequest, model: ServedModel, out: NDArray[np.float32]) -> Response:
+    info = model.info
     wanted = req.outputs or [RequestedOutput(name=info.output_name)]
     unknown = [o.name for o in wanted if o.name != info.output_name]
     if unknown:
@@ -265,7 +256,3 @@ def _response(req: InferRequest, engine: InferenceEngine, out: NDArray[np.float3
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-def is_oip_path(path: str) -> bool:
-    return path == "/v2" or path.startswith("/v2/")

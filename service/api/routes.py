@@ -1,17 +1,18 @@
-"""The HTTP routes. Each hands over to the inference engine and shapes its answer."""
+"""The native HTTP routes: health, metrics, model cards, and ``/predict``. Each finds
+its model in the registry, hands over to the model's task adapter and runner, and shapes
+the answer."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Body, Depends, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import EngineDep, StateDep, require_api_key, require_json
+from service.api.deps import DefaultModelDep, RegistryDep, require_api_key, require_json
+from service.api.error_responses import error_response
 from service.api.examples import predict_examples
+from service.api.lifecycle import until_client_leaves
 from service.api.schemas import (
     ErrorResponse,
     NextFrameRequest,
@@ -19,12 +20,12 @@ from service.api.schemas import (
     PredictedTensor,
     ReadyResponse,
 )
-from service.errors import ClientGone
-from service.inference.engine import FramesInput, TensorInput
-from service.inference.session import GPU_PROVIDERS
+from service.errors import InvalidInput
+from service.registry import ServedModel
+from service.tasks import NextFrameTask
+from service.tasks.next_frame import FramesInput, TensorInput
 
 router = APIRouter()
-T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -54,25 +55,21 @@ async def healthz() -> dict[str, str]:
     response_model=ReadyResponse,
     responses={503: {"model": ErrorResponse, "description": "not ready"}},
 )
-async def readyz(state: StateDep) -> Any:
-    engine = state.engine
-    if not state.ready or engine is None:
-        return JSONResponse(
-            status_code=503,
-            content={"error": {"type": "not_ready", "message": state.not_ready_reason}},
-        )
-    info = engine.info
+async def readyz(registry: RegistryDep, http: Request) -> Any:
+    model = registry.default
+    if not registry.ready or model is None:
+        return error_response(http.url.path, 503, "not_ready", registry.not_ready_reason)
+    info, runner = model.info, model.runner
     return ReadyResponse(
         model=info.name,
         model_version=info.version,
         sha256=info.sha256,
         provider=info.provider,
-        requested_provider=engine.session.requested[0],
-        fallback=engine.session.requested[0] in GPU_PROVIDERS
-        and info.provider != engine.session.requested[0],
+        requested_provider=runner.session.requested[0],
+        fallback=runner.fallback,
         input_name=info.input_name,
         input_shape=info.input_shape,
-        models=list(state.engines),
+        models=list(registry.models),
     )
 
 
@@ -83,8 +80,8 @@ async def readyz(state: StateDep) -> Any:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
-async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(registry: RegistryDep) -> Response:
+    return Response(generate_latest(registry.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
@@ -94,8 +91,8 @@ async def metrics(state: StateDep) -> Response:
     responses={401: _ERRORS[401], 503: _ERRORS[503]},
     dependencies=[Depends(require_api_key)],
 )
-async def model_card(engine: EngineDep) -> dict[str, Any]:
-    return {**engine.info.card, "provider": engine.info.provider}
+async def model_card(model: DefaultModelDep) -> dict[str, Any]:
+    return _card(model)
 
 
 @router.get(
@@ -105,19 +102,19 @@ async def model_card(engine: EngineDep) -> dict[str, Any]:
     responses={401: _ERRORS[401], 503: _ERRORS[503]},
     dependencies=[Depends(require_api_key)],
 )
-async def models(state: StateDep) -> dict[str, Any]:
-    state.lookup(None)  # 503 before the models are loaded
+async def models(registry: RegistryDep) -> dict[str, Any]:
+    registry.lookup(None)  # 503 before the models are loaded
     return {
-        "default": state.default_model,
+        "default": registry.default_name,
         "models": [
             {
-                "name": e.info.name,
-                "version": e.info.version,
-                "sha256": e.info.sha256,
-                "provider": e.info.provider,
-                "input_shape": e.info.input_shape,
+                "name": m.info.name,
+                "version": m.info.version,
+                "sha256": m.info.sha256,
+                "provider": m.info.provider,
+                "input_shape": m.info.input_shape,
             }
-            for e in state.engines.values()
+            for m in registry.models.values()
         ],
     }
 
@@ -129,9 +126,12 @@ async def models(state: StateDep) -> dict[str, Any]:
     responses={401: _ERRORS[401], 404: _ERRORS[404], 503: _ERRORS[503]},
     dependencies=[Depends(require_api_key)],
 )
-async def named_model_card(name: str, state: StateDep) -> dict[str, Any]:
-    engine = state.lookup(name)
-    return {**engine.info.card, "provider": engine.info.provider}
+async def named_model_card(name: str, registry: RegistryDep) -> dict[str, Any]:
+    return _card(registry.lookup(name))
+
+
+def _card(model: ServedModel) -> dict[str, Any]:
+    return {**model.info.card.to_json(), "provider": model.info.provider}
 
 
 @router.post(
@@ -145,10 +145,17 @@ async def named_model_card(name: str, state: StateDep) -> dict[str, Any]:
 )
 async def predict(
     request: Annotated[NextFrameRequest, Body(openapi_examples=predict_examples())],
-    state: StateDep,
+    registry: RegistryDep,
     http: Request,
 ) -> NextFrameResponse:
-    engine = state.lookup(request.model)
+    model = registry.lookup(request.model)
+    task = model.task
+    if not isinstance(task, NextFrameTask):
+        raise InvalidInput(
+            f"model: {model.info.name!r} is a {task.task} model, and /predict serves "
+            f"next-frame models; use POST /v2/models/{model.info.name}/infer",
+            location="model",
+        )
     source: FramesInput | TensorInput
     if request.frames is not None:
         source = FramesInput(request.frames)
@@ -156,10 +163,13 @@ async def predict(
         assert request.tensor is not None  # the schema allows exactly one
         t = request.tensor
         source = TensorInput(t.data, t.dtype, t.shape)
-    result = await _unless_client_leaves(
-        http, engine.predict(source, horizon=request.horizon, return_tensor=request.return_tensor)
+    result = await until_client_leaves(
+        http,
+        task.predict(
+            model.runner, source, horizon=request.horizon, return_tensor=request.return_tensor
+        ),
     )
-    info = engine.info
+    info = model.info
     return NextFrameResponse(
         model=info.name,
         model_version=info.version,
@@ -172,28 +182,3 @@ async def predict(
         if result.tensor is not None
         else None,
     )
-
-
-async def _unless_client_leaves(http: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first, so that a request
-    nobody waits for any more leaves the queue before it reaches the model."""
-    results: list[T] = []
-    errors: list[Exception] = []
-    async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            while (await http.receive())["type"] != "http.disconnect":
-                pass
-            group.cancel_scope.cancel()
-
-        group.start_soon(watch)
-        try:
-            results.append(await work)
-        except Exception as err:  # raised below, outside the group, so not wrapped in one
-            errors.append(err)
-        group.cancel_scope.cancel()
-    if errors:
-        raise errors[0]
-    if not results:
-        raise ClientGone("the client disconnected before the answer was ready")
-    return results[0]

@@ -1,53 +1,68 @@
-"""The model card written by ``model_export`` beside each ONNX file."""
+"""The card of a model about to be served, checked against the file it describes.
+
+The contract itself (fields, where the card lies) is ``convlstm_card``'s; what is here
+is the service's policy: a model without a card is still served, a card for another
+file is refused, and the shapes the card states must be the graph's.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from convlstm_card import ModelCard, card_path
 from service.errors import ModelLoadError
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def served_card(
+    model_path: Path, sha256: str, inputs: dict[str, Any], outputs: dict[str, Any]
+) -> ModelCard:
+    """The card for ``model_path`` (whose sha256 is ``sha256``), checked to describe that
+    very file. ``inputs`` and ``outputs`` are the graph's own (``name``, ``shape``).
 
-
-def read_card(card_path: Path, model_path: Path, sha256: str) -> dict[str, Any]:
-    """The card for ``model_path``, checked to describe that very file.
-
-    A model without a card is served under its file name with version ``unknown``;
-    a card that names another file (by sha256) is refused, since its metrics and
-    shapes would describe a different model.
+    A model without a card is served under its file name with version ``unknown``, and
+    its shapes from the graph; a card that names another file (by sha256) is refused,
+    since its metrics and shapes would describe a different model.
     """
-    if not card_path.is_file():
-        return {"name": model_path.stem, "version": "unknown", "sha256": sha256}
-    try:
-        card: dict[str, Any] = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"model card {card_path} is not readable JSON: {err}") from None
-    if not isinstance(card, dict):
-        raise ModelLoadError(f"model card {card_path} is not a JSON object")
-    if card.get("sha256") not in (None, sha256):
+    path = card_path(model_path)
+    written: dict[str, Any] = _read_json(path) if path.is_file() else {"version": "unknown"}
+    if written.get("sha256") not in (None, sha256):
         raise ModelLoadError(
-            f"model card {card_path} is for sha256 {card['sha256']}, "
+            f"model card {path} is for sha256 {written['sha256']}, "
             f"but {model_path} has sha256 {sha256}"
         )
-    card.setdefault("name", model_path.stem)
-    card.setdefault("version", "unknown")
-    card["sha256"] = sha256
+    raw: dict[str, Any] = {"name": model_path.stem, **written, "sha256": sha256}
+    # A card that states no shapes (or no card) borrows the graph's.
+    raw.setdefault("inputs", [inputs])
+    raw.setdefault("outputs", [outputs])
+    try:
+        card = ModelCard.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "card"
+        raise ModelLoadError(
+            f"model card {path} is not a model card: {where}: {first['msg']}"
+        ) from None
+    for kind, declared, graph in (
+        ("input", card.input.shape, inputs["shape"]),
+        ("output", card.output.shape, outputs["shape"]),
+    ):
+        if declared[1:] != graph[1:]:
+            raise ModelLoadError(
+                f"model card {path} states {kind} shape {declared}, "
+                f"but {model_path} {'takes' if kind == 'input' else 'gives'} {graph}"
+            )
     return card
 
 
-def card_input_shape(card: dict[str, Any]) -> list[int | str] | None:
-    """The first input's shape as the card states it, if it does."""
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        shape = card["inputs"][0]["shape"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return list(shape) if isinstance(shape, list) else None
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"model card {path} is not readable JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"model card {path} is not a JSON object")
+    return raw

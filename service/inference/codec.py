@@ -1,8 +1,10 @@
-"""Client payloads <-> float32 frame arrays.
+"""Client payloads <-> float32 arrays.
 
-Two input forms: a list of base64 images (PNG or JPEG), or one base64 tensor of raw
-little-endian bytes. Every check names where it failed (``frames[3]``, ``tensor.shape``)
-and what it expected, because the client has no other way to find its mistake.
+Two input forms: a list of base64 images (PNG or JPEG), or raw little-endian tensor
+bytes (base64 in ``/predict``, JSON or binary in the Open Inference Protocol); both
+protocols check a tensor with the same functions here. Every check names where it failed
+(``frames[3]``, ``tensor.shape``) and what it expected, because the client has no other
+way to find its mistake.
 """
 
 from __future__ import annotations
@@ -27,14 +29,20 @@ IMAGE_FORMATS = ("PNG", "JPEG")
 _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
 
 
+ValueRange = tuple[float, float]
+UNIT_RANGE: ValueRange = (0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class FrameSpec:
-    """What one input sequence must look like: (frames, height, width, channels)."""
+    """What one input sequence must look like: (frames, height, width, channels), and
+    the values the model takes."""
 
     frames: int
     height: int
     width: int
     channels: int
+    value_range: ValueRange = UNIT_RANGE
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -118,46 +126,96 @@ def decode_frames(frames: list[str], spec: FrameSpec) -> NDArray[np.float32]:
 def decode_tensor(
     data: str, dtype: TensorDType, shape: list[int], spec: FrameSpec
 ) -> NDArray[np.float32]:
-    """A raw little-endian tensor -> (T, H, W, C) float32 in [0, 1].
+    """A base64 raw little-endian tensor -> (T, H, W, C) float32 in the model's range.
 
-    uint8 is read as 0-255 and scaled; float32 must already be in [0, 1].
+    uint8 is read as 0-255 and scaled; float32 must already be in range.
     """
-    if tuple(shape) != spec.shape:
-        raise InvalidInput(
-            f"tensor.shape: expected {list(spec.shape)} (frames, height, width, channels), "
-            f"got {shape}",
-            location="tensor.shape",
-        )
+    check_shape(shape, spec.shape, "tensor.shape", axes="frames, height, width, channels")
     raw = decode_base64(data, "tensor.data")
-    np_dtype = _DTYPES[dtype]
-    expected = int(np.prod(shape)) * np_dtype.itemsize
+    array = array_from_bytes(raw, _DTYPES[dtype], shape, "tensor.data", dtype)
+    return to_model_values(array, "tensor.data", spec.value_range)
+
+
+def check_shape(
+    shape: list[int],
+    expected: tuple[int, ...],
+    where: str,
+    *,
+    batched: bool = False,
+    axes: str | None = None,
+) -> None:
+    """``shape`` is ``expected``, or with ``batched`` a batch of N >= 1 of it."""
+    if batched:
+        if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected or shape[0] < 1:
+            raise InvalidInput(
+                f"{where}: expected [N, {', '.join(map(str, expected))}] with N >= 1, got {shape}",
+                location=where,
+            )
+    elif tuple(shape) != expected:
+        named = f" ({axes})" if axes else ""
+        raise InvalidInput(
+            f"{where}: expected {list(expected)}{named}, got {shape}", location=where
+        )
+
+
+def array_from_bytes(
+    raw: bytes, dtype: np.dtype[np.generic], shape: list[int], where: str, dtype_name: str
+) -> NDArray[np.generic]:
+    """Raw little-endian bytes as an array of ``shape``, if there are exactly enough."""
+    expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
-            f"tensor.data: {len(raw)} bytes, but shape {shape} of {dtype} needs {expected}",
-            location="tensor.data",
+            f"{where}: {len(raw)} bytes, but shape {shape} of {dtype_name} needs {expected}",
+            location=where,
         )
-    array = np.frombuffer(raw, dtype=np_dtype).reshape(spec.shape)
-    if dtype == "uint8":
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_model_values(
+    array: NDArray[np.generic], where: str, value_range: ValueRange | None
+) -> NDArray[np.float32]:
+    """uint8 pixels (0-255) scaled to [0, 1], or floats checked to lie in ``value_range``
+    (only to be finite when the model states none)."""
+    if array.dtype == np.uint8:
+        if value_range != UNIT_RANGE:
+            takes = (
+                "states no value range" if value_range is None else f"takes {_shown(value_range)}"
+            )
+            raise InvalidInput(
+                f"{where}: uint8 is read as pixels scaled to [0, 1], but this model {takes}; "
+                "send float32",
+                location=where,
+            )
         return array.astype(np.float32) / 255.0
-    return check_unit_range(array.astype(np.float32), "tensor.data")
+    return check_range(array.astype(np.float32), where, value_range)
 
 
-def check_unit_range(values: NDArray[np.float32], where: str) -> NDArray[np.float32]:
-    """``values`` if every one is finite and within [0, 1]; else where the first is not."""
+def check_range(
+    values: NDArray[np.float32], where: str, value_range: ValueRange | None
+) -> NDArray[np.float32]:
+    """``values`` if every one is finite and within ``value_range``; else where the first
+    is not."""
     bad = ~np.isfinite(values)
     if bad.any():
         raise InvalidInput(
             f"{where}: {_count(bad)} NaN or infinite, the first at index {_first_index(bad)}",
             location=where,
         )
-    outside = (values < 0.0) | (values > 1.0)
+    if value_range is None:
+        return values
+    low, high = value_range
+    outside = (values < low) | (values > high)
     if outside.any():
         raise InvalidInput(
-            f"{where}: float32 values must be in [0, 1]; {_count(outside)} not, "
+            f"{where}: float32 values must be in {_shown(value_range)}; {_count(outside)} not, "
             f"the first at index {_first_index(outside)} is {values[outside][0]:g}",
             location=where,
         )
     return values
+
+
+def _shown(value_range: ValueRange) -> str:
+    return f"[{value_range[0]:g}, {value_range[1]:g}]"
 
 
 def _count(mask: NDArray[np.bool_]) -> str:

@@ -4,6 +4,9 @@ Requests are queued as jobs; worker tasks take whatever is queued (up to the max
 batch size, waiting at most the configured delay for more), drop jobs whose client
 has gone or whose deadline has passed, and run the rest as one batch. A full queue
 is refused at once rather than letting latency grow without bound.
+
+Jobs are arrays; how a batch of them becomes answers (one model run, or several with
+each output fed back in) is the ``Rollout`` the model's task adapter supplies.
 """
 
 from __future__ import annotations
@@ -23,12 +26,27 @@ from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+Rollout = Callable[
+    [RunBatch, list[NDArray[np.float32]], list[int]],
+    tuple[list[NDArray[np.float32]], list[int]],
+]
+"""Given the model's run, every job's input and its number of steps: every job's output
+and the batch size of each model run made."""
+
+
+def run_once(
+    run_batch: RunBatch, inputs: list[NDArray[np.float32]], steps: list[int]
+) -> tuple[list[NDArray[np.float32]], list[int]]:
+    """The rollout of a model that answers in one run: the whole batch, once. Its task
+    adapter admits only one step."""
+    outputs = run_batch(np.stack(inputs))
+    return list(outputs), [len(inputs)]
 
 
 @dataclass
 class Job:
-    sequence: NDArray[np.float32]
-    horizon: int
+    inputs: NDArray[np.float32]
+    steps: int
     deadline: float
     future: asyncio.Future[tuple[NDArray[np.float32], float]]
     abandoned: bool = field(default=False)
@@ -36,7 +54,7 @@ class Job:
 
 @dataclass(frozen=True)
 class BatchStats:
-    """What one batch did; the engine turns it into metrics."""
+    """What one batch did; the runner turns it into metrics."""
 
     sizes: list[int]
     dropped_abandoned: int
@@ -48,6 +66,7 @@ class Scheduler:
         self,
         run_batch: RunBatch,
         *,
+        rollout: Rollout,
         workers: int,
         max_queue: int,
         max_batch: int,
@@ -55,6 +74,7 @@ class Scheduler:
         on_batch: Callable[[BatchStats], None] = lambda stats: None,
     ) -> None:
         self._run_batch = run_batch
+        self._rollout = rollout
         self._workers = workers
         self._max_batch = max_batch
         self._max_wait = max_wait_s
@@ -86,15 +106,15 @@ class Scheduler:
                 job.future.set_exception(ShuttingDown("the service stopped before running it"))
 
     async def submit(
-        self, sequence: NDArray[np.float32], horizon: int, timeout_s: float
+        self, inputs: NDArray[np.float32], steps: int, timeout_s: float
     ) -> tuple[NDArray[np.float32], float]:
-        """Queue one sequence; its ``horizon`` predicted frames and the seconds the
-        model took. Raises ``Overloaded`` at once when the queue is full and
-        ``DeadlineExceeded`` when ``timeout_s`` passes first."""
+        """Queue one item (one sequence, one tensor); its output after ``steps`` steps
+        and the seconds the model took. Raises ``Overloaded`` at once when the queue is
+        full and ``DeadlineExceeded`` when ``timeout_s`` passes first."""
         if self._closed:
             raise ShuttingDown("the service is shutting down")
         loop = asyncio.get_running_loop()
-        job = Job(sequence, horizon, time.monotonic() + timeout_s, loop.create_future())
+        job = Job(inputs, steps, time.monotonic() + timeout_s, loop.create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -142,7 +162,7 @@ class Scheduler:
                 self._running += len(live)
                 try:
                     outputs, seconds, sizes = await anyio.to_thread.run_sync(
-                        self._rollout, live, abandon_on_cancel=False
+                        self._run, live, abandon_on_cancel=False
                     )
                 except Exception as err:  # a model failure fails its batch, not the server
                     log.exception("model run failed for a batch of %d", len(live))
@@ -157,19 +177,9 @@ class Scheduler:
                     self._running -= len(live)
             self._on_batch(BatchStats(sizes, abandoned, expired))
 
-    def _rollout(self, jobs: list[Job]) -> tuple[list[NDArray[np.float32]], float, list[int]]:
-        """Every job's horizon in one batched roll-out: each predicted frame becomes the
-        newest frame of that job's window; jobs leave the batch when their horizon is done."""
+    def _run(self, jobs: list[Job]) -> tuple[list[NDArray[np.float32]], float, list[int]]:
         start = time.perf_counter()
-        windows = np.stack([j.sequence for j in jobs])
-        frame_shape = windows.shape[2:]
-        outputs = [np.empty((j.horizon, *frame_shape), dtype=np.float32) for j in jobs]
-        sizes = []
-        for step in range(max(j.horizon for j in jobs)):
-            active = [i for i, j in enumerate(jobs) if j.horizon > step]
-            predicted = self._run_batch(windows[active])
-            sizes.append(len(active))
-            for k, i in enumerate(active):
-                outputs[i][step] = predicted[k]
-            windows[active] = np.concatenate([windows[active, 1:], predicted[:, None]], axis=1)
+        outputs, sizes = self._rollout(
+            self._run_batch, [j.inputs for j in jobs], [j.steps for j in jobs]
+        )
         return outputs, time.perf_counter() - start, sizes

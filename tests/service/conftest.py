@@ -1,18 +1,24 @@
-"""Fixtures for the service: a tiny real tf2onnx export, and the real server process."""
+"""Fixtures for the service, in two rings: the app in this process (``create_app`` over
+httpx's ASGI transport, lifespan and all) for routes and errors, and the real server
+process for start-up, drain, load and everything that needs a socket. Both serve real
+models: the committed ones, and a tiny real tf2onnx export."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from bench.server import Server, free_port, serve
+from service.app import create_app
+from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_MODEL = REPO / "models" / "convlstm.onnx"
@@ -66,3 +72,44 @@ def server() -> Iterator[RunningServer]:
 def client(server: RunningServer) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+# -- in process ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """``create_app(settings)`` with its lifespan run: the models loaded, then drained."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+def asgi_client(app: FastAPI) -> httpx.AsyncClient:
+    """A client that calls ``app`` in this process. Unexpected errors are answered as the
+    server would answer them (500), not raised into the test."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://in-process", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def app_settings() -> Settings:
+    """The committed models, as the real server serves them, without warm-up runs."""
+    return Settings(model_path=COMMITTED_MODEL, warmup_runs=0)
+
+
+@pytest.fixture(scope="module")
+async def app(app_settings: Settings) -> AsyncIterator[FastAPI]:
+    async with running_app(app_settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(app) as client:
+        yield client

@@ -11,12 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from service.api.examples import moving_square_frames
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
 from tests.service.test_codec import png_declaring
-from tests.service.test_server import value
+from tests.service.test_server import sequence, value
 
 pytestmark = pytest.mark.slow
 FRAMES = moving_square_frames()
@@ -77,6 +78,44 @@ def test_work_for_a_gone_client_is_dropped_before_the_model() -> None:
                 time.sleep(0.1)
             assert dropped == 1
             assert value(text, "convlstm_predicted_frames_total", model="convlstm") == 8
+
+
+def test_abandoned_oip_request_is_dropped_before_the_model_and_counted() -> None:
+    """The Open Inference Protocol front has the same life cycle as /predict: a request
+    whose client has left never reaches the model and frees its place in the queue."""
+    pixels = np.rint(sequence() * 255).astype(np.uint8)[None]
+    body = {
+        "inputs": [
+            {
+                "name": "frames",
+                "shape": list(pixels.shape),
+                "datatype": "UINT8",
+                "data": pixels.reshape(-1).tolist(),
+            }
+        ]
+    }
+    env = {"CONVLSTM_MAX_BATCH_SIZE": "1"}
+    with run_server(COMMITTED_MODEL, env=env) as server:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            long = pool.submit(predict, server, 8)
+            time.sleep(0.3)  # let the long request reach the model first
+            with server.client(timeout=0.3) as client, pytest.raises(httpx.ReadTimeout):
+                client.post("/v2/models/convlstm/infer", json=body)  # queued; gives up
+            assert long.result().status_code == 200
+        with server.client() as client:
+            deadline = time.monotonic() + 10
+            dropped = None
+            while time.monotonic() < deadline and not dropped:
+                text = client.get("/metrics").text
+                dropped = value(
+                    text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone"
+                )
+                time.sleep(0.1)
+            assert dropped == 1
+            # Only the long request's eight frames were predicted.
+            assert value(text, "convlstm_predicted_frames_total", model="convlstm") == 8
+            assert value(text, "convlstm_queue_depth", model="convlstm") == 0
+            assert client.post("/v2/models/convlstm/infer", json=body).status_code == 200
 
 
 def test_sigterm_finishes_accepted_requests_and_exits_zero() -> None:

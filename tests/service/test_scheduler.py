@@ -1,8 +1,9 @@
 """The queue in front of the model: batching, backpressure, deadlines, dropped work.
 
 The model here is a small pure function (the next frame is the last frame plus 1), so
-that every answer shows which request and which step it belongs to; the real session
-is exercised in test_engine.py and the server tests.
+that every answer shows which request and which step it belongs to, rolled out as the
+next-frame task does (each prediction fed back in); the real session is exercised in
+test_registry.py and the server tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 
 from service.errors import DeadlineExceeded, Overloaded
-from service.inference.scheduler import BatchStats, Scheduler
+from service.inference.scheduler import BatchStats, Scheduler, run_once
+from service.tasks.next_frame import feed_back
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +64,7 @@ def sequence(start: float) -> np.ndarray:
 
 def scheduler(model: Model, **kwargs: float) -> Scheduler:
     options = {"workers": 1, "max_queue": 16, "max_batch": 8, "max_wait_s": 0.0, **kwargs}
-    return Scheduler(model, **options)  # type: ignore[arg-type]
+    return Scheduler(model, rollout=feed_back, **options)  # type: ignore[arg-type]
 
 
 async def test_each_answer_goes_to_its_own_request() -> None:
@@ -167,7 +169,15 @@ async def test_deadline_passed_in_the_queue_never_reaches_the_model() -> None:
     model = Model()
     model.gate.clear()
     stats: list[BatchStats] = []
-    s = Scheduler(model, workers=1, max_queue=4, max_batch=1, max_wait_s=0, on_batch=stats.append)
+    s = Scheduler(
+        model,
+        rollout=feed_back,
+        workers=1,
+        max_queue=4,
+        max_batch=1,
+        max_wait_s=0,
+        on_batch=stats.append,
+    )
     s.start()
     try:
         running = asyncio.create_task(s.submit(sequence(0), 1, 5))
@@ -214,3 +224,17 @@ async def test_a_failing_batch_fails_only_its_requests() -> None:
     finally:
         await s.stop()
     assert frames[0, 0, 0, 0] == 6
+
+
+async def test_a_one_run_rollout_runs_the_batch_once() -> None:
+    """The plain-tensor task's rollout: one model run for the batch, one output per job."""
+    model = Model()
+    s = Scheduler(model, rollout=run_once, workers=1, max_queue=8, max_batch=8, max_wait_s=0.05)
+    s.start()
+    try:
+        results = await asyncio.gather(*(s.submit(sequence(i), 1, 5) for i in range(3)))
+    finally:
+        await s.stop()
+    assert model.batches == [3]
+    for i, (out, _) in enumerate(results):
+        assert out.shape == SHAPE[1:] and out[0, 0, 0] == i + 1

@@ -1,4 +1,6 @@
-"""The real server process on a loopback port, serving the committed ConvLSTM."""
+"""The real server process on a loopback port, serving the committed ConvLSTM: answers
+checked against onnxruntime, metrics, the process surviving bad input. Route and error
+details are checked in process, in test_routes.py."""
 
 from __future__ import annotations
 
@@ -7,17 +9,16 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import onnxruntime as ort
-import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.examples import moving_square_frames
 from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer, run_server
+from tests.service.test_routes import BAD_JSON_BODIES
 
 FRAMES = moving_square_frames()
 
@@ -36,31 +37,6 @@ def onnx_next_frame(x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(COMMITTED_MODEL), providers=["CPUExecutionProvider"])
     out: np.ndarray = session.run(None, {"frames": x[None]})[0][0]
     return out
-
-
-def error_of(response: httpx.Response, status: int) -> dict[str, str]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert "Traceback" not in response.text
-    detail: dict[str, str] = body["error"]
-    return detail
-
-
-def test_healthz(client: httpx.Client) -> None:
-    r = client.get("/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "alive"}
-
-
-def test_readyz_names_model_sha_provider_and_shape(client: httpx.Client) -> None:
-    body = client.get("/readyz").json()
-    card = json.loads((REPO / "models" / "convlstm.json").read_text())
-    assert body["status"] == "ready"
-    assert (body["model"], body["model_version"]) == ("convlstm", card["version"])
-    assert body["sha256"] == card["sha256"]
-    assert body["provider"] in ort.get_available_providers()
-    assert body["input_shape"] == ["N", 15, 40, 40, 3]
 
 
 def test_predict_png_returns_the_models_next_frame(client: httpx.Client) -> None:
@@ -107,129 +83,6 @@ def test_horizon_three_slides_the_window(client: httpx.Client) -> None:
         window = np.concatenate([window[1:], expected[None]])
 
 
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-def png(size: tuple[int, int] = (40, 40), mode: str = "RGB", fmt: str = "PNG") -> str:
-    buffer = io.BytesIO()
-    Image.new(mode, size).save(buffer, format=fmt)
-    return b64(buffer.getvalue())
-
-
-def float_tensor(array: np.ndarray) -> dict[str, object]:
-    data = b64(array.astype("<f4").tobytes())
-    return {"tensor": {"data": data, "dtype": "float32", "shape": list(array.shape)}}
-
-
-def with_value(value: float) -> dict[str, object]:
-    array = np.zeros((15, 40, 40, 3), np.float32)
-    array[4, 5, 6, 2] = value
-    return float_tensor(array)
-
-
-# (request body, expected status, error location, words the message must contain)
-BAD_JSON_BODIES = {
-    "invalid base64": ({"frames": [*FRAMES[:3], "@@@", *FRAMES[4:]]}, "frames[3]", "base64"),
-    "not an image": ({"frames": [b64(b"GIF89a....")] * 15}, "frames[0]", "not a PNG or JPEG"),
-    "14 frames": ({"frames": FRAMES[:14]}, "frames", "expected 15 frames, got 14"),
-    "16 frames": ({"frames": [*FRAMES, FRAMES[0]]}, "frames", "expected 15 frames, got 16"),
-    "wrong size": ({"frames": [*FRAMES[:14], png((32, 40))]}, "frames[14]", "32x40"),
-    "CMYK JPEG": ({"frames": [png(mode="CMYK", fmt="JPEG")] * 15}, "frames[0]", "mode CMYK"),
-    "tensor bytes": (
-        {"tensor": {"data": b64(b"\0" * 99), "dtype": "uint8", "shape": [15, 40, 40, 3]}},
-        "tensor.data",
-        "99 bytes, but shape [15, 40, 40, 3] of uint8 needs 72000",
-    ),
-    "tensor shape": (
-        {"tensor": {"data": "", "dtype": "uint8", "shape": [15, 40, 40, 1]}},
-        "tensor.shape",
-        "expected [15, 40, 40, 3]",
-    ),
-    "tensor dtype": (
-        {"tensor": {"data": "", "dtype": "int16", "shape": [15, 40, 40, 3]}},
-        "tensor.dtype",
-        "'uint8' or 'float32'",
-    ),
-    "NaN": (
-        with_value(float("nan")),
-        "tensor.data",
-        "NaN or infinite, the first at index [4, 5, 6, 2]",
-    ),
-    "out of range": (with_value(1.5), "tensor.data", "must be in [0, 1]"),
-    "horizon 0": ({"frames": FRAMES, "horizon": 0}, "horizon", "between 1 and 8, got 0"),
-    "horizon 9": ({"frames": FRAMES, "horizon": 9}, "horizon", "between 1 and 8, got 9"),
-    "horizon text": ({"frames": FRAMES, "horizon": "2"}, "horizon", "valid integer"),
-    "unknown field": ({"frames": FRAMES, "horizn": 2}, "horizn", "unknown field"),
-    "both inputs": (
-        {"frames": FRAMES, "tensor": {"data": "", "dtype": "uint8", "shape": [1]}},
-        "body",
-        "exactly one of 'frames' and 'tensor'",
-    ),
-    "no input": ({"horizon": 1}, "body", "exactly one of 'frames' and 'tensor'"),
-    "frames not a list": ({"frames": "abc"}, "frames", "valid list"),
-    "frame not a string": ({"frames": [1] * 15}, "frames[0]", "valid string"),
-    "body not an object": ([1, 2, 3], "body", "valid dictionary"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_JSON_BODIES, ids=list(BAD_JSON_BODIES))
-def test_bad_input_gets_422_naming_where(client: httpx.Client, case: str) -> None:
-    body, location, words = BAD_JSON_BODIES[case]
-    error = error_of(client.post("/predict", json=body), 422)
-    assert error["type"] == "invalid_input"
-    assert error.get("location") == location, error
-    assert words in error["message"], error
-
-
-@pytest.mark.parametrize(
-    ("content", "words"),
-    [
-        (b"{not json", "not valid JSON"),
-        (b"[" * 50_000, "could not be parsed as JSON"),
-    ],
-)
-def test_malformed_json_gets_400(client: httpx.Client, content: bytes, words: str) -> None:
-    r = client.post("/predict", content=content, headers={"content-type": "application/json"})
-    error = error_of(r, 400)
-    assert words in error["message"], error
-
-
-def test_empty_body_is_named(client: httpx.Client) -> None:
-    r = client.post("/predict", content=b"", headers={"content-type": "application/json"})
-    assert "body is empty" in error_of(r, 422)["message"]
-
-
-def test_wrong_content_type_gets_415(client: httpx.Client) -> None:
-    r = client.post(
-        "/predict", content=json.dumps({"frames": FRAMES}), headers={"content-type": "text/plain"}
-    )
-    error = error_of(r, 415)
-    assert "expected application/json, got text/plain" in error["message"]
-
-
-def test_oversized_body_gets_413_by_declared_length(client: httpx.Client) -> None:
-    r = client.post(
-        "/predict", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
-    )
-    assert "larger than the limit of 2097152 bytes" in error_of(r, 413)["message"]
-
-
-def test_oversized_streamed_body_gets_413_without_length(client: httpx.Client) -> None:
-    def chunks() -> Iterator[bytes]:
-        for _ in range(64):
-            yield b"x" * 65536
-
-    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
-    assert "content-length" not in r.request.headers
-    assert error_of(r, 413)["type"] == "payload_too_large"
-
-
-def test_unknown_route_and_method(client: httpx.Client) -> None:
-    assert error_of(client.get("/nowhere"), 404)["type"] == "not_found"
-    assert error_of(client.get("/predict"), 405)["type"] == "method_not_allowed"
-
-
 def test_service_still_answers_after_every_bad_input(
     client: httpx.Client, server: RunningServer
 ) -> None:
@@ -238,16 +91,6 @@ def test_service_still_answers_after_every_bad_input(
     assert server.process.poll() is None
     r = client.post("/predict", json={"frames": FRAMES})
     assert r.status_code == 200 and len(r.json()["frames"]) == 1
-
-
-def test_model_card(client: httpx.Client) -> None:
-    card = client.get("/v1/model").json()
-    params = {layer["name"]: layer["params"] for layer in card["layers"]}
-    assert [params[f"convlstm_{i}"] for i in range(1, 5)] == [35_760, 144_200, 237_840, 327_880]
-    assert card["parameters"]["body"] == 745_680
-    assert card["inputs"][0]["shape"] == ["N", 15, 40, 40, 3]
-    assert "copy_last_frame" in card["evaluation"]["metrics"]
-    assert card["provider"] == client.get("/readyz").json()["provider"]
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -323,17 +166,6 @@ def test_readme_example_request(client: httpx.Client) -> None:
     assert all(decode_png(f).shape == (40, 40, 3) for f in frames)
 
 
-def test_every_model_with_a_card_is_served(client: httpx.Client) -> None:
-    listing = client.get("/v1/models").json()
-    assert listing["default"] == "convlstm"
-    names = [m["name"] for m in listing["models"]]
-    assert names[0] == "convlstm" and "cnn_lstm" in names
-    assert not any(".plain" in n for n in names)  # a graph without a card of its own
-    assert client.get("/readyz").json()["models"] == names
-    card = client.get("/v1/models/cnn_lstm").json()
-    assert card["name"] == "cnn_lstm" and card["parameters"]["total"] == 1_504_896
-
-
 def test_request_names_the_model(client: httpx.Client) -> None:
     r = client.post("/predict", json={"frames": FRAMES, "model": "cnn_lstm"})
     assert r.status_code == 200, r.text
@@ -370,10 +202,3 @@ def test_int8_variant_is_served_only_when_named_and_predicts_close_to_float32(
     assert 0 < diff.mean() <= 0.01
     assert card["graph"]["kind"] == "int8"
     assert card["graph"]["source"]["sha256"] == client.get("/v1/models/convlstm").json()["sha256"]
-
-
-def test_unknown_model_is_404_naming_the_served_ones(client: httpx.Client) -> None:
-    error = error_of(client.post("/predict", json={"frames": FRAMES, "model": "unet"}), 404)
-    assert error["type"] == "unknown_model" and error["location"] == "model"
-    assert "no model named 'unet'; served: convlstm, cnn_lstm" in error["message"]
-    assert error_of(client.get("/v1/models/unet"), 404)["type"] == "unknown_model"

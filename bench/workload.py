@@ -1,0 +1,38 @@
+"""What one request asks of a model, from its card: the sequence shape, the work per
+sequence, and a request body of the right size. Nothing here assumes the demo model's
+15 frames of 40 x 40."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convlstm_card import ModelCard, card_path, read_card
+from service.api.examples import moving_square_frames
+
+
+def sequence_shape(card: ModelCard) -> tuple[int, ...]:
+    """One input sequence's shape (T, H, W, C), as the card states it."""
+    return tuple(int(d) for d in card.input.shape[1:])
+
+
+def flops_per_sequence(card: ModelCard) -> float:
+    """Nominal FLOPs of one sequence: 2 x the multiply-adds of every convolution.
+
+    Per pixel and step, a ConvLSTM layer does 9·(in + f)·4f multiply-adds, its
+    parameter count less its 4f biases; the head does its count less its biases, once.
+    """
+    frames, height, width = sequence_shape(card)[:3]
+    total = 0
+    for row in card.layers:
+        filters = int(row.output_shape.strip("()").split(",")[-1])
+        if row.kind == "ConvLSTM2D":
+            total += (row.params - 4 * filters) * frames * height * width
+        elif row.kind == "Conv2D":
+            total += (row.params - filters) * height * width
+    return 2.0 * total
+
+
+def example_frames(model: Path) -> list[str]:
+    """PNG frames of a moving square, as many and as large as ``model``'s card says."""
+    frames, height, width, _ = sequence_shape(read_card(card_path(model)))
+    return moving_square_frames(frames, height, width)

@@ -1,0 +1,154 @@
+"""The one owner of the served models' lifetimes: loads them (the default first), looks
+them up by name for every protocol front, and drains them on shutdown.
+
+A served model is a runner (session, scheduler, metrics) and the task adapter its card
+chose. Loading one checks the file, its card and the task against each other and warms
+the session up before the model counts as served.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from convlstm_card import sha256_of
+from service.config import Settings
+from service.errors import ModelLoadError, NotReady, UnknownModel
+from service.inference.card import served_card
+from service.inference.runner import ModelInfo, ModelRunner
+from service.inference.session import OnnxSession
+from service.metrics import Metrics
+from service.tasks import TaskAdapter, adapter_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    runner: ModelRunner
+    task: TaskAdapter
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.runner.info
+
+
+def load_model(settings: Settings, metrics: Metrics, path: Path) -> ServedModel:
+    """Load the model at ``path`` and its card, check them against each other, pick its
+    task adapter, warm up. The model is served under its file stem."""
+    session = OnnxSession(
+        path,
+        provider=settings.provider,
+        intra_op_threads=settings.intra_op_threads,
+        require_gpu=settings.require_gpu,
+        pad_batches=settings.pad_batches,
+        max_batch=settings.max_batch_size,
+    )
+    sha = sha256_of(path)
+    card = served_card(
+        path,
+        sha,
+        inputs={"name": session.input_name, "shape": session.input_shape},
+        outputs={"name": session.output_name, "shape": session.output_shape},
+    )
+    task = adapter_for(card, settings)
+    info = ModelInfo(
+        name=path.stem,
+        version=card.version,
+        sha256=sha,
+        provider=session.provider,
+        input_name=session.input_name,
+        input_shape=session.input_shape,
+        output_name=session.output_name,
+        output_shape=session.output_shape,
+        card=card,
+    )
+    runner = ModelRunner(session, info, settings, metrics, rollout=task.rollout)
+    warmup = session.warm_up(settings.warmup_runs, (1, settings.max_batch_size))
+    log.info(
+        "model %s %s (sha256 %s, task %s) on %s; requested %s, installed %s; "
+        "loaded in %.2f s, %d warm-up run(s) in %.2f s",
+        info.name,
+        info.version,
+        sha[:12],
+        card.task,
+        session.provider,
+        session.requested,
+        session.available,
+        session.load_seconds,
+        settings.warmup_runs,
+        warmup,
+    )
+    if session.provider != session.requested[0]:
+        log.warning(
+            "%s was requested but %s is in use: the GPU provider did not initialise",
+            session.requested[0],
+            session.provider,
+        )
+    return ServedModel(runner, task)
+
+
+class ModelRegistry:
+    """The served models by name, and whether the service takes new work."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.default_name = ""
+        self.ready = False
+        self.not_ready_reason = "the model is loading"
+        self.draining = False
+        # Requests being answered, counted by the HTTP layer; a drain waits for them.
+        self.in_flight = 0
+
+    async def load(self) -> None:
+        """Load, start and publish every model the settings name, the default first; on
+        the first that cannot be served, stop those already started and raise."""
+        try:
+            for path in self.settings.model_paths():
+                model = await anyio.to_thread.run_sync(
+                    load_model, self.settings, self.metrics, path
+                )
+                await model.runner.start()
+                self.models[model.info.name] = model
+        except ModelLoadError as err:
+            log.error("cannot serve: %s", err.message)
+            await self.close()
+            raise
+        self.default_name = self.settings.model_path.stem
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def close(self) -> None:
+        """Stop every model's scheduler; whatever is still queued is refused."""
+        for model in self.models.values():
+            await model.runner.stop()
+
+    @property
+    def default(self) -> ServedModel | None:
+        """The default model, once loaded."""
+        return self.models.get(self.default_name)
+
+    def lookup(self, name: str | None) -> ServedModel:
+        """The model served as ``name`` (the default model when None)."""
+        if not self.models:
+            raise NotReady(f"not ready: {self.not_ready_reason}")
+        model = self.models.get(name or self.default_name)
+        if model is None:
+            raise self.unknown(name)
+        return model
+
+    def unknown(self, name: str | None) -> UnknownModel:
+        return UnknownModel(
+            f"model: no model named {name!r}; served: {', '.join(self.models)}",
+            location="model",
+        )
+
+    def begin_drain(self, reason: str) -> None:
+        """Readiness off and new work refused; what is in flight carries on."""
+        self.draining, self.ready, self.not_ready_reason = True, False, reason
+        self.metrics.ready.set(0)

@@ -1,0 +1,23 @@
+"""Task adapters: what a model's inputs and outputs mean, chosen by its card's ``task``.
+
+An adapter decodes a client's request into model inputs and shapes the runner's outputs
+into an answer; the runner (``service.inference.runner``) only runs arrays.
+"""
+
+from __future__ import annotations
+
+from convlstm_card import ModelCard
+from service.config import Settings
+from service.tasks.adapter import TaskAdapter
+from service.tasks.next_frame import NextFrameTask
+from service.tasks.tensor import TensorTask
+
+
+def adapter_for(card: ModelCard, settings: Settings) -> TaskAdapter:
+    """The adapter for ``card``'s task; ``ModelLoadError`` if the model does not fit it."""
+    if card.task == "next_frame":
+        return NextFrameTask.from_card(card, settings.max_horizon)
+    return TensorTask.from_card(card)
+
+
+__all__ = ["NextFrameTask", "TaskAdapter", "TensorTask", "adapter_for"]
