@@ -67,7 +67,9 @@ def load_model(settings: Settings, metrics: Metrics, path: Path) -> ServedModel:
         card=card,
     )
     runner = ModelRunner(session, info, settings, metrics, rollout=task.rollout)
-    warmup = session.warm_up(settings.warmup_runs, (1, settings.max_batch_size))
+    warmup = runner.scheduler.warm_up(
+        lambda: session.warm_up(settings.warmup_runs, (1, settings.max_batch_size))
+    )
     log.info(
         "model %s %s (sha256 %s, task %s) on %s; requested %s, installed %s; "
         "loaded in %.2f s, %d warm-up run(s) in %.2f s",

@@ -15,7 +15,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -24,6 +26,7 @@ from numpy.typing import NDArray
 from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 RunBatch = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 Rollout = Callable[
@@ -81,6 +84,14 @@ class Scheduler:
         self._on_batch = on_batch
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
         self._tasks: list[asyncio.Task[None]] = []
+        # Each worker runs the model on a thread of its own for the life of the model,
+        # not on whichever pooled thread is free: onnxruntime's CUDA provider builds a
+        # context per calling thread (cuDNN and cuBLAS handles), and on an H100 a new
+        # thread's first run cost seconds, so a shared pool's growing set of threads
+        # held 16 clients at 10 requests/s. Warm-up runs on these same threads.
+        self._threads = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"model-run-{i}") for i in range(workers)
+        ]
         self._running = 0
         self._closed = False
 
@@ -93,13 +104,19 @@ class Scheduler:
         return self._running
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        self._tasks = [asyncio.create_task(self._work(i)) for i in range(self._workers)]
+
+    def warm_up(self, warm: Callable[[], float]) -> float:
+        """Run ``warm`` once on every worker's model thread (blocking); the seconds spent."""
+        return sum(thread.submit(warm).result() for thread in self._threads)
 
     async def stop(self) -> None:
         self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for thread in self._threads:
+            thread.shutdown(wait=False)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -142,7 +159,8 @@ class Scheduler:
                     batch.append(await self._queue.get())
         return batch
 
-    async def _work(self) -> None:
+    async def _work(self, index: int) -> None:
+        thread = self._threads[index]
         while True:
             batch = await self._collect()
             now = time.monotonic()
@@ -161,8 +179,8 @@ class Scheduler:
             if live:
                 self._running += len(live)
                 try:
-                    outputs, seconds, sizes = await anyio.to_thread.run_sync(
-                        self._run, live, abandon_on_cancel=False
+                    outputs, seconds, sizes = await _finish(
+                        asyncio.get_running_loop().run_in_executor(thread, self._run, live)
                     )
                 except Exception as err:  # a model failure fails its batch, not the server
                     log.exception("model run failed for a batch of %d", len(live))
@@ -183,3 +201,13 @@ class Scheduler:
             self._run_batch, [j.inputs for j in jobs], [j.steps for j in jobs]
         )
         return outputs, time.perf_counter() - start, sizes
+
+
+async def _finish(run: asyncio.Future[_T]) -> _T:
+    """Await a model run; if the worker is cancelled meanwhile (shutdown), let the run
+    end first, since its thread and buffers belong to the model."""
+    try:
+        return await asyncio.shield(run)
+    except asyncio.CancelledError:
+        await asyncio.wait([run])
+        raise
