@@ -85,10 +85,10 @@ class Scheduler:
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
         self._tasks: list[asyncio.Task[None]] = []
         # Each worker runs the model on a thread of its own for the life of the model,
-        # not on whichever pooled thread is free: onnxruntime's CUDA provider builds a
-        # context per calling thread (cuDNN and cuBLAS handles), and on an H100 a new
-        # thread's first run cost seconds, so a shared pool's growing set of threads
-        # held 16 clients at 10 requests/s. Warm-up runs on these same threads.
+        # not on whichever pooled thread is free: onnxruntime's CUDA provider keeps a
+        # context per calling thread (cuDNN and cuBLAS handles), so a fixed set of
+        # threads, warmed before ready, pays that once. (On the H100 this did not cure
+        # the slowdown at 16 clients; see bench/results/gpu/ and docs/gpu.md.)
         self._threads = [
             ThreadPoolExecutor(1, thread_name_prefix=f"model-run-{i}") for i in range(workers)
         ]

@@ -97,10 +97,10 @@ class OnnxSession:
         self.input_shape: list[int | str] = list(inputs[0].shape)
         self.output_shape: list[int | str] = list(outputs[0].shape)
         # cuDNN chooses convolution algorithms per input shape (an exhaustive search by
-        # default): on a GPU every new batch size the scheduler forms costs a search,
-        # which measured 2 s per request at 16 clients on an H100. Padding each batch up
-        # to a few fixed sizes, all warmed before ready, keeps the set of shapes small.
-        # On the CPU padding would only add work, so "auto" pads on GPU providers only.
+        # default), so on a GPU every new batch size the scheduler forms costs a search.
+        # Padding each batch up to a few fixed sizes, all warmed before ready, keeps the
+        # set of shapes small (and is what CUDA graphs need). On the CPU padding would
+        # only add work, so "auto" pads on GPU providers only.
         dynamic_batch = not isinstance(self.input_shape[0], int)
         pad = pad_batches == "on" or (pad_batches == "auto" and self.provider in GPU_PROVIDERS)
         self.buckets: tuple[int, ...] = batch_buckets(max_batch) if pad and dynamic_batch else ()
