@@ -29,6 +29,7 @@ COPY pyproject.toml ./
 RUN python -c "$PINS" train > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt
 
+COPY convlstm_card/ convlstm_card/
 COPY model_export/ model_export/
 COPY models/ models/
 
@@ -72,6 +73,7 @@ RUN python -c "$PINS" serve cpu > /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 COPY README.md ./
+COPY convlstm_card/ convlstm_card/
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
@@ -127,6 +129,7 @@ RUN python -c "$PINS" serve gpu > /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 COPY README.md ./
+COPY convlstm_card/ convlstm_card/
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info

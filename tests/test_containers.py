@@ -260,12 +260,6 @@ def imported_packages(package: str) -> set[str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convlstm_card/ (the model card both halves import) is not yet copied by the "
-    "Dockerfile's train and runtime stages: each needs `COPY convlstm_card/ convlstm_card/` "
-    "beside its `COPY model_export/` or `COPY service/`; remove this marker with that change",
-)
 @pytest.mark.parametrize("stage", ["train", *RUNTIME_STAGES])
 def test_each_stage_copies_every_package_its_code_imports(
     stages: dict[str, Stage], stage: str
