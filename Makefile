@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 # The server gets a venv of its own, without TensorFlow: what a deployment installs.
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
+# The server with the real onnxruntime-gpu wheel, for the test that a machine without an
+# NVIDIA driver falls back to the CPU provider (what the CUDA image does on such a host).
+GPU_ENV := .venv-gpu-fallback
+GPU_ENV_STAMP := $(GPU_ENV)/.installed
 # onnxruntime-gpu where an NVIDIA driver answers, the CPU wheel everywhere else.
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 HOST ?= 127.0.0.1
@@ -14,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench soak lint typecheck install summary model train export evaluate clean
+.PHONY: run check test browser bench soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +32,20 @@ $(SERVE_STAMP): pyproject.toml
 	$(SERVE_VENV)/bin/python -m pip install --quiet -e ".[serve,$(ORT_EXTRA)]"
 	touch $(SERVE_STAMP)
 
+$(GPU_ENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(GPU_ENV)
+	$(GPU_ENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_ENV)/bin/python -m pip install --quiet -e ".[serve,gpu]"
+	touch $(GPU_ENV_STAMP)
+
 install: $(STAMP)
+
+gpu-fallback-env: $(GPU_ENV_STAMP)
+
+# The wheels the lent GPU machine lacks, re-packed in parts that fit one device call each,
+# with a manifest (docs/gpu.md says how to send them and run the jobs).
+gpu-pack: $(STAMP)
+	$(PY) -m gpu.pack
 
 # Serve the committed ConvLSTM on http://$(HOST):$(PORT) (CONVLSTM_* variables apply).
 run: $(SERVE_STAMP)
@@ -40,7 +57,7 @@ check: $(STAMP)
 	$(PY) -m model_export check
 	$(PY) -m model_export evaluate --samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
 
-test: $(STAMP) lint typecheck browser
+test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck browser
 	$(PY) -m pytest
 
 # The browser tests drive Debian's Chromium (no browser download works here). As root,
@@ -49,8 +66,8 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || echo "no /usr/bin/chromium and not root: the browser tests will skip"
 
 lint: $(STAMP)
-	$(PY) -m ruff check convlstm_card model_export service bench examples tests
-	$(PY) -m ruff format --check convlstm_card model_export service bench examples tests
+	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests
+	$(PY) -m ruff format --check convlstm_card model_export service bench gpu examples tests
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -78,4 +95,4 @@ soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) .pytest_cache .mypy_cache .ruff_cache

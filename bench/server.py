@@ -56,7 +56,11 @@ class Server:
 
 @contextmanager
 def serve(
-    model: Path, *args: str, env: dict[str, str] | None = None, ready_within: float = 120.0
+    model: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_within: float = 120.0,
+    python: str = sys.executable,
 ) -> Iterator[Server]:
     """``python -m service`` on a free loopback port until /readyz answers 200; the
     seconds that took. ``args`` are more command-line flags, ``env`` more variables."""
@@ -66,7 +70,7 @@ def serve(
     log = tempfile.TemporaryFile(mode="w+")
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--model", str(model), *args],
+        [python, "-m", "service", "--port", str(port), "--model", str(model), *args],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=log,

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.graph import flops_per_sequence
+from bench.workload import flops_per_sequence as _card_flops
+from convlstm_card import ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = "CPUExecutionProvider"
@@ -101,7 +102,16 @@ class Record:
         self.save()
 
 
-SECTIONS = ("parity", "throughput", "fp16", "io_binding", "cuda_graphs", "tensorrt", "service")
+SECTIONS = (
+    "parity",
+    "throughput",
+    "fp16",
+    "io_binding",
+    "cuda_graphs",
+    "tensorrt",
+    "service",
+    "service_variants",
+)
 
 
 class FellBack(RuntimeError):
@@ -125,6 +135,10 @@ def gpu_facts() -> dict[str, Any]:
         return {"nvidia_smi": f"unavailable: {err}"}
     name, driver, memory, clock = (s.strip() for s in row.splitlines()[0].split(","))
     return {"gpu": name, "driver": driver, "memory": memory, "max_sm_clock": clock}
+
+
+def flops_per_sequence(card: dict[str, Any]) -> float:
+    return _card_flops(ModelCard.model_validate(card))
 
 
 def cards(models: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -342,6 +356,68 @@ def closed_loop(
     }
 
 
+VARIANTS: dict[str, dict[str, str]] = {
+    "as served": {},
+    "one worker": {"CONVLSTM_INFERENCE_WORKERS": "1"},
+    "intra-op threads 1": {"CONVLSTM_INTRA_OP_THREADS": "1"},
+    "no padding": {"CONVLSTM_PAD_BATCHES": "off"},
+    "max batch 8": {"CONVLSTM_MAX_BATCH_SIZE": "8"},
+}
+
+
+def service_env(plan: Plan) -> dict[str, str]:
+    env = {
+        "CONVLSTM_PROVIDER": "cpu" if plan.provider == CPU else "cuda",
+        "CONVLSTM_MAX_BATCH_SIZE": str(max(plan.concurrencies)),
+        "CONVLSTM_MAX_QUEUE": str(4 * max(plan.concurrencies)),
+        "CONVLSTM_INFERENCE_WORKERS": "2",
+        "CONVLSTM_ACCESS_LOG": "false",
+        "CONVLSTM_LOG_LEVEL": "warning",
+    }
+    if plan.provider != CPU:
+        env["CONVLSTM_REQUIRE_GPU"] = "1"
+    return env
+
+
+def load_service(
+    model: Path,
+    card: dict[str, Any],
+    plan: Plan,
+    env: dict[str, str],
+    concurrencies: list[int],
+    raw_best: float,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """The real server on ``model`` with ``env``, closed-loop load over the Open Inference
+    Protocol's binary tensors at each concurrency."""
+    from bench.server import serve
+
+    out: dict[str, Any] = {}
+    with serve(model, env=env, ready_within=300) as server:
+        out["ready_s"] = round(server.ready_seconds, 2)
+        ready = server.client().get("/readyz").json()
+        out["readyz"] = ready
+        if ready.get("provider") != plan.provider and not plan.allow_cpu:
+            raise FellBack(f"the service runs on {ready.get('provider')}: {ready}")
+        body, headers = _oip_body(card, inputs(card, 1))
+        path = f"/v2/models/{card['name']}/infer"
+        with server.client() as c:
+            r = c.post(path, content=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
+        rows = []
+        for conc in concurrencies:
+            row = closed_loop(
+                server.url, path, body, headers, conc, seconds or plan.seconds_per_load
+            )
+            row["ratio_to_raw_best"] = round(row["req_per_s"] / raw_best, 3) if raw_best else None
+            rows.append(row)
+            print(f"[service] {row}", flush=True)
+        out["load"] = rows
+        out["server_log_tail"] = server.output()[-3000:]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gpu.infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -382,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         with rec.section("parity") as par:
             for graph, card in graphs:
                 x = inputs(card, 4, seed=1)
-                ref = plain_runner(session(graph, CPU, allow_cpu=True), x)()
+                ref: Any = plain_runner(session(graph, CPU, allow_cpu=True), x)()
                 s = session(graph, plan.provider, allow_cpu=plan.allow_cpu)
                 got = s.run(None, {s.get_inputs()[0].name: x})
-                par[card["name"]] = {"provider": s.get_providers()[0], **diff(got[0], ref[0])}  # type: ignore[index]
+                par[card["name"]] = {"provider": s.get_providers()[0], **diff(got[0], ref[0])}
                 if plan.provider == CUDA:
                     # TF32 (on by default on Ampere and later) rounds convolution inputs
                     # to 10 mantissa bits; this row says how much of the difference it is.
@@ -495,8 +571,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if "service" in args.sections:
         with rec.section("service") as svc:
-            from bench.server import serve
-
             # Raw onnxruntime's best on this GPU, measured above with the server's own options.
             raw_best = best.get("convlstm", 0.0)
             if not raw_best:  # the throughput section did not run in this call
@@ -506,39 +580,32 @@ def main(argv: list[str] | None = None) -> int:
                     raw_best = max(raw_best, b / t["median_s"])
                 del s
             svc["raw_onnxruntime_best_seq_per_s"] = raw_best
-            env = {
-                "CONVLSTM_PROVIDER": "cpu" if plan.provider == CPU else "cuda",
-                "CONVLSTM_MAX_BATCH_SIZE": str(max(plan.concurrencies)),
-                "CONVLSTM_MAX_QUEUE": str(4 * max(plan.concurrencies)),
-                "CONVLSTM_INFERENCE_WORKERS": "2",
-                "CONVLSTM_ACCESS_LOG": "false",
-                "CONVLSTM_LOG_LEVEL": "warning",
-            }
-            if plan.provider != CPU:
-                env["CONVLSTM_REQUIRE_GPU"] = "1"
+            env = service_env(plan)
             svc["settings"] = env
-            with serve(fast_path, env=env, ready_within=300) as server:
-                svc["ready_s"] = round(server.ready_seconds, 2)
-                ready = server.client().get("/readyz").json()
-                svc["readyz"] = ready
-                if ready.get("provider") != plan.provider and not plan.allow_cpu:
-                    raise FellBack(f"the service runs on {ready.get('provider')}: {ready}")
-                body, headers = _oip_body(fast_card, inputs(fast_card, 1))
-                path = f"/v2/models/{fast_card['name']}/infer"
-                with server.client() as c:
-                    r = c.post(path, content=body, headers=headers)
-                    if r.status_code != 200:
-                        raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
-                rows = []
-                for conc in plan.concurrencies:
-                    row = closed_loop(server.url, path, body, headers, conc, plan.seconds_per_load)
-                    row["ratio_to_raw_best"] = (
-                        round(row["req_per_s"] / raw_best, 3) if raw_best else None
+            svc.update(load_service(fast_path, fast_card, plan, env, plan.concurrencies, raw_best))
+
+    if "service_variants" in args.sections:
+        with rec.section("service_variants") as var:
+            # The service held 16 clients at ~10 requests/s on the H100 (1 client: ~110);
+            # batch padding and per-worker threads did not change it. Each variant below
+            # takes one suspect away, at the concurrency where the drop shows.
+            conc = plan.concurrencies[1]
+            for label, change in VARIANTS.items():
+                env = {**service_env(plan), **change}
+                try:
+                    res = load_service(
+                        fast_path,
+                        fast_card,
+                        plan,
+                        env,
+                        [conc],
+                        0.0,
+                        min(4.0, plan.seconds_per_load),
                     )
-                    rows.append(row)
-                    print(f"[service] {row}", flush=True)
-                svc["load"] = rows
-                svc["server_log_tail"] = server.output()[-3000:]
+                    var[label] = {"settings": change, **res["load"][0], "ready_s": res["ready_s"]}
+                except Exception as err:  # one variant failing leaves the others
+                    var[label] = {"settings": change, "error": str(err).strip()[:300]}
+                print(f"[service_variants] {label}: {var[label]}", flush=True)
 
     rec.data["job_seconds"] = round(time.perf_counter() - job_start, 1)
     rec.save()

@@ -210,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / ".gpu-pack")
     p.add_argument("--level", default="9e", help="xz preset for the re-packed wheel")
     p.add_argument(
+        "--part-mib",
+        type=float,
+        default=None,
+        help="part size (default: what fits one call beside the tree and the job's wheels)",
+    )
+    p.add_argument(
         "--wheel-dir",
         type=Path,
         default=None,
@@ -247,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tree = travelling_tree_bytes()
     small = max(sum(w.stat().st_size for w in infer), sum(w.stat().st_size for w in train))
-    part_bytes = CALL_LIMIT - tree - small - MARGIN
-    if part_bytes < 8 * MIB:
+    part_bytes = int(args.part_mib * MIB) if args.part_mib else CALL_LIMIT - tree - small - MARGIN
+    if not args.part_mib and part_bytes < 8 * MIB:
         raise SystemExit(f"the tree ({tree / MIB:.1f} MiB) leaves no room for parts in a call")
     parts = split(archive, part_bytes, out)
 

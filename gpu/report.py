@@ -125,6 +125,22 @@ def render(d: dict[str, Any], gflop: float) -> str:
             f"\nRaw onnxruntime's best (fp32, served graph, any batch): {raw:,.1f} sequences/s."
         )
 
+    variants = d.get("service_variants", {})
+    if any(isinstance(v, dict) and "settings" in v for v in variants.values()):
+        lines += ["", "## The service, one suspect removed at a time", ""]
+        lines += ["| variant | settings | requests/s | p50 ms | p99 ms | statuses |"]
+        lines += ["| --- | --- | ---: | ---: | ---: | --- |"]
+        for label, v in variants.items():
+            if not isinstance(v, dict) or "settings" not in v:
+                continue
+            if "error" in v:
+                lines.append(f"| {label} | {v['settings']} | failed: {v['error'][:80]} | | | |")
+                continue
+            lines.append(
+                f"| {label} (concurrency {v['concurrency']}) | {v['settings']} | {v['req_per_s']:,.1f} "
+                f"| {v['p50_ms']} | {v['p99_ms']} | {v['statuses']} |"
+            )
+
     lines += ["", "## Targets", ""]
     parity = [
         r for r in d.get("parity", {}).values() if isinstance(r, dict) and "max_abs_diff" in r

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         patience=8,
         out_dir=work,
     )
-    record = train(cfg)
+    record: dict[str, Any] = dict(train(cfg))
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "convlstm.keras", args.out / "convlstm.keras")
     shutil.copyfile(work / "training" / "convlstm.log.csv", args.out / "convlstm.log.csv")

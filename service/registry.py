@@ -84,12 +84,8 @@ def load_model(settings: Settings, metrics: Metrics, path: Path) -> ServedModel:
         settings.warmup_runs,
         warmup,
     )
-    if session.provider != session.requested[0]:
-        log.warning(
-            "%s was requested but %s is in use: the GPU provider did not initialise",
-            session.requested[0],
-            session.provider,
-        )
+    if session.fallback_reason is not None:
+        log.warning("model %s runs on %s: %s", info.name, session.provider, session.fallback_reason)
     return ServedModel(runner, task)
 
 

@@ -67,6 +67,7 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
         provider=info.provider,
         requested_provider=runner.session.requested[0],
         fallback=runner.fallback,
+        fallback_reason=runner.session.fallback_reason,
         input_name=info.input_name,
         input_shape=info.input_shape,
         models=list(registry.models),

@@ -88,6 +88,9 @@ class ReadyResponse(BaseModel):
     provider: str = Field(description="the execution provider that runs the model")
     requested_provider: str = Field(description="the best provider the settings asked for")
     fallback: bool = Field(description="true when a GPU provider was asked for but is not used")
+    fallback_reason: str | None = Field(
+        default=None, description="why the GPU provider asked for is not used, when it is not"
+    )
     input_name: str
     input_shape: list[int | str]
     models: list[str] = Field(description="every model served; `model` above is the default")

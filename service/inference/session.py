@@ -38,6 +38,23 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+def gpu_fallback_reason(requested: str) -> str:
+    """Why onnxruntime did not start ``requested``, as far as can be told from outside:
+    it logs its own error, but returns a CPU session without saying why."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return (
+            f"{requested} did not start: no NVIDIA driver on this machine (libcuda.so.1 not found)"
+        )
+    return (
+        f"{requested} did not start although an NVIDIA driver is present: CUDA or cuDNN "
+        "libraries missing or mismatched (see onnxruntime's error above)"
+    )
+
+
 def choose_providers(preference: Provider, available: list[str]) -> list[str]:
     """The providers to ask onnxruntime for, best first, limited to those installed."""
     chosen = [p for p in _PREFERENCES[preference] if p in available]
@@ -81,11 +98,12 @@ class OnnxSession:
         # onnxruntime falls back silently when a GPU provider fails to initialise:
         # the providers it reports are the truth, the request is only a wish.
         self.provider = self._session.get_providers()[0]
+        self.fallback_reason: str | None = None
+        if requested[0] in GPU_PROVIDERS and self.provider != requested[0]:
+            self.fallback_reason = gpu_fallback_reason(requested[0])
         if require_gpu and self.provider not in GPU_PROVIDERS:
-            raise ModelLoadError(
-                f"a GPU provider is required but {self.provider} is in use "
-                f"(requested {requested}, installed {available})"
-            )
+            why = self.fallback_reason or f"no GPU provider is installed ({available})"
+            raise ModelLoadError(f"a GPU provider is required but {self.provider} is in use: {why}")
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelLoadError(
