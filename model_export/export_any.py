@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,10 @@ def load_keras(path: Path) -> keras.Model:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many kinds for a file it cannot read
-        raise ExportError(f"{path}: not a Keras model file ({_first_line(err)})") from err
+        # A .keras file is a zip: one that is can hold a model Keras cannot rebuild here
+        # (a custom layer whose code is not imported, say).
+        what = "Keras could not load it" if zipfile.is_zipfile(path) else "not a Keras model file"
+        raise ExportError(f"{path}: {what} ({_first_line(err)})") from err
     if not isinstance(model, keras.Model):
         raise ExportError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     if isinstance(model, keras.Sequential):

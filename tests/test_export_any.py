@@ -63,6 +63,12 @@ def convlstm1d() -> keras.Model:
     return keras.Model(inputs, out)
 
 
+def conv3d_only() -> keras.Model:
+    inputs = keras.Input((4, 8, 8, 2))
+    x = layers.Conv3D(4, (3, 3, 3), padding="same", activation="relu")(inputs)
+    return keras.Model(inputs, layers.Conv3D(2, (1, 3, 3), padding="same")(x))
+
+
 CASES: dict[str, tuple[Callable[[], keras.Model], str, str, str]] = {
     # name: (builder, task, output kind, graph kind)
     "sequential": (sequential_convlstm2d, "next_frame", "next_frame", "fast"),
@@ -70,6 +76,7 @@ CASES: dict[str, tuple[Callable[[], keras.Model], str, str, str]] = {
     "non_square": (non_square_one_channel_next_frame, "next_frame", "next_frame", "fast"),
     "feature_map": (raw_feature_map, "next_frame", "tensor", "plain"),
     "convlstm1d": (convlstm1d, "tensor", "next_frame", "plain"),
+    "conv3d": (conv3d_only, "next_frame", "frame_per_step", "plain"),
 }
 
 
@@ -146,11 +153,21 @@ def missing(path: Path) -> None:
     pass
 
 
+def unknown_custom_layer(path: Path) -> None:
+    class Doubled(layers.Layer):  # type: ignore[misc]
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            return 2 * x
+
+    inputs = keras.Input((4, 6, 6, 1))
+    keras.Model(inputs, Doubled()(inputs)).save(path)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (missing, "no such file"),
         (not_keras, "not a Keras model file"),
+        (unknown_custom_layer, "Keras could not load it"),
         (unconvertible, "tf2onnx could not convert the TensorFlow op(s) Qr"),
         (three_d_input, "is not a sequence of frames (N, T, H, W, C); say what the model"),
     ],
@@ -169,6 +186,21 @@ def test_a_model_that_cannot_be_exported_is_refused_and_nothing_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("export failed: ") and message in err[-1], err
     assert list(models.iterdir()) == []
+
+
+def test_a_next_frame_model_takes_pixel_values_in_0_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "m.keras"
+    conv3d_only().save(source)
+    models = tmp_path / "models"
+    args = ["export", "--keras", str(source), "--name", "m", "--models", str(models)]
+    assert main([*args, "--range", "-1", "1"]) == 1
+    assert "a next_frame model takes pixel values in [0, 1]" in capsys.readouterr().err
+    assert not models.exists()
+    assert main([*args, "--range", "-1", "1", "--task", "tensor"]) == 0
+    card = read_card(models / "m.json")
+    assert (card.task, card.output_kind, card.input.range) == ("tensor", "frame_per_step", (-1, 1))
 
 
 def test_failed_parity_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
