@@ -162,7 +162,9 @@ _RECURRENT_RULES: dict[str, Any] = {
 
 def _unsupported_config(layer: layers.Layer) -> str | None:
     expected = _CONV_RULES | (
-        _RECURRENT_RULES if isinstance(layer, layers.ConvLSTM2D) else {"activation": "sigmoid"}
+        _RECURRENT_RULES
+        if isinstance(layer, layers.ConvLSTM2D)
+        else {"activation": "sigmoid", "groups": 1}
     )
     config = layer.get_config()
     got = {key: config.get(key) for key in expected}

@@ -13,6 +13,7 @@ from keras import layers
 
 from convlstm_card import read_card, sha256_of
 from model_export.__main__ import main
+from model_export.fast import fast_graph_refusal
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,28 @@ CASES: dict[str, tuple[Callable[[], keras.Model], str, str, str]] = {
     "convlstm1d": (convlstm1d, "tensor", "next_frame", "plain"),
     "conv3d": (conv3d_only, "next_frame", "frame_per_step", "plain"),
 }
+
+
+def stack(**head: object) -> keras.Model:
+    inputs = keras.Input((4, 8, 8, 1))
+    x = layers.ConvLSTM2D(3, (3, 3), padding="same", return_sequences=True)(inputs)
+    x = layers.ConvLSTM2D(3, (3, 3), padding="same")(x)
+    config: dict[str, object] = {"padding": "same", "activation": "sigmoid"} | head
+    return keras.Model(inputs, layers.Conv2D(1, (3, 3), **config)(x))
+
+
+def test_the_fast_graph_rules_say_why_a_stack_does_not_fit() -> None:
+    assert fast_graph_refusal(stack()) is None
+    assert "'activation': 'relu'" in str(fast_graph_refusal(stack(activation="relu")))
+    assert "'padding': 'valid'" in str(fast_graph_refusal(stack(padding="valid")))
+    inputs = keras.Input((4, 8, 8, 1))
+    strided = layers.ConvLSTM2D(3, (3, 3), strides=2, padding="same")(inputs)
+    head = layers.Conv2D(1, (3, 3), padding="same", activation="sigmoid")
+    assert "'strides': (2, 2)" in str(fast_graph_refusal(keras.Model(inputs, head(strided))))
+    per_step = layers.Conv3D(1, 3, padding="same")(
+        layers.ConvLSTM2D(3, (3, 3), padding="same", return_sequences=True)(inputs)
+    )
+    assert "then one Conv2D head" in str(fast_graph_refusal(keras.Model(inputs, per_step)))
 
 
 @pytest.mark.parametrize("case", list(CASES))
