@@ -313,8 +313,8 @@ def _served_graph(
     export; with the card's account of which, and its parity per input set."""
     refusal = fast_graph_refusal(model)
     if refusal is None:
-        fast_bytes = convert(build_fast_convlstm(model), input_name, output_name)
         try:
+            fast_bytes = convert(build_fast_convlstm(model), input_name, output_name)
             diffs = _checked(model, fast_bytes, inputs, tolerance, "fast")
         except ExportError as err:  # the plain export may still match
             refusal = f"the fast graph failed: {err}"
