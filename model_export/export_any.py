@@ -59,6 +59,7 @@ from model_export.model import INPUT_NAME, OUTPUT_NAME, parameter_table
 PARITY_SEED = 0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 Range = tuple[float, float]
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class ExportError(RuntimeError):
@@ -75,13 +76,17 @@ def load_keras(path: Path) -> keras.Model:
     """The model in ``path``, functional (a ``Sequential`` one rebuilt over its layers)."""
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
+    with path.open("rb") as f:
+        is_hdf5 = f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    if not (zipfile.is_zipfile(path) or is_hdf5):
+        raise ExportError(
+            f"{path}: not a Keras model file (a .keras file is a zip archive, an .h5 one HDF5)"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many kinds for a file it cannot read
-        # A .keras file is a zip: one that is can hold a model Keras cannot rebuild here
-        # (a custom layer whose code is not imported, say).
-        what = "Keras could not load it" if zipfile.is_zipfile(path) else "not a Keras model file"
-        raise ExportError(f"{path}: {what} ({_first_line(err)})") from err
+        # A custom layer whose code is not imported here, say.
+        raise ExportError(f"{path}: Keras could not load it ({_first_line(err)})") from err
     if not isinstance(model, keras.Model):
         raise ExportError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     if isinstance(model, keras.Sequential):
