@@ -13,9 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-Task = Literal["next_frame", "tensor"]
+Task = Literal["next_frame", "tensor", "series"]
 """What the model does, and so which adapter serves it: ``next_frame`` takes a sequence
-(N, T, H, W, C) of frames; ``tensor`` takes and gives plain arrays."""
+(N, T, H, W, C) of frames; ``tensor`` takes and gives plain arrays; ``series`` marks a
+time-series model (``python -m model_export export --task series``), served as a
+``tensor`` model until its own adapter comes."""
 
 OutputKind = Literal["next_frame", "frame_per_step", "tensor"]
 """What the output is: ``next_frame`` one frame (N, H, W, C) after the sequence;
@@ -65,6 +67,8 @@ class Graph(BaseModel):
     kind: str
     """``plain`` (tf2onnx as is), ``fast`` (the rebuilt ConvLSTM) or ``int8``."""
     description: str = ""
+    reason: str | None = None
+    """Why this kind was made, where the exporter chose (the fast graph, or why not)."""
     plain: GraphFile | None = None
     """For a fast graph: the plain export kept beside it."""
     source: GraphFile | None = None

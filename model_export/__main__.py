@@ -45,6 +45,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.keras is not None:
+        return _export_keras(args)
+    if args.name is not None or args.task is not None or args.data is not None:
+        print("export: --name, --task and --data go with --keras", file=sys.stderr)
+        return 2
     from model_export.export import ParityError, export
 
     for variant in args.variant:
@@ -62,6 +67,34 @@ def _export(args: argparse.Namespace) -> int:
         )
         if result.plain_path is not None:
             print(f"{result.plain_path}: parity max |diff| {result.plain_max_abs_diff:.2e}")
+    return 0
+
+
+def _export_keras(args: argparse.Namespace) -> int:
+    from model_export.export_any import ExportError, export_keras
+
+    if args.name is None:
+        print("export: --keras needs --name (the ONNX file's name in --models)", file=sys.stderr)
+        return 2
+    try:
+        result = export_keras(
+            args.keras,
+            name=args.name,
+            models_dir=args.models,
+            task=args.task,
+            value_range=tuple(args.range),
+            data=args.data,
+        )
+    except ExportError as err:
+        print(f"export failed: {err}", file=sys.stderr)
+        return 1
+    card = result.card
+    graph = card.graph.kind if card.graph else "?"
+    parity = card.parity or {}
+    print(
+        f"{result.onnx_path}: task {card.task}, output kind {card.output_kind}, {graph} graph, "
+        f"parity max |diff| {parity.get('max_abs_diff', float('nan')):.2e}, sha256 {card.sha256}"
+    )
     return 0
 
 
@@ -147,8 +180,34 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("export", help="Keras checkpoint -> ONNX + model card, with parity check")
+    e = sub.add_parser(
+        "export",
+        help="Keras checkpoint -> ONNX + model card, with parity check",
+        description="Export the trained variants in --models, or any Keras model with --keras.",
+    )
     e.add_argument("--models", type=Path, default=Path("models"))
+    e.add_argument(
+        "--keras", type=Path, help="any .keras model file: written as --models/NAME.onnx + .json"
+    )
+    e.add_argument("--name", help="with --keras: the exported model's name")
+    e.add_argument(
+        "--task",
+        choices=["next_frame", "tensor", "series"],
+        help="with --keras: what the model does (default: next_frame for a 5-D input)",
+    )
+    e.add_argument(
+        "--range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=(0.0, 1.0),
+        help="with --keras: the input values the model takes (parity inputs are drawn in it)",
+    )
+    e.add_argument(
+        "--data",
+        type=Path,
+        help="with --keras: .npy or .npz input sequences to check parity on as well",
+    )
     e.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
     e.add_argument("--opset", type=int, default=17)
     e.add_argument(

@@ -68,24 +68,30 @@ def plain_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".plain.onnx")
 
 
-def to_onnx_bytes(model: keras.Model, opset: int = OPSET) -> bytes:
+def to_onnx_bytes(
+    model: keras.Model,
+    opset: int = OPSET,
+    *,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+) -> bytes:
     """The model as a serialised ONNX graph with a dynamic batch axis.
 
-    Input and output are renamed to ``frames`` and ``next_frame`` so that
-    clients never see tf2onnx's generated names.
+    Input and output are renamed (``frames`` and ``next_frame`` unless told
+    otherwise) so that clients never see tf2onnx's generated names.
     """
     import tensorflow as tf
     import tf2onnx
 
-    spec = (tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name=INPUT_NAME),)
+    spec = (tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name=input_name),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     graph = proto.graph
     old_out = graph.output[0].name
     for node in graph.node:
         for i, name in enumerate(node.output):
             if name == old_out:
-                node.output[i] = OUTPUT_NAME
-    graph.output[0].name = OUTPUT_NAME
+                node.output[i] = output_name
+    graph.output[0].name = output_name
     graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
     graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     return bytes(proto.SerializeToString())

@@ -46,7 +46,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from model_export.model import FRAME_SHAPE, INPUT_NAME, KERNEL, OUTPUT_NAME
+from model_export.model import INPUT_NAME, KERNEL, OUTPUT_NAME
 
 GRAPH_DESCRIPTION = (
     "fast: unrolled, channels first, one convolution per step over the concatenated "
@@ -59,7 +59,7 @@ GATES = 4
 
 
 class UnrolledConvLSTM2D(layers.Layer):  # type: ignore[misc]
-    """``ConvLSTM2D`` (3x3, same, tanh and sigmoid) over a list of channels-first frames.
+    """``ConvLSTM2D`` (same padding, tanh and sigmoid) over a list of channels-first frames.
 
     Takes one ``(N, C, H, W)`` tensor per step and returns the hidden state
     after every step, or only after the last. Its weights have the shapes and
@@ -73,20 +73,22 @@ class UnrolledConvLSTM2D(layers.Layer):  # type: ignore[misc]
         *,
         input_channels: int,
         return_sequences: bool,
+        kernel_size: tuple[int, int] = (KERNEL, KERNEL),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.filters = filters
         self.input_channels = input_channels
         self.return_sequences = return_sequences
+        self.kernel_size = kernel_size
 
     def build(self, input_shape: Any) -> None:
         f = self.filters
         self.kernel = self.add_weight(
-            shape=(KERNEL, KERNEL, self.input_channels, GATES * f), name="kernel"
+            shape=(*self.kernel_size, self.input_channels, GATES * f), name="kernel"
         )
         self.recurrent_kernel = self.add_weight(
-            shape=(KERNEL, KERNEL, f, GATES * f), name="recurrent_kernel"
+            shape=(*self.kernel_size, f, GATES * f), name="recurrent_kernel"
         )
         self.bias = self.add_weight(shape=(GATES * f,), name="bias")
 
@@ -112,19 +114,27 @@ class UnrolledConvLSTM2D(layers.Layer):  # type: ignore[misc]
 
 
 class ChannelsFirstHead(layers.Layer):  # type: ignore[misc]
-    """The trained ``Conv2D`` head (3x3, same, sigmoid) on a channels-first state.
+    """The trained ``Conv2D`` head (same, sigmoid) on a channels-first state.
 
     Returns the frame channels last, as the Keras model does.
     """
 
-    def __init__(self, filters: int, *, input_channels: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: int,
+        *,
+        input_channels: int,
+        kernel_size: tuple[int, int] = (KERNEL, KERNEL),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters = filters
         self.input_channels = input_channels
+        self.kernel_size = kernel_size
 
     def build(self, input_shape: Any) -> None:
         self.kernel = self.add_weight(
-            shape=(KERNEL, KERNEL, self.input_channels, self.filters), name="kernel"
+            shape=(*self.kernel_size, self.input_channels, self.filters), name="kernel"
         )
         self.bias = self.add_weight(shape=(self.filters,), name="bias")
 
@@ -134,69 +144,116 @@ class ChannelsFirstHead(layers.Layer):  # type: ignore[misc]
         return ops.transpose(y, (0, 2, 3, 1))
 
 
-def _check_supported(layer: layers.Layer) -> None:
+# What the rebuilt layers compute; a layer configured otherwise is exported plain.
+_CONV_RULES: dict[str, Any] = {
+    "strides": (1, 1),
+    "padding": "same",
+    "dilation_rate": (1, 1),
+    "use_bias": True,
+    "data_format": "channels_last",
+}
+_RECURRENT_RULES: dict[str, Any] = {
+    "activation": "tanh",
+    "recurrent_activation": "sigmoid",
+    "go_backwards": False,
+    "stateful": False,
+}
+
+
+def _unsupported_config(layer: layers.Layer) -> str | None:
+    expected = _CONV_RULES | (
+        _RECURRENT_RULES
+        if isinstance(layer, layers.ConvLSTM2D)
+        else {"activation": "sigmoid", "groups": 1}
+    )
     config = layer.get_config()
-    expected = {
-        "kernel_size": (KERNEL, KERNEL),
-        "strides": (1, 1),
-        "padding": "same",
-        "dilation_rate": (1, 1),
-        "use_bias": True,
-        "data_format": "channels_last",
-    }
-    if isinstance(layer, layers.ConvLSTM2D):
-        expected |= {
-            "activation": "tanh",
-            "recurrent_activation": "sigmoid",
-            "go_backwards": False,
-            "stateful": False,
-        }
-    else:
-        expected |= {"activation": "sigmoid"}
     got = {key: config.get(key) for key in expected}
     got = {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()}
-    if got != expected:
-        raise ValueError(f"{layer.name}: the fast graph supports {expected}, got {got}")
+    wrong = {k: v for k, v in got.items() if v != expected[k]}
+    if wrong:
+        return f"{layer.name} has {wrong}; the fast graph computes {expected}"
+    if layer.compute_dtype != "float32":
+        return f"{layer.name} computes in {layer.compute_dtype}; the fast graph in float32"
+    return None
+
+
+def fast_graph_refusal(model: keras.Model) -> str | None:
+    """Why ``build_fast_convlstm`` cannot rebuild ``model``, or ``None`` when it can.
+
+    It rebuilds one shape of model: a fixed (N, T, H, W, C) input, ConvLSTM2D layers
+    (any filters and kernel sizes; stride 1, same padding, tanh and sigmoid), each but
+    the last returning sequences, then one Conv2D head (same padding, sigmoid).
+    """
+    body = [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
+    if not any(isinstance(layer, layers.ConvLSTM2D) for layer in body):
+        return "no ConvLSTM2D layer"
+    shape = tuple(model.input.shape[1:]) if len(model.inputs) == 1 else ()
+    if len(shape) != 4 or any(d is None for d in shape):
+        return f"input {shape} is not one (T, H, W, C) of fixed sizes"
+    *recurrent, head = body
+    kinds = [type(layer).__name__ for layer in body]
+    if not (
+        recurrent
+        and all(isinstance(layer, layers.ConvLSTM2D) for layer in recurrent)
+        and isinstance(head, layers.Conv2D)
+        and type(head) is layers.Conv2D
+    ):
+        return f"layers {kinds} are not ConvLSTM2D layers then one Conv2D head"
+    sequences = [bool(layer.return_sequences) for layer in recurrent]
+    if sequences != [True] * (len(recurrent) - 1) + [False]:
+        return f"return_sequences {sequences}: every ConvLSTM2D but the last must return sequences"
+    for layer in body:
+        reason = _unsupported_config(layer)
+        if reason is not None:
+            return reason
+    return None
 
 
 def is_convlstm_stack(model: keras.Model) -> bool:
     """Whether ``model`` is a ConvLSTM stack that ``build_fast_convlstm`` can rebuild."""
-    return any(isinstance(layer, layers.ConvLSTM2D) for layer in model.layers)
+    return fast_graph_refusal(model) is None
 
 
 def build_fast_convlstm(trained: keras.Model) -> keras.Model:
-    """The fast inference model computing what ``trained`` (``build_convlstm``) computes.
+    """The fast inference model computing what ``trained`` computes.
 
-    Same input and output as ``trained``: ``(N, T, H, W, C)`` frames in,
-    the next ``(N, H, W, C)`` frame out, with ``trained``'s weights.
+    ``trained`` is a stack ``fast_graph_refusal`` accepts (``build_convlstm`` makes
+    one); the rebuilt model has its input and output shapes and its weights, the head
+    named ``next_frame``.
     """
-    recurrent = [layer for layer in trained.layers if isinstance(layer, layers.ConvLSTM2D)]
-    head = trained.get_layer(OUTPUT_NAME)
-    frames = trained.input.shape[1]
-    if frames is None or not recurrent:
-        raise ValueError(f"{trained.name}: needs ConvLSTM2D layers and a fixed number of frames")
-    for layer in [*recurrent, head]:
-        _check_supported(layer)
-    inputs = keras.Input(shape=(frames, *FRAME_SHAPE), name=INPUT_NAME)
+    reason = fast_graph_refusal(trained)
+    if reason is not None:
+        raise ValueError(f"{trained.name}: not rebuilt as a fast graph: {reason}")
+    *recurrent, head = [
+        layer for layer in trained.layers if not isinstance(layer, layers.InputLayer)
+    ]
+    frames, *frame_shape = (int(d) for d in trained.input.shape[1:])
+    inputs = keras.Input(shape=(frames, *frame_shape), name=INPUT_NAME)
     # (N, T, H, W, C) -> T tensors (N, C, H, W), split once here so that no
     # step slices a larger tensor.
     x: Any = [
         ops.transpose(ops.squeeze(frame, axis=1), (0, 3, 1, 2))
-        for frame in ops.split(inputs, int(frames), axis=1)
+        for frame in ops.split(inputs, frames, axis=1)
     ]
     pairs: list[tuple[layers.Layer, layers.Layer]] = []
-    channels = FRAME_SHAPE[2]
+    channels = frame_shape[2]
     for n, layer in enumerate(recurrent, start=1):
         fast = UnrolledConvLSTM2D(
             layer.filters,
             input_channels=channels,
             return_sequences=n < len(recurrent),
+            kernel_size=tuple(layer.kernel_size),
             name=layer.name,
         )
         x = fast(x)
         pairs.append((fast, layer))
         channels = layer.filters
-    out = ChannelsFirstHead(head.filters, input_channels=channels, name=OUTPUT_NAME)
+    out = ChannelsFirstHead(
+        head.filters,
+        input_channels=channels,
+        kernel_size=tuple(head.kernel_size),
+        name=OUTPUT_NAME,
+    )
     model = keras.Model(inputs, out(x), name=f"{trained.name}_fast")
     for fast_layer, trained_layer in [*pairs, (out, head)]:
         fast_layer.set_weights(trained_layer.get_weights())

@@ -80,7 +80,7 @@ def test_a_card_that_states_neither_task_nor_shapes_is_refused() -> None:
     with pytest.raises(ValidationError, match="task"):
         ModelCard.model_validate({"name": "m", "version": "1"})
     with pytest.raises(ValidationError, match="task"):
-        ModelCard.model_validate({"name": "m", "task": "series", "inputs": []})
+        ModelCard.model_validate({"name": "m", "task": "audio", "inputs": []})
 
 
 def test_the_contract_imports_neither_tensorflow_nor_onnxruntime() -> None:
