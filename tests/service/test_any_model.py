@@ -304,3 +304,16 @@ def test_real_server_starts_beside_a_broken_model(
             assert r.status_code == 200, r.text
         lines = [line for line in server.output().splitlines() if "broken.onnx" in line]
         assert len(lines) == 1, lines
+
+
+async def test_openapi_examples_follow_the_default_model(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    examples = body["examples"]
+    assert set(examples) == {"frames", "horizon"}
+    for example in examples.values():
+        frames = example["value"]["frames"]
+        assert len(frames) == 8
+        assert {(unpng(f).mode, unpng(f).size) for f in frames} == {("L", (48, 24))}
+        r = await client.post("/predict", json=example["value"])
+        assert r.status_code == 200, r.text
