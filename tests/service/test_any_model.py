@@ -263,7 +263,10 @@ async def test_strict_readiness_and_exit_on_model_error(
                 error = error_of(await c.get("/readyz"), 503)
                 assert "broken" in error["message"]
                 assert (await c.get("/v2/health/ready")).status_code == 503
-                assert (await c.post("/v2/models/grey/infer", json={})).status_code != 503
+                # Not ready for a balancer, yet every loaded model still answers.
+                x = rng.random((1, 8, 24, 48, 1), dtype=np.float32)
+                r = await c.post("/v2/models/grey/infer", json=infer_body(x))
+                assert r.status_code == 200, r.text
     lines = [r.getMessage() for r in caplog.records if "broken.onnx" in r.getMessage()]
     assert len(lines) == 1 and "not served" in lines[0]
     exiting = Settings(model_path=built["grey"].path, warmup_runs=0, exit_on_model_error=True)
@@ -317,3 +320,41 @@ async def test_openapi_examples_follow_the_default_model(client: httpx.AsyncClie
         assert {(unpng(f).mode, unpng(f).size) for f in frames} == {("L", (48, 24))}
         r = await client.post("/predict", json=example["value"])
         assert r.status_code == 200, r.text
+
+
+def _bad_bodies() -> list[dict[str, object]]:
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (48, 24)).save(cmyk, "JPEG")
+    deep = io.BytesIO()
+    Image.new("I;16", (48, 24)).save(deep, "PNG")
+    odd = [base64.b64encode(b.getvalue()).decode() for b in (cmyk, deep)]
+    grey = [png(f) for f in pixels((8, 24, 48, 1))]
+    return [
+        {"frames": []},
+        {"frames": grey[:1]},
+        {"frames": grey, "horizon": 0},
+        {"frames": grey, "horizon": 99},
+        {"frames": grey, "horizon": 2},
+        {"frames": [odd[0]] * 8},
+        {"frames": [odd[1]] * 8},
+        {"frames": ["AAAA"] * 8},
+        {"frames": [png(pixels((8, 12, 3)))] * 4, "horizon": 3},
+        {"tensor": {"data": "AAAA", "dtype": "uint8", "shape": [8, 24, 48, 1]}},
+        {"tensor": {"data": "", "dtype": "float32", "shape": [4, 8, 12, 3]}},
+    ]
+
+
+@pytest.mark.parametrize("name", ["grey", "steps", "scores", "broken", "nope", None])
+async def test_no_input_is_answered_with_a_500(client: httpx.AsyncClient, name: str | None) -> None:
+    for body in _bad_bodies():
+        r = await client.post("/predict", json={**body, "model": name})
+        assert 400 <= r.status_code < 500 or r.status_code == 200, (body, r.text)
+    if name is None:
+        return
+    for shape in ([1, 8, 24, 48, 1], [1, 4, 8, 12, 3], [1, 4, 8, 8, 1], [0, 4], [2]):
+        for horizon in (1, 2):
+            x = np.zeros(shape, dtype=np.float32)
+            r = await client.post(f"/v2/models/{name}/infer", json=infer_body(x, horizon=horizon))
+            assert 400 <= r.status_code < 500 or r.status_code == 200, (shape, r.text)
+    for path in (f"/v1/models/{name}", f"/v2/models/{name}", f"/v2/models/{name}/ready"):
+        assert (await client.get(path)).status_code in (200, 404, 503), path
