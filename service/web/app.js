@@ -438,7 +438,8 @@
   function describeModels(body) {
     const served = Array.isArray(body.served) ? body.served : [];
     const model = served.find((m) => m.name === body.model);
-    const spec = model && model.predict;
+    if (!model) return "";
+    const spec = model.predict;
     const words = [];
     if (!spec) {
       words.push(
