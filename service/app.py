@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api.error_responses import add_error_handlers
+from service.api.examples import follow_default_model
 from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
 from service.api.routes import router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(oip_router)
     mount_web(app)
+    follow_default_model(app, registry)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestObserver, registry=registry)
     add_error_handlers(app)

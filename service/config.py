@@ -34,6 +34,17 @@ class Settings(BaseSettings):
     """Also serve every other ONNX model that has a card (``<stem>.json``) in the model's
     directory, each under its file stem; the model above stays the default."""
 
+    exit_on_model_error: bool = False
+    """What a model in the directory that cannot be served does to start-up (the default
+    model failing always stops it). ``false``: it is skipped with one log line naming the
+    file and the reason, and listed under ``failed`` in ``/readyz`` and ``/v1/models``
+    while the others serve; ``true``: start-up stops, as Triton's ``--exit-on-error``."""
+
+    strict_readiness: bool = False
+    """``/readyz`` and ``/v2/health/ready`` answer 503 while any model in the directory
+    failed to load (Triton's ``--strict-readiness``); by default they answer 200 once the
+    default model and every model that could be loaded serve."""
+
     provider: Provider = "auto"
     """Execution provider: ``auto`` and ``cuda`` prefer CUDA and fall back to the CPU;
     ``tensorrt`` prefers TensorRT, then CUDA, then the CPU; ``cpu`` uses the CPU only."""

@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class FailedModel:
+    """A model in the directory that could not be served, and why."""
+
+    name: str
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ServedModel:
     runner: ModelRunner
     task: TaskAdapter
@@ -96,6 +105,7 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.models: dict[str, ServedModel] = {}
+        self.failed: dict[str, FailedModel] = {}
         self.default_name = ""
         self.ready = False
         self.not_ready_reason = "the model is loading"
@@ -104,19 +114,32 @@ class ModelRegistry:
         self.in_flight = 0
 
     async def load(self) -> None:
-        """Load, start and publish every model the settings name, the default first; on
-        the first that cannot be served, stop those already started and raise."""
-        try:
-            for path in self.settings.model_paths():
+        """Load, start and publish every model the settings name, the default first.
+
+        The default model failing stops start-up: those already started are stopped and
+        the error raised. Another model failing is logged once (file and reason) and
+        listed in ``failed``, unless ``exit_on_model_error`` makes it stop start-up too.
+        """
+        for i, path in enumerate(self.settings.model_paths()):
+            try:
                 model = await anyio.to_thread.run_sync(
                     load_model, self.settings, self.metrics, path
                 )
-                await model.runner.start()
-                self.models[model.info.name] = model
-        except ModelLoadError as err:
-            log.error("cannot serve: %s", err.message)
-            await self.close()
-            raise
+            except Exception as err:
+                # A ModelLoadError names the file; anything else (a warm-up run the
+                # graph refuses) is named here.
+                reason = err.message if isinstance(err, ModelLoadError) else f"{path}: {err!r}"
+                if i == 0 or self.settings.exit_on_model_error:
+                    log.error("cannot serve: %s", reason)
+                    await self.close()
+                    if isinstance(err, ModelLoadError):
+                        raise
+                    raise ModelLoadError(reason) from err
+                log.error("model %s not served (skipped): %s", path, reason)
+                self.failed[path.stem] = FailedModel(path.stem, str(path), reason)
+                continue
+            await model.runner.start()
+            self.models[model.info.name] = model
         self.default_name = self.settings.model_path.stem
         self.ready = True
         self.metrics.ready.set(1)
@@ -141,10 +164,30 @@ class ModelRegistry:
         return model
 
     def unknown(self, name: str | None) -> UnknownModel:
+        failed = self.failed.get(name or "")
+        if failed is not None:
+            return UnknownModel(
+                f"model: {name!r} failed to load and is not served ({failed.reason}); "
+                f"served: {', '.join(self.models)}",
+                location="model",
+            )
         return UnknownModel(
             f"model: no model named {name!r}; served: {', '.join(self.models)}",
             location="model",
         )
+
+    @property
+    def fully_ready(self) -> bool:
+        """Ready, and with ``strict_readiness`` also no model failed to load."""
+        return self.ready and not (self.settings.strict_readiness and self.failed)
+
+    @property
+    def readiness_problem(self) -> str:
+        """Why ``fully_ready`` is false."""
+        if not self.ready:
+            return self.not_ready_reason
+        names = ", ".join(self.failed)
+        return f"strict readiness: model(s) failed to load: {names}"
 
     def begin_drain(self, reason: str) -> None:
         """Readiness off and new work refused; what is in flight carries on."""

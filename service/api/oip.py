@@ -92,7 +92,7 @@ async def live() -> dict[str, bool]:
     responses={503: {"description": "not ready", "content": {"application/json": {}}}},
 )
 async def ready(registry: RegistryDep) -> Response:
-    if not registry.ready:
+    if not registry.fully_ready:
         return JSONResponse(status_code=503, content={"ready": False})
     return JSONResponse({"ready": True})
 
@@ -113,6 +113,8 @@ async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
         "outputs": [
             {"name": info.output_name, "datatype": "FP32", "shape": _dims(info.output_shape)}
         ],
+        # What the card says the model does; OIP clients ignore keys they do not know.
+        "parameters": {"task": info.card.task, "output_kind": info.card.output_kind},
     }
 
 
@@ -125,6 +127,8 @@ async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
     },
 )
 async def model_ready(name: str, registry: RegistryDep) -> Response:
+    if name in registry.failed:
+        return JSONResponse(status_code=503, content={"name": name, "ready": False})
     if name not in registry.models:
         raise registry.unknown(name)
     if not registry.ready:

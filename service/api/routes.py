@@ -4,6 +4,7 @@ the answer."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
@@ -15,13 +16,16 @@ from service.api.examples import predict_examples
 from service.api.lifecycle import until_client_leaves
 from service.api.schemas import (
     ErrorResponse,
+    FailedModelSummary,
+    ModelSummary,
     NextFrameRequest,
     NextFrameResponse,
     PredictedTensor,
+    PredictSpec,
     ReadyResponse,
 )
 from service.errors import InvalidInput
-from service.registry import ServedModel
+from service.registry import ModelRegistry, ServedModel
 from service.tasks import NextFrameTask
 from service.tasks.next_frame import FramesInput, TensorInput
 
@@ -57,8 +61,8 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(registry: RegistryDep, http: Request) -> Any:
     model = registry.default
-    if not registry.ready or model is None:
-        return error_response(http.url.path, 503, "not_ready", registry.not_ready_reason)
+    if not registry.fully_ready or model is None:
+        return error_response(http.url.path, 503, "not_ready", registry.readiness_problem)
     info, runner = model.info, model.runner
     return ReadyResponse(
         model=info.name,
@@ -71,7 +75,33 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
         input_name=info.input_name,
         input_shape=info.input_shape,
         models=list(registry.models),
+        served=[model_summary(m) for m in registry.models.values()],
+        failed=_failed(registry),
     )
+
+
+def model_summary(model: ServedModel) -> ModelSummary:
+    """A served model's shapes, task and output kind, and what ``/predict`` does with it."""
+    info, task = model.info, model.task
+    return ModelSummary(
+        name=info.name,
+        version=info.version,
+        sha256=info.sha256,
+        provider=info.provider,
+        task=info.card.task,
+        output_kind=info.card.output_kind,
+        input_name=info.input_name,
+        input_shape=info.input_shape,
+        output_name=info.output_name,
+        output_shape=info.output_shape,
+        predict=PredictSpec.model_validate(task.describe())
+        if isinstance(task, NextFrameTask)
+        else None,
+    )
+
+
+def _failed(registry: ModelRegistry) -> list[FailedModelSummary]:
+    return [FailedModelSummary(**asdict(f)) for f in registry.failed.values()]
 
 
 @router.get(
@@ -99,7 +129,8 @@ async def model_card(model: DefaultModelDep) -> dict[str, Any]:
 @router.get(
     "/v1/models",
     tags=["model"],
-    summary="The served models: name, version, provider, input shape; the default first",
+    summary="The served models (name, version, provider, shapes, task, output kind; the "
+    "default first) and those that failed to load",
     responses={401: _ERRORS[401], 503: _ERRORS[503]},
     dependencies=[Depends(require_api_key)],
 )
@@ -107,16 +138,8 @@ async def models(registry: RegistryDep) -> dict[str, Any]:
     registry.lookup(None)  # 503 before the models are loaded
     return {
         "default": registry.default_name,
-        "models": [
-            {
-                "name": m.info.name,
-                "version": m.info.version,
-                "sha256": m.info.sha256,
-                "provider": m.info.provider,
-                "input_shape": m.info.input_shape,
-            }
-            for m in registry.models.values()
-        ],
+        "models": [model_summary(m).model_dump() for m in registry.models.values()],
+        "failed": [f.model_dump() for f in _failed(registry)],
     }
 
 
@@ -132,7 +155,11 @@ async def named_model_card(name: str, registry: RegistryDep) -> dict[str, Any]:
 
 
 def _card(model: ServedModel) -> dict[str, Any]:
-    return {**model.info.card.to_json(), "provider": model.info.provider}
+    return {
+        **model.info.card.to_json(),
+        "provider": model.info.provider,
+        "served": model_summary(model).model_dump(),
+    }
 
 
 @router.post(
@@ -152,9 +179,12 @@ async def predict(
     model = registry.lookup(request.model)
     task = model.task
     if not isinstance(task, NextFrameTask):
+        card = model.info.card
         raise InvalidInput(
-            f"model: {model.info.name!r} is a {task.task} model, and /predict serves "
-            f"next-frame models; use POST /v2/models/{model.info.name}/infer",
+            f"model: {model.info.name!r} is a {task.task} model (task {card.task}, output "
+            f"kind {card.output_kind}, output shape {model.info.output_shape}): its answer "
+            f"is no frame, and /predict answers frames; use POST "
+            f"/v2/models/{model.info.name}/infer",
             location="model",
         )
     source: FramesInput | TensorInput

@@ -32,8 +32,10 @@ class NextFrameRequest(BaseModel):
     frames: list[str] | None = Field(
         default=None,
         max_length=_MAX_LIST,
-        description="the input sequence, oldest first: one base64 PNG or JPEG per frame "
-        "(greyscale and RGBA are converted to RGB)",
+        description="the input sequence, oldest first: one base64 PNG or JPEG per frame, "
+        "of the model's T, height and width (GET /v1/models lists them); greyscale, RGB "
+        "and RGBA are converted to the model's channels (RGB to L by luminance, L to RGB "
+        "by repeating the grey)",
     )
     tensor: TensorData | None = Field(
         default=None, description="the input sequence as one raw array, shape [T, H, W, C]"
@@ -46,7 +48,8 @@ class NextFrameRequest(BaseModel):
     )
     horizon: int = Field(
         default=1,
-        description="frames to predict; each prediction is fed back in as the newest frame",
+        description="frames to predict; each prediction is fed back in as the newest frame "
+        "(only 1 where the model's predicted frame differs in size from its input frames)",
     )
     return_tensor: bool = Field(
         default=False, description="also return the float32 prediction, unrounded"
@@ -72,10 +75,50 @@ class NextFrameResponse(BaseModel):
     model_version: str
     provider: str = Field(description="the onnxruntime execution provider that ran it")
     horizon: int
-    frames: list[str] = Field(description="predicted frames in order, each a base64 PNG (RGB)")
+    frames: list[str] = Field(
+        description="predicted frames in order, each a base64 PNG of the model's output "
+        "mode (L, RGB or RGBA)"
+    )
     frame_shape: list[int] = Field(description="[height, width, channels] of each frame")
     inference_ms: float = Field(description="time in the model, all horizon steps")
     tensor: PredictedTensor | None = None
+
+
+class PredictSpec(BaseModel):
+    """What ``/predict`` takes and gives for a frame model."""
+
+    frames: int = Field(description="frames per request (T)")
+    frame_shape: list[int] = Field(description="[height, width, channels] of each input frame")
+    input_mode: str = Field(description="the image mode input frames are converted to")
+    output_frame_shape: list[int] = Field(description="[height, width, channels] predicted")
+    output_mode: str = Field(description="the mode of the predicted PNGs: L, RGB or RGBA")
+    max_horizon: int = Field(description="1 where a prediction cannot be fed back in")
+
+
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    sha256: str
+    provider: str
+    task: str = Field(description="the card's task: next_frame or tensor")
+    output_kind: str = Field(description="next_frame, frame_per_step or tensor")
+    input_name: str
+    input_shape: list[int | str]
+    output_name: str
+    output_shape: list[int | str]
+    predict: PredictSpec | None = Field(
+        default=None,
+        description="what /predict takes and gives; null for a model served only over "
+        "/v2/models/{name}/infer",
+    )
+
+
+class FailedModelSummary(BaseModel):
+    name: str
+    file: str
+    reason: str = Field(description="why it is not served")
 
 
 class ReadyResponse(BaseModel):
@@ -94,6 +137,13 @@ class ReadyResponse(BaseModel):
     input_name: str
     input_shape: list[int | str]
     models: list[str] = Field(description="every model served; `model` above is the default")
+    served: list[ModelSummary] = Field(
+        default_factory=list, description="every model served, with its shapes and task"
+    )
+    failed: list[FailedModelSummary] = Field(
+        default_factory=list,
+        description="models in the directory that could not be served, and why",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -25,8 +25,12 @@ from service.errors import InvalidInput
 TensorDType = Literal["uint8", "float32"]
 _DTYPES: dict[str, np.dtype[np.generic]] = {"uint8": np.dtype("<u1"), "float32": np.dtype("<f4")}
 IMAGE_FORMATS = ("PNG", "JPEG")
-# Modes that convert to RGB without losing meaning: greyscale, palette, alpha (dropped).
+# Modes that convert to any of the model's modes without losing meaning: greyscale,
+# palette, with or without alpha. RGB to L is luminance (ITU-R 601-2), L to RGB repeats
+# the grey, a missing alpha is opaque and an unwanted one is dropped.
 _CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
+IMAGE_MODES: dict[int, str] = {1: "L", 3: "RGB", 4: "RGBA"}
+"""The image mode for a frame of this many channels."""
 
 
 ValueRange = tuple[float, float]
@@ -62,7 +66,7 @@ def decode_base64(text: str, where: str) -> bytes:
 
 
 def decode_image(raw: bytes, spec: FrameSpec, where: str) -> NDArray[np.uint8]:
-    """One encoded image -> (H, W, 3) uint8.
+    """One encoded image -> (H, W, C) uint8, in the model's mode (``IMAGE_MODES``).
 
     The size is checked from the header before any pixel is decoded, so an image
     that declares huge dimensions costs nothing.
@@ -84,7 +88,7 @@ def decode_image(raw: bytes, spec: FrameSpec, where: str) -> NDArray[np.uint8]:
         if (height, width) != (spec.height, spec.width):
             raise InvalidInput(
                 f"{where}: image is {width}x{height} (width x height), "
-                f"the model needs {spec.width}x{spec.height}",
+                f"the model needs {spec.width}x{spec.height}, {_mode_of(spec.channels)}",
                 location=where,
             )
         n_frames = int(getattr(img, "n_frames", 1))
@@ -96,7 +100,7 @@ def decode_image(raw: bytes, spec: FrameSpec, where: str) -> NDArray[np.uint8]:
         if img.mode not in _CONVERTIBLE_MODES:
             raise InvalidInput(
                 f"{where}: image mode {img.mode} is not supported; "
-                "send 8-bit greyscale, RGB or RGBA",
+                f"send 8-bit greyscale, RGB or RGBA (the model takes {_mode_of(spec.channels)})",
                 location=where,
             )
         try:
@@ -105,15 +109,39 @@ def decode_image(raw: bytes, spec: FrameSpec, where: str) -> NDArray[np.uint8]:
             raise InvalidInput(
                 f"{where}: {img.format} data is truncated or corrupt ({err})", location=where
             ) from None
-        rgb = img.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8)
+        converted = img.convert(image_mode(spec.channels))
+    pixels = np.asarray(converted, dtype=np.uint8)
+    return pixels.reshape(spec.height, spec.width, spec.channels)
+
+
+def image_mode(channels: int) -> str:
+    """The PIL mode of a frame with ``channels`` channels; ``ValueError`` if none."""
+    mode = IMAGE_MODES.get(channels)
+    if mode is None:
+        raise ValueError(f"{channels} channels is no image mode (1, 3 and 4 are)")
+    return mode
+
+
+def _mode_of(channels: int) -> str:
+    mode = IMAGE_MODES.get(channels)
+    return f"{mode}, {channels} channel(s)" if mode else f"{channels} channels"
 
 
 def decode_frames(frames: list[str], spec: FrameSpec) -> NDArray[np.float32]:
-    """T base64 images -> (T, H, W, 3) float32 in [0, 1]."""
+    """T base64 images -> (T, H, W, C) float32 in [0, 1], each converted to the model's
+    channels."""
     if len(frames) != spec.frames:
         raise InvalidInput(
-            f"frames: expected {spec.frames} frames, got {len(frames)}", location="frames"
+            f"frames: expected {spec.frames} frames, got {len(frames)}; the model takes "
+            f"{spec.frames} frames of {spec.width}x{spec.height} (width x height), "
+            f"{_mode_of(spec.channels)}",
+            location="frames",
+        )
+    if spec.channels not in IMAGE_MODES:
+        raise InvalidInput(
+            f"frames: the model takes {spec.channels} channels per pixel, which no image "
+            "holds; send `tensor` instead",
+            location="frames",
         )
     out = np.empty(spec.shape, dtype=np.float32)
     for i, text in enumerate(frames):
@@ -228,10 +256,13 @@ def _first_index(mask: NDArray[np.bool_]) -> list[int]:
 
 
 def encode_png(frame: NDArray[np.float32]) -> str:
-    """(H, W, 3) float32 in [0, 1] -> base64 PNG, rounded to 8 bits."""
+    """(H, W, C) float32 in [0, 1] -> base64 PNG of mode L, RGB or RGBA (C = 1, 3, 4),
+    rounded to 8 bits."""
     pixels = np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
+    mode = image_mode(pixels.shape[-1])
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    # fromarray reads (H, W) as L, (H, W, 3) as RGB and (H, W, 4) as RGBA.
+    Image.fromarray(pixels[..., 0] if mode == "L" else pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

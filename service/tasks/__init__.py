@@ -14,8 +14,10 @@ from service.tasks.tensor import TensorTask
 
 
 def adapter_for(card: ModelCard, settings: Settings) -> TaskAdapter:
-    """The adapter for ``card``'s task; ``ModelLoadError`` if the model does not fit it."""
-    if card.task == "next_frame":
+    """The adapter for ``card``'s task and output kind; ``ModelLoadError`` if the model
+    does not fit it. A next-frame model whose output is no frame (output kind ``tensor``)
+    is served as plain tensors: over the Open Inference Protocol, not ``/predict``."""
+    if card.task == "next_frame" and card.output_kind != "tensor":
         return NextFrameTask.from_card(card, settings.max_horizon)
     return TensorTask.from_card(card)
 

@@ -4,7 +4,11 @@
 "use strict";
 
 (() => {
-  const INPUT_FRAMES = 15;
+  // The default model's T, from /readyz; 15 (the committed models' and the samples') until
+  // it answers.
+  let inputFrames = 15;
+  // The samples are 15 RGB frames of 40x40: the page shows them with a model that takes those.
+  const SAMPLE_SHAPE = { frames: 15, frame_shape: [40, 40, 3] };
   const FRAME_MS = 280;
   const HOLD_TICKS = 4; // the animation rests on its last frame this many ticks
 
@@ -115,7 +119,7 @@
       }
       if (gifs.length === 1) {
         const frames = await gifFrames(gifs[0]);
-        setSequence(frames.slice(0, INPUT_FRAMES), frames.slice(INPUT_FRAMES), []);
+        setSequence(frames.slice(0, inputFrames), frames.slice(inputFrames), []);
         return;
       }
       // The API checks each file (type, size, count) and says what is wrong; the page
@@ -419,7 +423,8 @@
       const body = await response.json();
       if (response.ok) {
         el.status.textContent =
-          `Ready: ${body.model} ${body.model_version} on ${body.provider}.`;
+          `Ready: ${body.model} ${body.model_version} on ${body.provider}.` +
+          describeModels(body);
         return;
       }
       el.status.textContent = `Not ready yet: ${body.error ? body.error.message : response.status}.`;
@@ -427,6 +432,39 @@
       el.status.textContent = `The service does not answer (${err.message}).`;
     }
     setTimeout(checkReady, 3000);
+  }
+
+  /** What this page can show, in words: it calls /predict with the default model. */
+  function describeModels(body) {
+    const served = Array.isArray(body.served) ? body.served : [];
+    const model = served.find((m) => m.name === body.model);
+    if (!model) return "";
+    const spec = model.predict;
+    const words = [];
+    if (!spec) {
+      words.push(
+        `The default model answers tensors, not frames: this page cannot show it; ` +
+          `use POST /v2/models/${body.model}/infer.`,
+      );
+    } else {
+      inputFrames = spec.frames;
+      const [h, w] = spec.frame_shape;
+      words.push(
+        `This page shows the default model: ${spec.frames} frames of ${w}x${h} ` +
+          `(${spec.input_mode}) in, ${spec.output_mode} frames out.`,
+      );
+      const fits =
+        spec.frames === SAMPLE_SHAPE.frames &&
+        spec.frame_shape.join() === SAMPLE_SHAPE.frame_shape.join();
+      if (!fits) words.push("The samples (15 RGB frames of 40x40) do not fit it: upload your own.");
+    }
+    const others = served.filter((m) => m.name !== body.model).map((m) => m.name);
+    if (others.length > 0) {
+      words.push(`Also served, through the API only: ${others.join(", ")}.`);
+    }
+    const failed = Array.isArray(body.failed) ? body.failed.map((f) => f.name) : [];
+    if (failed.length > 0) words.push(`Failed to load: ${failed.join(", ")}.`);
+    return " " + words.join(" ");
   }
 
   // ---- start ---------------------------------------------------------------------------

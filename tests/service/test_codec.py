@@ -202,3 +202,37 @@ def test_encode_tensor_is_little_endian_float32() -> None:
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     raw = base64.b64decode(encode_tensor(array))
     np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(2, 3), array)
+
+
+@pytest.mark.parametrize(
+    ("channels", "source", "expected"),
+    [
+        # RGB to L is PIL's luminance, L * 1000 = R * 299 + G * 587 + B * 114.
+        (1, Image.new("RGB", (6, 8), (200, 100, 50)), [(200 * 299 + 100 * 587 + 50 * 114) // 1000]),
+        (1, Image.new("RGBA", (6, 8), (0, 255, 0, 7)), [150]),
+        (3, Image.new("L", (6, 8), 77), [77, 77, 77]),
+        (4, Image.new("L", (6, 8), 77), [77, 77, 77, 255]),
+        (4, Image.new("RGBA", (6, 8), (1, 2, 3, 4)), [1, 2, 3, 4]),
+    ],
+)
+def test_images_are_converted_to_the_models_channels(
+    channels: int, source: Image.Image, expected: list[int]
+) -> None:
+    spec = FrameSpec(frames=1, height=8, width=6, channels=channels)
+    pixels = decode_image(image_bytes(source), spec, "frames[0]")
+    assert pixels.shape == (8, 6, channels)
+    assert pixels.reshape(-1, channels)[0].tolist() == expected
+
+
+def test_a_model_with_no_image_mode_takes_no_frames() -> None:
+    spec = FrameSpec(frames=1, height=8, width=6, channels=2)
+    with pytest.raises(InvalidInput, match="2 channels per pixel, which no image holds"):
+        decode_frames([b64(image_bytes(Image.new("L", (6, 8))))], spec)
+
+
+@pytest.mark.parametrize(("channels", "mode"), [(1, "L"), (3, "RGB"), (4, "RGBA")])
+def test_predicted_pngs_have_the_models_mode(channels: int, mode: str) -> None:
+    frame = np.full((8, 6, channels), 0.5, dtype=np.float32)
+    img = Image.open(io.BytesIO(base64.b64decode(encode_png(frame))))
+    assert (img.mode, img.size) == (mode, (6, 8))
+    assert np.asarray(img).reshape(-1, channels)[0].tolist() == [128] * channels

@@ -91,8 +91,9 @@ def card(
     [
         (["N", "T", 40, 40, 3], ["N", 40, 40, 3], "fixed T, H, W, C"),
         (["N", 40, 40, 3], ["N", 40, 40, 3], "not (N, T, H, W, C)"),
-        (["N", 15, 40, 40, 3], ["N", 20, 20, 3], "cannot be fed back in"),
-        (["N", 15, 40, 40, 3], ["N", 15, 40, 40, 3], "output kind frame_per_step"),
+        # Its card infers output kind tensor: adapter_for serves it as plain tensors.
+        (["N", 15, 40, 40, 3], ["N", 20, 20, 3], "not a frame of output kind tensor"),
+        (["N", 15, 40, 40, 2], ["N", 40, 40, 2], "input has 2 channels"),
     ],
 )
 def test_frame_spec_refuses_models_it_cannot_serve(
@@ -103,8 +104,16 @@ def test_frame_spec_refuses_models_it_cannot_serve(
 
 
 def test_frame_spec_reads_every_size_from_the_card() -> None:
-    spec = frame_spec(card(["N", 10, 64, 32, 1], ["N", 64, 32, 1]))
+    spec, out = frame_spec(card(["N", 10, 64, 32, 1], ["N", 64, 32, 1]))
     assert spec.shape == (10, 64, 32, 1) and spec.value_range == (0.0, 1.0)
+    assert (out.kind, out.frame) == ("next_frame", (64, 32, 1))
+    _, per_step = frame_spec(card(["N", 4, 8, 8, 3], ["N", 4, 8, 8, 3]))
+    assert (per_step.kind, per_step.frame) == ("frame_per_step", (8, 8, 3))
+    smaller = card(["N", 4, 8, 8, 3], ["N", 4, 4, 1], output_kind="next_frame")
+    assert frame_spec(smaller)[1].frame == (4, 4, 1)
+    five = card(["N", 4, 8, 8, 3], ["N", 8, 8, 5], output_kind="next_frame")
+    with pytest.raises(ModelLoadError, match="output has 5 channels"):
+        frame_spec(five)
     with pytest.raises(ModelLoadError, match=r"states input range \[-1.0, 1.0\]"):
         frame_spec(card(["N", 4, 8, 8, 3], ["N", 8, 8, 3], value_range=[-1.0, 1.0]))
 
@@ -114,6 +123,9 @@ def test_the_cards_task_picks_the_adapter() -> None:
     assert isinstance(
         adapter_for(card(["N", 15, 40, 40, 3], ["N", 40, 40, 3]), settings), NextFrameTask
     )
+    # A sequence in, no frame out: plain tensors (the Open Inference Protocol only).
+    scores = adapter_for(card(["N", 15, 40, 40, 3], ["N", 10]), settings)
+    assert isinstance(scores, TensorTask) and scores.item_shape == (15, 40, 40, 3)
     tensor = adapter_for(card(["N", 8], ["N", 2]), settings)
     assert isinstance(tensor, TensorTask) and tensor.item_shape == (8,)
     with pytest.raises(ModelLoadError, match="every size after N fixed"):
