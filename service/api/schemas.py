@@ -77,7 +77,8 @@ class NextFrameResponse(BaseModel):
     horizon: int
     frames: list[str] = Field(
         description="predicted frames in order, each a base64 PNG of the model's output "
-        "mode (L, RGB or RGBA)"
+        "mode (L, RGB or RGBA); empty when no image holds the model's output channels "
+        "(e.g. 2), and then `tensor` is always given"
     )
     frame_shape: list[int] = Field(description="[height, width, channels] of each frame")
     inference_ms: float = Field(description="time in the model, all horizon steps")
@@ -89,9 +90,15 @@ class PredictSpec(BaseModel):
 
     frames: int = Field(description="frames per request (T)")
     frame_shape: list[int] = Field(description="[height, width, channels] of each input frame")
-    input_mode: str = Field(description="the image mode input frames are converted to")
+    input_mode: str | None = Field(
+        description="the image mode input frames are converted to; null when no image "
+        "holds the model's channels (send `tensor`)"
+    )
     output_frame_shape: list[int] = Field(description="[height, width, channels] predicted")
-    output_mode: str = Field(description="the mode of the predicted PNGs: L, RGB or RGBA")
+    output_mode: str | None = Field(
+        description="the mode of the predicted PNGs: L, RGB or RGBA; null when no image "
+        "holds the output's channels (the answer carries `tensor`)"
+    )
     max_horizon: int = Field(description="1 where a prediction cannot be fed back in")
 
 

@@ -98,12 +98,9 @@ def frame_spec(card: ModelCard) -> tuple[FrameSpec, FrameOutput]:
             f"(next_frame: (N, H, W, C); frame_per_step: (N, {t}, H, W, C))"
         )
     out = FrameOutput(kind, *(int(d) for d in frame_dims))
-    for what, channels in (("input", c), ("output", out.channels)):
-        if channels not in IMAGE_MODES:
-            raise ModelLoadError(
-                f"model {what} has {channels} channels; frames are served as images of "
-                "1 (L), 3 (RGB) or 4 (RGBA) channels"
-            )
+    # Channel counts no image holds (2 fields of a radar, say) are served too: as tensors
+    # in and out of /predict (codec.decode_frames says so to a client sending frames) and
+    # over the Open Inference Protocol.
     # Frames arrive as 8-bit pixels and are scaled by 1/255: the model must take [0, 1].
     value_range = card.input.range or UNIT_RANGE
     if value_range != UNIT_RANGE:
@@ -166,9 +163,9 @@ class NextFrameTask:
         return {
             "frames": self.spec.frames,
             "frame_shape": list(self.spec.shape[1:]),
-            "input_mode": IMAGE_MODES[self.spec.channels],
+            "input_mode": IMAGE_MODES.get(self.spec.channels),
             "output_frame_shape": list(self.output.frame),
-            "output_mode": IMAGE_MODES[self.output.channels],
+            "output_mode": IMAGE_MODES.get(self.output.channels),
             "max_horizon": self.max_horizon if self.feeds_back else 1,
         }
 
@@ -222,12 +219,17 @@ class NextFrameTask:
         sequence = await anyio.to_thread.run_sync(self.decode, source)
         batch, seconds = await runner.run(sequence[None], steps)
         predicted = self.output.last_frame(batch[0]) if steps == 1 else batch[0]
-        pngs = await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])
+        as_image = self.output.channels in IMAGE_MODES
+        pngs = (
+            await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])
+            if as_image
+            else []
+        )
         return Prediction(
             png_frames=pngs,
             shape=list(predicted.shape),
             inference_seconds=seconds,
-            tensor=encode_tensor(predicted) if return_tensor else None,
+            tensor=encode_tensor(predicted) if return_tensor or not as_image else None,
         )
 
 
