@@ -86,6 +86,13 @@ def card(
     )
 
 
+def test_frame_spec_serves_channels_no_image_holds_as_tensors() -> None:
+    spec, output = frame_spec(card(["N", 15, 40, 40, 2], ["N", 40, 40, 2], task="next_frame"))
+    assert (spec.channels, output.channels) == (2, 2)
+    described = NextFrameTask(spec, output, max_horizon=4).describe()
+    assert (described["input_mode"], described["output_mode"]) == (None, None)
+
+
 @pytest.mark.parametrize(
     ("inputs", "outputs", "words"),
     [
@@ -93,7 +100,6 @@ def card(
         (["N", 40, 40, 3], ["N", 40, 40, 3], "not (N, T, H, W, C)"),
         # Its card infers output kind tensor: adapter_for serves it as plain tensors.
         (["N", 15, 40, 40, 3], ["N", 20, 20, 3], "not a frame of output kind tensor"),
-        (["N", 15, 40, 40, 2], ["N", 40, 40, 2], "input has 2 channels"),
     ],
 )
 def test_frame_spec_refuses_models_it_cannot_serve(
@@ -112,8 +118,7 @@ def test_frame_spec_reads_every_size_from_the_card() -> None:
     smaller = card(["N", 4, 8, 8, 3], ["N", 4, 4, 1], output_kind="next_frame")
     assert frame_spec(smaller)[1].frame == (4, 4, 1)
     five = card(["N", 4, 8, 8, 3], ["N", 8, 8, 5], output_kind="next_frame")
-    with pytest.raises(ModelLoadError, match="output has 5 channels"):
-        frame_spec(five)
+    assert frame_spec(five)[1].frame == (8, 8, 5)  # served as tensors: no image holds 5
     with pytest.raises(ModelLoadError, match=r"states input range \[-1.0, 1.0\]"):
         frame_spec(card(["N", 4, 8, 8, 3], ["N", 8, 8, 3], value_range=[-1.0, 1.0]))
 
@@ -144,7 +149,7 @@ def test_a_model_without_a_card_takes_its_shapes_from_the_graph(tmp_path: Path) 
     ("change", "words"),
     [
         ({"outputs": [{"name": "next_frame", "shape": ["N", 20, 20, 3]}]}, "states output shape"),
-        ({"task": "series"}, "is not a model card: task"),
+        ({"task": "audio"}, "is not a model card: task"),
         ({"sha256": "0" * 64}, "is for sha256 0000"),
     ],
 )
