@@ -5,10 +5,13 @@
 - a ``.npy`` or ``.npz`` array (N, T, H, W, C): an ``.npz`` holding one array, or the
   one named by ``--data-key``;
 - a folder with one sub-folder of PNG or JPEG frames per sequence, the frames in
-  name order (read with Pillow).
-
-Video files are refused with a one-line "not supported yet": a reader that brings
-its own codec (PyAV, or imageio-ffmpeg) is not a dependency yet.
+  name order (read with Pillow);
+- video: a folder of video files, one sequence each, or one video file, cut into
+  consecutive sequences of ``--frames`` frames. Videos are read with PyAV (``av``),
+  FFmpeg's own libraries bound in-process: its wheel brings the codecs, so no ffmpeg
+  binary is needed, and a file it cannot decode raises an error we can report (where
+  ``imageio-ffmpeg`` pipes a bundled ffmpeg executable's output). Frames are decoded
+  as RGB (3 channels).
 
 Every refusal is a ``DataError`` with a one-line message, raised before anything is
 written. The frames are normalised to [0, 1] (uint8 / 255, uint16 / 65535, other
@@ -73,7 +76,7 @@ def load(
     seed: int = 0,
 ) -> Dataset:
     """Read ``path``, check it, normalise it, split it by sequence and cut windows."""
-    seqs = read(path, key=key)
+    seqs = read(path, key=key, frames=frames)
     lengths = {len(s) for s in seqs.frames}
     if frames is None and len(lengths) > 1:
         raise DataError(
@@ -133,24 +136,87 @@ def load(
     return Dataset(splits, record)
 
 
-def read(path: Path, *, key: str | None = None) -> Sequences:
-    """The sequences in ``path`` as read (array file or folder of frame folders)."""
+def read(path: Path, *, key: str | None = None, frames: int | None = None) -> Sequences:
+    """The sequences in ``path`` as read (an array file, a folder of frame folders, a
+    folder of videos, or one video cut into sequences of ``frames`` frames)."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
         return _read_array(path, key)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        raise _video_unsupported(path)
+        return _read_videos(path, [path], frames)
     if path.is_dir():
+        videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if videos:
+            return _read_videos(path, videos, None)
         return _read_folder(path)
     raise DataError(f"{path}: not a .npy/.npz array, a folder of frame folders, or a video")
 
 
-def _video_unsupported(path: Path) -> DataError:
-    return DataError(
-        f"{path}: video is not supported yet; extract the frames (ffmpeg -i VIDEO "
-        "DIR/seq_0/%05d.png) and pass the folder"
-    )
+def _read_videos(path: Path, videos: list[Path], frames: int | None) -> Sequences:
+    """Each video one sequence; a single video given as ``path`` is cut into
+    consecutive sequences of ``frames`` frames (the last, shorter part dropped)."""
+    single = videos == [path]
+    if single and frames is None:
+        raise DataError(f"{path}: one video is cut into sequences; say how long with --frames T")
+    sequences, names, manifest = [], [], []
+    for video in videos:
+        decoded = _decode_video(video)
+        manifest.append(
+            f"{video.relative_to(path.parent if single else path).as_posix()} "
+            f"{hashlib.sha256(video.read_bytes()).hexdigest()}"
+        )
+        if single and frames is not None:
+            parts = [decoded[i : i + frames] for i in range(0, len(decoded) - frames + 1, frames)]
+            sequences += parts
+            names += [
+                f"{video.name} frames {i * frames}-{(i + 1) * frames - 1}"
+                for i in range(len(parts))
+            ]
+        else:
+            sequences.append(decoded)
+            names.append(video.name)
+    lengths = {len(s) for s in sequences}
+    provenance = {
+        "path": str(path.resolve()),
+        "format": "one video, cut into sequences of --frames frames"
+        if single
+        else "folder of videos",
+        "reader": _video_reader(),
+        "sha256": hashlib.sha256(("\n".join(manifest) + "\n").encode()).hexdigest(),
+        "sha256_of": "the manifest: one line 'file sha256-of-file' per video, in name order",
+        "sequences": len(sequences),
+        "frames": sum(len(s) for s in sequences),
+        "shape": [len(sequences), *sequences[0].shape]
+        if len(lengths) == 1 and sequences
+        else [len(sequences), None, *sequences[0].shape[1:]]
+        if sequences
+        else [0],
+        "dtype": "uint8",
+    }
+    return Sequences(sequences, provenance, names)
+
+
+def _decode_video(video: Path) -> NDArray[np.uint8]:
+    """Every frame of the first video stream, (T, H, W, 3) RGB."""
+    import av
+
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.video:
+                raise DataError(f"{video}: holds no video stream")
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except av.FFmpegError as err:
+        raise DataError(f"{video}: not a readable video ({_first_line(err)})") from err
+    if not frames:
+        raise DataError(f"{video}: holds no frames")
+    return np.stack(frames)
+
+
+def _video_reader() -> str:
+    import av
+
+    return f"PyAV {av.__version__} (FFmpeg libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))})"
 
 
 def _read_array(path: Path, key: str | None) -> Sequences:
@@ -191,9 +257,6 @@ def _read_array(path: Path, key: str | None) -> Sequences:
 
 def _read_folder(path: Path) -> Sequences:
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    videos = [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
-    if videos:
-        raise _video_unsupported(videos[0])
     folders = [p for p in entries if p.is_dir()]
     if not folders:
         raise DataError(f"{path}: no sequence folders (one sub-folder of PNG/JPEG frames each)")

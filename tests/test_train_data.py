@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from convlstm_card import read_card, sha256_of
+from model_export import user_data
 from model_export.__main__ import main
 
 pytestmark = pytest.mark.slow
@@ -108,6 +109,45 @@ def test_npz_key_windows_min_max_and_resume(tmp_path: Path) -> None:
     )
 
 
+def write_video(path: Path, frames: int, size: tuple[int, int] = (12, 16)) -> Path:
+    """An MPEG-4 AVI of a grey level rising frame by frame."""
+    import av
+
+    h, w = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            image = np.full((h, w, 3), 15 * t, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_folder_of_videos_trains(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(4):
+        write_video(videos / f"clip_{i}.avi", 5)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(videos), "--name", "clips", "--out", str(out), *TINY]) == 0
+    data = json.loads((out / "clips.training.json").read_text())["data"]
+    assert data["format"] == "folder of videos" and data["reader"].startswith("PyAV 18.1.0")
+    assert data["shape"] == [4, 5, 12, 16, 3]
+    assert keras.models.load_model(out / "clips.keras").output.shape[1:] == (12, 16, 3)
+
+
+def test_one_video_is_cut_into_sequences_of_frames(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "long.avi", 14)
+    dataset = user_data.load(video, frames=4)
+    assert dataset.record["sequences"] == 3  # frames 0-3, 4-7, 8-11; 12-13 dropped
+    assert dataset.window_shape == (4, 12, 16, 3)
+    with pytest.raises(user_data.DataError, match="--frames"):
+        user_data.load(video)
+
+
 def _nan_array(tmp_path: Path) -> Path:
     array = np.zeros((4, 5, 8, 8, 1), dtype=np.float32)
     array[2, 3, 4, 4, 0] = np.nan
@@ -121,9 +161,13 @@ def _unreadable(tmp_path: Path) -> Path:
     return root
 
 
-def _video(tmp_path: Path) -> Path:
-    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    return tmp_path / "clip.mp4"
+def _unreadable_video(tmp_path: Path) -> Path:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        write_video(videos / f"clip_{i}.avi", 5)
+    (videos / "clip_3.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    return videos
 
 
 def _mixed_sizes(tmp_path: Path) -> Path:
@@ -145,7 +189,7 @@ BAD_DATA = {
     "empty_folder": (_empty, "no sequence folders"),
     "unreadable_image": (_unreadable, "not a readable image"),
     "too_few_sequences": (lambda p: write_png_sequences(p / "f", [5, 5]), "need at least 3"),
-    "video": (_video, "video is not supported yet"),
+    "unreadable_video": (_unreadable_video, "not a readable video"),
 }
 
 
