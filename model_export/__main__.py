@@ -60,8 +60,11 @@ def _train_on_data(args: argparse.Namespace) -> int:
     from model_export.model import CONVLSTM_FILTERS
     from model_export.train_data import DataTrainConfig, checkpoint_path, record_path, train_on_data
 
-    if args.variant != "convlstm":
-        print("train: --data PATH trains the convlstm variant only", file=sys.stderr)
+    if args.variant != "convlstm" or args.supervise != "every-step":
+        print(
+            "train: --data PATH trains the convlstm variant with every-step supervision only",
+            file=sys.stderr,
+        )
         return 2
     name = args.name or "own"
     if not NAME_PATTERN.fullmatch(name):
