@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from model_export.model import VARIANTS
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 # The trained variants and the int8 graph made from the ConvLSTM's.
 EVALUATED = (*VARIANTS, "convlstm_int8")
@@ -23,6 +26,14 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.data != "digits":
+        return _train_on_data(args)
+    own = {"--data-key": args.data_key, "--frames": args.frames, "--resize": args.resize}
+    own |= {"--name": args.name, "--resume": args.resume, "--filters": args.filters}
+    given = [flag for flag, value in own.items() if value is not None]
+    if given:
+        print(f"train: {', '.join(given)} go with --data PATH", file=sys.stderr)
+        return 2
     from model_export.train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -41,6 +52,52 @@ def _train(args: argparse.Namespace) -> int:
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _train_on_data(args: argparse.Namespace) -> int:
+    from model_export import user_data
+    from model_export.model import CONVLSTM_FILTERS
+    from model_export.train_data import DataTrainConfig, checkpoint_path, record_path, train_on_data
+
+    if args.variant != "convlstm" or args.supervise != "every-step":
+        print(
+            "train: --data PATH trains the convlstm variant with every-step supervision only",
+            file=sys.stderr,
+        )
+        return 2
+    name = args.name or "own"
+    if not NAME_PATTERN.fullmatch(name):
+        print(f"train: --name {name!r}: use letters, digits, _ and -", file=sys.stderr)
+        return 2
+    try:
+        dataset = user_data.load(
+            Path(args.data),
+            key=args.data_key,
+            frames=args.frames,
+            resize=None if args.resize is None else user_data.parse_size(args.resize),
+            seed=args.seed,
+        )
+        cfg = DataTrainConfig(
+            name=name,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            precision=args.precision,
+            patience=args.patience,
+            max_minutes=args.max_minutes,
+            out_dir=args.out,
+            filters=tuple(args.filters or CONVLSTM_FILTERS),
+            resume=args.resume,
+        )
+        record = train_on_data(cfg, dataset)
+    except user_data.DataError as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 1
+    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    print(f"{checkpoint}: the inference checkpoint; record {record_path(checkpoint)}")
     return 0
 
 
@@ -160,7 +217,36 @@ def parser() -> argparse.ArgumentParser:
         func=_summary
     )
 
-    t = sub.add_parser("train", help="train one variant and save its inference checkpoint")
+    t = sub.add_parser(
+        "train",
+        help="train one variant and save its inference checkpoint",
+        description="Train on the moving digits (the default), or on your own sequences with "
+        "--data PATH: an .npy/.npz array (N, T, H, W, C) or a folder of frame folders.",
+    )
+    t.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (generated) or PATH: .npy/.npz (N, T, H, W, C), or a folder with one "
+        "sub-folder of PNG/JPEG frames per sequence",
+    )
+    t.add_argument("--data-key", help="with --data FILE.npz: the array to train on")
+    t.add_argument(
+        "--frames",
+        type=int,
+        help="with --data: cut windows of T frames (T-1 inputs and the next) from each "
+        "sequence; default: each whole sequence",
+    )
+    t.add_argument("--resize", metavar="HxW", help="with --data: resize every frame")
+    t.add_argument("--name", help="with --data: writes OUT/NAME.keras (default: own)")
+    t.add_argument(
+        "--resume", type=Path, help="with --data: continue from a saved .keras of the same shape"
+    )
+    t.add_argument(
+        "--filters",
+        type=int,
+        nargs="+",
+        help="with --data: ConvLSTM2D widths (default: 30 50 60 70, the seed stack)",
+    )
     t.add_argument("--variant", choices=VARIANTS, default="convlstm")
     t.add_argument("--samples", type=int, default=3000, help="training sequences")
     t.add_argument("--validation-samples", type=int, default=64)

@@ -302,8 +302,40 @@ def export_keras(
         versions=tool_versions(),
         source={"keras_file": str(keras_path), "sha256": sha256_of(keras_path)},
     )
+    card = with_training_record(card, keras_path)
     _write(onnx_path, onnx_bytes, card)
     return ExportedModel(onnx_path, card)
+
+
+def with_training_record(card: ModelCard, keras_path: Path) -> ModelCard:
+    """``card`` with the data, normalisation, training and held-out scores of the
+    record ``train --data`` wrote beside ``keras_path``, where that record is of this
+    very file (its sha256); else ``card`` as it is."""
+    import json
+
+    from model_export.train_data import record_path
+
+    path = record_path(keras_path)
+    if not path.is_file():
+        return card
+    try:
+        record = json.loads(path.read_text())
+        recorded_sha = record["checkpoint"]["sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ExportError(f"{path}: not a training record ({_first_line(err)})") from err
+    if recorded_sha != sha256_of(keras_path):
+        return card  # the checkpoint changed since; its record no longer describes it
+    norm = record["data"]["normalisation"]
+    training = {k: v for k, v in record.items() if k not in ("data", "evaluation", "history")}
+    return card.model_copy(
+        update={
+            "normalisation": f"{norm['kind']}: {norm['formula']}; the model takes and gives "
+            "frames in [0, 1], so send it frames normalised the same way",
+            "data": record["data"],
+            "training": {**training, "record": path.name},
+            "evaluation": record["evaluation"],
+        }
+    )
 
 
 def _served_graph(

@@ -34,11 +34,11 @@ CNN_POOL = 4
 LSTM_UNITS = 128
 
 
-def _head(x: keras.KerasTensor, every_step: bool) -> keras.KerasTensor:
+def _head(x: keras.KerasTensor, every_step: bool, channels: int = CHANNELS) -> keras.KerasTensor:
     # float32 head: under a mixed-precision policy the sigmoid and the loss
     # stay in full precision.
     conv = layers.Conv2D(
-        filters=CHANNELS,
+        filters=channels,
         kernel_size=(KERNEL, KERNEL),
         padding="same",
         activation="sigmoid",
@@ -55,12 +55,15 @@ def build_convlstm(
     every_step: bool = False,
     frames: int | None = FRAMES,
     filters: tuple[int, ...] = CONVLSTM_FILTERS,
+    frame_shape: tuple[int, int, int] = FRAME_SHAPE,
 ) -> keras.Model:
     """Four ConvLSTM2D layers (30/50/60/70 filters, 3x3, same) and a Conv2D head.
 
-    ``filters`` exists so tests can build and export a small stack of the same shape.
+    ``filters`` exists so tests can build and export a small stack of the same shape;
+    ``frame_shape`` (H, W, C) adapts the recipe to a user's frames, the head giving C
+    channels.
     """
-    inputs = keras.Input(shape=(frames, *FRAME_SHAPE), name=INPUT_NAME)
+    inputs = keras.Input(shape=(frames, *frame_shape), name=INPUT_NAME)
     x = inputs
     for i, width in enumerate(filters, start=1):
         last = i == len(filters)
@@ -71,7 +74,7 @@ def build_convlstm(
             return_sequences=every_step or not last,
             name=f"convlstm_{i}",
         )(x)
-    return keras.Model(inputs, _head(x, every_step), name="convlstm")
+    return keras.Model(inputs, _head(x, every_step, frame_shape[-1]), name="convlstm")
 
 
 def build_cnn_lstm(*, every_step: bool = False, frames: int | None = FRAMES) -> keras.Model:

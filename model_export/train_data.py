@@ -1,0 +1,194 @@
+"""Training the ConvLSTM stack on the user's own sequences (``train --data PATH``).
+
+The model is the seed ConvLSTM recipe (``model.build_convlstm``) adapted to the
+data: input (T-1, H, W, C), a head of C channels. Each window of T frames gives
+T-1 inputs and, at every step, the frame that follows (every-step supervision,
+as for the digits). The inference model, T-1 frames -> the next frame, is saved
+as ``OUT/NAME.keras``, which ``python -m model_export export --keras`` takes; the
+training record beside it (``OUT/NAME.training.json``) carries the data's
+provenance, its normalisation and the held-out scores into the exported card.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from numpy.typing import NDArray
+
+from convlstm_card import sha256_of
+from model_export import data
+from model_export.evaluate import BASELINE, mse, psnr
+from model_export.host import describe_machine
+from model_export.model import CONVLSTM_FILTERS, build_convlstm
+from model_export.train import TrainingClock
+from model_export.user_data import DataError, Dataset
+
+# SSIM's 7x7 window needs frames at least this large on each side.
+SSIM_MIN_SIDE = 7
+
+
+@dataclass(frozen=True)
+class DataTrainConfig:
+    name: str = "own"
+    epochs: int = 20
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    seed: int = 0
+    precision: str = "mixed_bfloat16"
+    patience: int = 4
+    max_minutes: float | None = None
+    out_dir: Path = Path("models")
+    filters: tuple[int, ...] = CONVLSTM_FILTERS
+    resume: Path | None = None
+
+
+def checkpoint_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}.keras"
+
+
+def record_path(checkpoint: Path) -> Path:
+    """The training record beside a checkpoint: ``NAME.keras`` -> ``NAME.training.json``."""
+    return checkpoint.with_suffix(".training.json")
+
+
+def _starting_model(cfg: DataTrainConfig, window: tuple[int, int, int, int]) -> keras.Model:
+    t, h, w, c = window
+    model = build_convlstm(
+        every_step=True, frames=t - 1, filters=cfg.filters, frame_shape=(h, w, c)
+    )
+    if cfg.resume is None:
+        return model
+    try:
+        saved = keras.models.load_model(cfg.resume, compile=False)
+    except Exception as err:  # Keras raises many kinds for a file it cannot read
+        raise DataError(f"--resume {cfg.resume}: Keras could not load it ({err})") from err
+    want = (t - 1, h, w, c)
+    got = tuple(saved.input.shape[1:])
+    if got != want:
+        raise DataError(f"--resume {cfg.resume}: takes {got}, the data gives windows {want}")
+    # Inference and training models share every weight, in the same order.
+    try:
+        model.set_weights(saved.get_weights())
+    except ValueError as err:
+        raise DataError(
+            f"--resume {cfg.resume}: its weights do not fit filters {cfg.filters} ({err})"
+        ) from err
+    return model
+
+
+def train_on_data(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
+    """Train on ``dataset``, save ``OUT/NAME.keras`` and its record, return the record."""
+    try:
+        return _train(cfg, dataset)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    model = _starting_model(cfg, dataset.window_shape)
+    x_train, y_train = data.inputs_and_targets(dataset.splits["train"], every_step=True)
+    x_val, y_val = data.inputs_and_targets(dataset.splits["validation"], every_step=True)
+
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    work = cfg.out_dir / "training"
+    work.mkdir(exist_ok=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss="binary_crossentropy",
+        metrics=["mse"],
+    )
+    best = work / f"{cfg.name}.best.keras"
+    clock = TrainingClock(cfg.max_minutes)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+        keras.callbacks.CSVLogger(work / f"{cfg.name}.log.csv"),
+        clock,
+    ]
+    start = time.monotonic()
+    history = model.fit(
+        x_train,
+        y_train,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        validation_data=(x_val, y_val),
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=1,  # Keras's progress bar
+    )
+    seconds = time.monotonic() - start
+    if best.exists():
+        model = keras.models.load_model(best)
+
+    keras.mixed_precision.set_global_policy("float32")
+    t, h, w, c = dataset.window_shape
+    inference = build_convlstm(frames=t - 1, filters=cfg.filters, frame_shape=(h, w, c))
+    inference.set_weights([v.astype("float32") for v in model.get_weights()])
+    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
+    inference.save(checkpoint)
+
+    record: dict[str, Any] = {
+        "config": {
+            k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(cfg).items()
+        },
+        "model": (
+            f"ConvLSTM2D stack {list(cfg.filters)} (3x3, same) and a Conv2D head of {c} "
+            f"channel(s); input ({t - 1}, {h}, {w}, {c}) -> the next frame ({h}, {w}, {c})"
+        ),
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_of(checkpoint)},
+        "data": dataset.record,
+        "epochs_run": len(history.history["loss"]),
+        "stopped_by_budget": clock.stopped_early,
+        "wall_seconds": round(seconds, 1),
+        "batches_run": clock.batches,
+        "best_val_loss": float(np.min(history.history["val_loss"])),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "evaluation": evaluate_split(inference, dataset.splits["test"]),
+        "machine": describe_machine(),
+        "backend": keras.backend.backend(),
+    }
+    text = json.dumps(record, indent=2) + "\n"
+    record_path(checkpoint).write_text(text)
+    (work / f"{cfg.name}.json").write_text(text)
+    return record
+
+
+def evaluate_split(model: keras.Model, windows: NDArray[np.float32]) -> dict[str, Any]:
+    """MSE, PSNR and SSIM of ``model`` and of copy-last-frame on held-out windows."""
+    x, truth = data.inputs_and_targets(windows, every_step=False)
+    pred = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+    results = {BASELINE: _scores(x[:, -1], truth), "model": _scores(pred, truth)}
+    base = results[BASELINE]["mse"]
+    results["model"]["mse_vs_copy_last"] = results["model"]["mse"] / base if base else None
+    t = windows.shape[1]
+    return {
+        "split": "test",
+        "windows": len(windows),
+        "target": f"frame {t} given frames 1-{t - 1}",
+        "runtime": "Keras (the checkpoint, before export)",
+        "metrics": results,
+    }
+
+
+def _scores(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> dict[str, Any]:
+    per_seq = mse(pred, truth)
+    out: dict[str, Any] = {"mse": float(per_seq.mean()), "psnr_db": float(psnr(per_seq).mean())}
+    if min(truth.shape[1:3]) >= SSIM_MIN_SIDE:
+        from model_export.evaluate import ssim
+
+        out["ssim"] = float(ssim(pred, truth).mean())
+    else:
+        out["ssim"] = None  # frames smaller than SSIM's window
+    return out
