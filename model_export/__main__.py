@@ -38,8 +38,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         variant=args.variant,
-        train_samples=args.samples,
-        validation_samples=args.validation_samples,
+        train_samples=3000 if args.samples is None else args.samples,
+        validation_samples=64 if args.validation_samples is None else args.validation_samples,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -65,6 +65,10 @@ def _train_on_data(args: argparse.Namespace) -> int:
             "train: --data PATH trains the convlstm variant with every-step supervision only",
             file=sys.stderr,
         )
+        return 2
+    if args.samples is not None or args.validation_samples is not None:
+        # The data decides how many sequences there are; the split is by --seed.
+        print("train: --samples and --validation-samples go with --data digits", file=sys.stderr)
         return 2
     name = args.name or "own"
     if not NAME_PATTERN.fullmatch(name):
@@ -248,8 +252,12 @@ def parser() -> argparse.ArgumentParser:
         help="with --data: ConvLSTM2D widths (default: 30 50 60 70, the seed stack)",
     )
     t.add_argument("--variant", choices=VARIANTS, default="convlstm")
-    t.add_argument("--samples", type=int, default=3000, help="training sequences")
-    t.add_argument("--validation-samples", type=int, default=64)
+    t.add_argument(
+        "--samples", type=int, default=None, help="generated training sequences (default 3000)"
+    )
+    t.add_argument(
+        "--validation-samples", type=int, default=None, help="generated ones (default 64)"
+    )
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)

@@ -209,3 +209,12 @@ def test_bad_data_is_refused_in_one_line_and_nothing_written(
 def test_digits_options_refuse_flags_of_own_data(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--name", "x", "--frames", "4"]) == 2
     assert "--frames, --name go with --data PATH" in capsys.readouterr().err
+
+
+def test_own_data_refuses_the_generator_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(tmp_path / "any.npy"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--samples", "100"]) == 2
+    assert "--samples and --validation-samples go with --data digits" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
