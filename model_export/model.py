@@ -139,25 +139,30 @@ def _inner(layer: keras.layers.Layer) -> keras.layers.Layer:
 
 
 def _formula(layer: keras.layers.Layer) -> str:
+    """How Keras arrives at the layer's parameter count, as arithmetic that evaluates to
+    it (``×`` and ``·`` both multiply); a plain count for layers without a rule here."""
     inner = _inner(layer)
-    in_ch = int(inner.input.shape[-1]) if not isinstance(layer, layers.TimeDistributed) else None
-    if isinstance(inner, layers.ConvLSTM2D):
-        kh, kw = inner.kernel_size
-        c_in = in_ch if in_ch is not None else int(layer.input.shape[-1])
-        f = inner.filters
-        return f"4 × ({kh}·{kw}·({c_in}+{f})·{f} + {f})"
-    if isinstance(inner, layers.Conv2D):
-        kh, kw = inner.kernel_size
-        c_in = int(layer.input.shape[-1])
-        return f"{kh}·{kw}·{c_in}·{inner.filters} + {inner.filters}"
+    c_in = int(layer.input.shape[-1])
+    if isinstance(inner, (layers.ConvLSTM1D, layers.ConvLSTM2D, layers.ConvLSTM3D)):
+        k, f = "·".join(str(d) for d in inner.kernel_size), inner.filters
+        bias = f" + {f}" if inner.use_bias else ""
+        return f"4 × ({k}·({c_in}+{f})·{f}{bias})"
+    if isinstance(inner, (layers.Conv1D, layers.Conv2D, layers.Conv3D)):
+        k, f = "·".join(str(d) for d in inner.kernel_size), inner.filters
+        per_group = c_in // inner.groups
+        bias = f" + {f}" if inner.use_bias else ""
+        return f"{k}·{per_group}·{f}{bias}"
     if isinstance(inner, layers.LSTM):
-        c_in = int(layer.input.shape[-1])
         u = inner.units
         return f"4 × (({c_in}+{u})·{u} + {u})"
     if isinstance(inner, layers.Dense):
-        c_in = int(layer.input.shape[-1])
-        return f"{c_in}·{inner.units} + {inner.units}"
-    return "0"
+        bias = f" + {inner.units}" if inner.use_bias else ""
+        return f"{c_in}·{inner.units}{bias}"
+    if isinstance(inner, layers.BatchNormalization):
+        # moving mean and variance, and gamma and beta where scale and center are on
+        vectors = 2 + int(inner.scale) + int(inner.center)
+        return f"{vectors}·{c_in}"
+    return str(layer.count_params())
 
 
 def parameter_table(model: keras.Model) -> list[LayerRow]:

@@ -1,5 +1,7 @@
+import keras
 import numpy as np
 import pytest
+from keras import layers
 
 from model_export.model import build, build_convlstm, format_table, parameter_table, to_inference
 
@@ -25,7 +27,7 @@ def test_formulas_evaluate_to_the_counts() -> None:
     for variant in ("convlstm", "cnn_lstm"):
         for row in parameter_table(build(variant)):
             expr = row.formula.replace("×", "*").replace("·", "*")
-            assert eval(expr) == row.params, row  # noqa: S307 - our own arithmetic strings
+            assert eval(expr) == row.params, row - our own arithmetic strings
 
 
 def test_printed_table_shows_every_count() -> None:
@@ -53,3 +55,20 @@ def test_every_step_weights_load_into_inference_model(variant: str) -> None:
     every = np.asarray(trained.predict(x, verbose=0))
     last = np.asarray(inference.predict(x, verbose=0))
     np.testing.assert_allclose(every[:, -1], last, atol=1e-5)
+
+
+def test_every_formula_evaluates_to_its_parameter_count() -> None:
+    inputs = keras.Input((4, 8, 8, 3))
+    x = layers.ConvLSTM2D(4, (3, 3), padding="same", return_sequences=True)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.TimeDistributed(layers.Conv2D(4, 3, padding="same", groups=2))(x)
+    x = layers.Conv3D(3, (3, 3, 3), padding="same", use_bias=False)(x)
+    series = keras.Input((5, 16, 2))
+    y = layers.ConvLSTM1D(4, 3, padding="same", return_sequences=True)(series)
+    y = layers.TimeDistributed(layers.Conv1D(2, 3, padding="same"))(y)
+    models = [keras.Model(inputs, x), keras.Model(series, y), build("convlstm"), build("cnn_lstm")]
+    rows = [row for model in models for row in parameter_table(model)]
+    assert {row.kind for row in rows} >= {"ConvLSTM1D", "BatchNormalization", "Conv3D", "Dense"}
+    for row in rows:
+        arithmetic = row.formula.replace("×", "*").replace("·", "*")
+        assert eval(arithmetic, {"__builtins__": {}}) == row.params, row
