@@ -55,6 +55,7 @@ def load_model(settings: Settings, metrics: Metrics, path: Path) -> ServedModel:
         require_gpu=settings.require_gpu,
         pad_batches=settings.pad_batches,
         max_batch=settings.max_batch_size,
+        cuda_tf32=settings.cuda_tf32,
     )
     sha = sha256_of(path)
     card = served_card(

@@ -27,7 +27,7 @@ def test_formulas_evaluate_to_the_counts() -> None:
     for variant in ("convlstm", "cnn_lstm"):
         for row in parameter_table(build(variant)):
             expr = row.formula.replace("×", "*").replace("·", "*")
-            assert eval(expr) == row.params, row - our own arithmetic strings
+            assert eval(expr) == row.params, row  # noqa: S307 - our own arithmetic strings
 
 
 def test_printed_table_shows_every_count() -> None:

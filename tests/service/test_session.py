@@ -52,3 +52,18 @@ def test_cuda_provider_is_used_when_present() -> None:
     cpu = OnnxSession(COMMITTED_MODEL, provider="cpu")
     x = np.random.default_rng(0).random((2, 15, 40, 40, 3), dtype=np.float32)
     np.testing.assert_allclose(session.run(x), cpu.run(x), atol=1e-4)
+
+
+def test_cuda_options_carry_the_tf32_choice() -> None:
+    from service.inference.session import provider_options
+
+    requested = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_options(requested, cuda_tf32=False) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}),
+        "CPUExecutionProvider",
+    ]
+    assert provider_options(requested, cuda_tf32=True)[0] == (
+        "CUDAExecutionProvider",
+        {"use_tf32": "1"},
+    )
+    assert provider_options(["CPUExecutionProvider"], cuda_tf32=False) == ["CPUExecutionProvider"]
