@@ -20,7 +20,7 @@ import time
 
 import httpx
 
-from bench.floor import MODEL, Measured, measure, request_paths
+from bench.floor import MODEL, Measured, measure, ratio, request_paths
 from bench.server import free_port
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         cb = min(m.cpu_ms_per_request for m in mb)
         ra, rb = max(m.rps for m in ma), max(m.rps for m in mb)
         print(
-            f"| {p.name} | {ca:.2f} | {cb:.2f} | {cb / ca:.2f} | {ra:.0f} | {rb:.0f} | {rb / ra:.2f} |"
+            f"| {p.name} | {ca:.2f} | {cb:.2f} | {ratio(cb, ca)} | {ra:.0f} | {rb:.0f} | {ratio(rb, ra)} |"
         )
     return 0
 

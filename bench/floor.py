@@ -250,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         f = min((pair[1] for pair in pairs), key=lambda m: m.cpu_ms_per_request)
         print(
             f"| {name} | {s.cpu_ms_per_request:.2f} | {s.rps:.0f} | {f.cpu_ms_per_request:.2f} "
-            f"| {f.rps:.0f} | {s.cpu_ms_per_request / f.cpu_ms_per_request:.2f} |"
+            f"| {f.rps:.0f} | {ratio(s.cpu_ms_per_request, f.cpu_ms_per_request)} |"
         )
     return 0
+
+
+def ratio(a: float, b: float) -> str:
+    """``a / b``, or n/a when too few requests left ``b`` under one clock tick."""
+    return f"{a / b:.2f}" if b > 0 else "n/a"
 
 
 def _wait(url: str) -> None:
