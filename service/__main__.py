@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import socket
 import sys
@@ -71,6 +72,14 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def loop_and_parser() -> tuple[str, str]:
+    """uvloop and httptools when installed (the ``serve`` extra pins them), else
+    asyncio and h11: the C event loop and HTTP parser cut the server's CPU per request."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
@@ -83,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
+    loop, http = loop_and_parser()
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -91,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
+        loop=loop,
+        http=http,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
     server = DrainingServer(config, app.state.registry)

@@ -52,6 +52,7 @@ def load_model(settings: Settings, metrics: Metrics, path: Path) -> ServedModel:
         path,
         provider=settings.provider,
         intra_op_threads=settings.intra_op_threads,
+        intra_op_spinning=settings.intra_op_spinning,
         require_gpu=settings.require_gpu,
         pad_batches=settings.pad_batches,
         max_batch=settings.max_batch_size,

@@ -80,6 +80,7 @@ class OnnxSession:
         *,
         provider: Provider = "auto",
         intra_op_threads: int = 0,
+        intra_op_spinning: bool = False,
         require_gpu: bool = False,
         pad_batches: PadBatches = "auto",
         max_batch: int = 1,
@@ -94,6 +95,9 @@ class OnnxSession:
             ort.preload_dlls()
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if intra_op_spinning else "0"
+        )
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         start = time.perf_counter()
         try:
