@@ -215,7 +215,8 @@ def installed_pins(stage: Stage) -> list[str]:
         [sys.executable, "-c", code, *extras], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    # One requirement per line, as pip reads it; an environment marker follows a ";".
+    return [line.split(";")[0].strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize(
