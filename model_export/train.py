@@ -58,6 +58,58 @@ class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
             self.model.stop_training = True
 
 
+def fit_with_checkpoints(
+    model: keras.Model,
+    train_xy: tuple[np.ndarray, np.ndarray],
+    validation_xy: tuple[np.ndarray, np.ndarray],
+    *,
+    work: Path,
+    name: str,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    max_minutes: float | None,
+    verbose: int | str = "auto",
+) -> tuple[keras.Model, keras.callbacks.History, TrainingClock, float]:
+    """The one training loop of every recipe: Adam on binary cross-entropy, the best
+    validation epoch saved as ``work/NAME.best.keras``, early stopping, learning rate
+    halved on plateaus, a CSV log and the wall-clock budget. Returns the best model
+    (reloaded from its checkpoint), the history, the clock and the seconds spent."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["mse"],
+    )
+    best = work / f"{name}.best.keras"
+    clock = TrainingClock(max_minutes)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+        keras.callbacks.CSVLogger(work / f"{name}.log.csv"),
+        clock,
+    ]
+    start = time.monotonic()
+    history = model.fit(
+        *train_xy,
+        batch_size=batch_size,
+        epochs=epochs,
+        validation_data=validation_xy,
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=verbose,
+    )
+    seconds = time.monotonic() - start
+    if best.exists():
+        # The checkpoint holds the best validation epoch; a budget stop
+        # mid-epoch may leave the in-memory weights at a worse point.
+        model = keras.models.load_model(best)
+    return model, history, clock, seconds
+
+
 def checkpoint_path(out_dir: Path, variant: str) -> Path:
     return out_dir / f"{variant}.keras"
 
@@ -76,38 +128,18 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     x_val, y_val = data.inputs_and_targets(val_seq, every_step=cfg.every_step)
 
     model = build(cfg.variant, every_step=cfg.every_step)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        loss="binary_crossentropy",
-        metrics=["mse"],
-    )
-    best = work / f"{cfg.variant}.best.keras"
-    clock = TrainingClock(cfg.max_minutes)
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
-        keras.callbacks.CSVLogger(work / f"{cfg.variant}.log.csv"),
-        clock,
-    ]
-
-    start = time.monotonic()
-    history = model.fit(
-        x_train,
-        y_train,
+    model, history, clock, seconds = fit_with_checkpoints(
+        model,
+        (x_train, y_train),
+        (x_val, y_val),
+        work=work,
+        name=cfg.variant,
+        learning_rate=cfg.learning_rate,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
-        validation_data=(x_val, y_val),
-        callbacks=callbacks,
-        shuffle=True,
+        patience=cfg.patience,
+        max_minutes=cfg.max_minutes,
     )
-    seconds = time.monotonic() - start
-    if best.exists():
-        # The checkpoint holds the best validation epoch; a budget stop
-        # mid-epoch may leave the in-memory weights at a worse point.
-        model = keras.models.load_model(best)
 
     keras.mixed_precision.set_global_policy("float32")
     inference = to_inference(model, cfg.variant)

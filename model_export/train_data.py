@@ -12,7 +12,6 @@ provenance, its normalisation and the held-out scores into the exported card.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from model_export import data
 from model_export.evaluate import BASELINE, mse, psnr
 from model_export.host import describe_machine
 from model_export.model import CONVLSTM_FILTERS, build_convlstm
-from model_export.train import TrainingClock
+from model_export.train import fit_with_checkpoints
 from model_export.user_data import DataError, Dataset
 
 # SSIM's 7x7 window needs frames at least this large on each side.
@@ -100,36 +99,19 @@ def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     work = cfg.out_dir / "training"
     work.mkdir(exist_ok=True)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        loss="binary_crossentropy",
-        metrics=["mse"],
-    )
-    best = work / f"{cfg.name}.best.keras"
-    clock = TrainingClock(cfg.max_minutes)
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
-        keras.callbacks.CSVLogger(work / f"{cfg.name}.log.csv"),
-        clock,
-    ]
-    start = time.monotonic()
-    history = model.fit(
-        x_train,
-        y_train,
+    model, history, clock, seconds = fit_with_checkpoints(
+        model,
+        (x_train, y_train),
+        (x_val, y_val),
+        work=work,
+        name=cfg.name,
+        learning_rate=cfg.learning_rate,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
-        validation_data=(x_val, y_val),
-        callbacks=callbacks,
-        shuffle=True,
+        patience=cfg.patience,
+        max_minutes=cfg.max_minutes,
         verbose=1,  # Keras's progress bar
     )
-    seconds = time.monotonic() - start
-    if best.exists():
-        model = keras.models.load_model(best)
 
     keras.mixed_precision.set_global_policy("float32")
     t, h, w, c = dataset.window_shape
