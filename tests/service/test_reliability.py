@@ -58,6 +58,20 @@ def test_deadline_answers_504() -> None:
         assert "0.2 s deadline" in r.json()["error"]["message"]
 
 
+def metrics_once_dropped(client: httpx.Client, within_s: float = 10.0) -> str:
+    """/metrics once a client_gone drop is counted (the worker skips the job only when
+    it reaches it), or as it stands after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        text = client.get("/metrics").text
+        dropped = value(
+            text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone"
+        )
+        if dropped or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.1)
+
+
 def test_work_for_a_gone_client_is_dropped_before_the_model() -> None:
     env = {"CONVLSTM_MAX_BATCH_SIZE": "1"}
     with run_server(COMMITTED_MODEL, env=env) as server:
@@ -68,14 +82,10 @@ def test_work_for_a_gone_client_is_dropped_before_the_model() -> None:
                 predict(server, timeout=0.3)  # queued behind it; the client gives up
             assert long.result().status_code == 200
         with server.client() as client:
-            deadline = time.monotonic() + 10
-            dropped = None
-            while time.monotonic() < deadline and not dropped:
-                text = client.get("/metrics").text
-                dropped = value(
-                    text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone"
-                )
-                time.sleep(0.1)
+            text = metrics_once_dropped(client)
+            dropped = value(
+                text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone"
+            )
             assert dropped == 1
             assert value(text, "convlstm_predicted_frames_total", model="convlstm") == 8
 
@@ -103,14 +113,10 @@ def test_abandoned_oip_request_is_dropped_before_the_model_and_counted() -> None
                 client.post("/v2/models/convlstm/infer", json=body)  # queued; gives up
             assert long.result().status_code == 200
         with server.client() as client:
-            deadline = time.monotonic() + 10
-            dropped = None
-            while time.monotonic() < deadline and not dropped:
-                text = client.get("/metrics").text
-                dropped = value(
-                    text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone"
-                )
-                time.sleep(0.1)
+            text = metrics_once_dropped(client)
+            dropped = value(
+                text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone"
+            )
             assert dropped == 1
             # Only the long request's eight frames were predicted.
             assert value(text, "convlstm_predicted_frames_total", model="convlstm") == 8
