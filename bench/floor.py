@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 
 from bench.server import REPO, free_port, serve
+from bench.workload import oip_binary_request
 from convlstm_card import card_path, read_card
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -71,19 +72,7 @@ def request_paths(model: Path) -> list[Path_]:
             }
         ]
     }
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": inp.name,
-                    "shape": [1, *shape],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": values.nbytes},
-                }
-            ],
-            "outputs": [{"name": out.name, "parameters": {"binary_data": True}}],
-        }
-    ).encode()
+    binary, binary_headers = oip_binary_request(inp.name, out.name, values[None])
     js = {"content-type": "application/json"}
     return [
         Path_("predict tensor (JSON, base64)", "/predict", json.dumps(predict).encode(), js),
@@ -93,11 +82,8 @@ def request_paths(model: Path) -> list[Path_]:
         Path_(
             "OIP infer, binary tensors",
             f"/v2/models/{name}/infer",
-            header + values.tobytes(),
-            {
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": str(len(header)),
-            },
+            binary,
+            binary_headers,
         ),
     ]
 

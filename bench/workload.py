@@ -4,7 +4,11 @@ sequence, and a request body of the right size. Nothing here assumes the demo mo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 from convlstm_card import ModelCard, card_path, read_card
 from service.api.examples import moving_square_frames
@@ -36,3 +40,27 @@ def example_frames(model: Path) -> list[str]:
     """PNG frames of a moving square, as many and as large as ``model``'s card says."""
     frames, height, width, _ = sequence_shape(read_card(card_path(model)))
     return moving_square_frames(frames, height, width)
+
+
+def oip_binary_request(
+    input_name: str, output_name: str, batch: NDArray[np.float32]
+) -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol request with the binary tensor extension: the JSON
+    header, then ``batch``'s raw bytes; the output asked for as raw bytes too."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": batch.nbytes},
+                }
+            ],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return header + batch.tobytes(), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }

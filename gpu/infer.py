@@ -47,6 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.workload import flops_per_sequence as _card_flops
+from bench.workload import oip_binary_request
 from convlstm_card import ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
@@ -277,26 +278,6 @@ def tensorrt_libraries() -> str | None:
 # --- the service under load: processes, so the load generator is not the bottleneck ---
 
 
-def _oip_body(card: dict[str, Any], x: NDArray[np.float32]) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": card["inputs"][0]["name"],
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": card["outputs"][0]["name"], "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    return header + x.tobytes(), {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
-
-
 def _load_worker(args: tuple[str, str, bytes, dict[str, str], int, float]) -> dict[str, Any]:
     import asyncio
 
@@ -399,7 +380,9 @@ def load_service(
         out["readyz"] = ready
         if ready.get("provider") != plan.provider and not plan.allow_cpu:
             raise FellBack(f"the service runs on {ready.get('provider')}: {ready}")
-        body, headers = _oip_body(card, inputs(card, 1))
+        body, headers = oip_binary_request(
+            card["inputs"][0]["name"], card["outputs"][0]["name"], inputs(card, 1)
+        )
         path = f"/v2/models/{card['name']}/infer"
         with server.client() as c:
             r = c.post(path, content=body, headers=headers)
