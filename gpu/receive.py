@@ -32,17 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu.pack import PLATFORM_ARGS
-
-MIB = 1024 * 1024
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
+from gpu.pack import MIB, PLATFORM_ARGS, sha256_of
 
 
 def receive(pack: Path, stage: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
