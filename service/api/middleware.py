@@ -21,8 +21,12 @@ from service.registry import ModelRegistry
 access_log = logging.getLogger("service.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
-# Monitoring polls these; counting them would drown the request metrics.
-UNOBSERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Monitoring polls these; counting them would drown the request metrics. They also answer
+# while draining: liveness stays true (a draining pod must not be restarted) and the
+# readiness routes say "not ready" themselves.
+UNOBSERVED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 # The demo page's static files: a page load fetches dozens.
 UNOBSERVED_PREFIX = "/web/"
 

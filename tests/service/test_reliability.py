@@ -140,10 +140,15 @@ def test_sigterm_finishes_accepted_requests_and_exits_zero() -> None:
                 server.process.send_signal(signal.SIGTERM)
                 time.sleep(0.2)
                 ready = client.get("/readyz")
+                oip_live = client.get("/v2/health/live")
+                oip_ready = client.get("/v2/health/ready")
                 refused = client.post("/predict", json={"frames": FRAMES})
             results = [f.result() for f in accepted]
         assert ready.status_code == 503
         assert ready.json()["error"]["message"] == "the service is shutting down"
+        # Liveness stays up while draining; OIP readiness answers for itself.
+        assert oip_live.status_code == 200 and oip_live.json() == {"live": True}
+        assert oip_ready.status_code == 503 and oip_ready.json() == {"ready": False}
         assert refused.status_code == 503 and refused.json()["error"]["type"] == "shutting_down"
         assert [r.status_code for r in results] == [200, 200, 200]
         assert all(len(r.json()["frames"]) == 3 for r in results)
