@@ -392,7 +392,7 @@ class ModelRegistry:
                         self._publish(name, {})
                     continue
                 stamps = tuple(sorted(sources.values(), key=lambda s: s.version))
-                if name in self.failed and self._failed_stamps.get(name) == stamps:
+                if self._failed_stamps.get(name) == stamps:
                     continue  # failed before, files unchanged: no retry, no log spam
                 problem = await self._sync(name, sources, only_changes=True)
                 if problem is not None:
