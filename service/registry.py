@@ -18,9 +18,11 @@ logged, counted and returned to the control call.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -141,6 +143,18 @@ def load_model(
     return ServedModel(runner, task)
 
 
+def release_free_memory() -> None:
+    """Hand the heap pages a released session freed back to the system. glibc keeps
+    freed memory in its per-thread arenas for reuse, so without this the RSS after an
+    unload stays where it was and repeated loads fragment it (bench/swap.py measures
+    it). A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ModelRegistry:
     """The served models by name and version, and whether the service takes new work."""
 
@@ -160,8 +174,9 @@ class ModelRegistry:
         self.draining = False
         # The last failed load of each (name, version), while the name may still serve.
         self.load_errors: dict[tuple[str, str], str] = {}
-        # Versions replaced or unloaded whose queue is still being drained.
-        self.unloading: dict[tuple[str, str], ServedModel] = {}
+        # Versions replaced or unloaded whose queue is still being drained (None once
+        # stopped, until its memory is back).
+        self.unloading: dict[tuple[str, str], ServedModel | None] = {}
         self._sources: dict[tuple[str, str], ModelSource] = {}
         # The directory as last scanned, and each failed name's files when it failed, so
         # that a poll retries a failed model only once its files change.
@@ -235,8 +250,9 @@ class ModelRegistry:
         for versions in self.versions.values():
             for model in versions.values():
                 await model.runner.stop()
-        for model in self.unloading.values():
-            await model.runner.stop()
+        for retired in self.unloading.values():
+            if retired is not None:
+                await retired.runner.stop()
 
     # -- look-up ------------------------------------------------------------------------
 
@@ -522,18 +538,32 @@ class ModelRegistry:
             or any(m.runner.scheduler.queued or m.runner.scheduler.running for m in retired)
         ):
             await asyncio.sleep(0.01)
-        for model in retired:
+        keys: list[tuple[str, str]] = []
+        sessions: list[weakref.ref[OnnxSession]] = []
+        while retired:
+            model = retired.pop()
             await model.runner.stop()
-            key = (model.info.name, model.info.version)
-            if self.unloading.get(key) is model:
-                del self.unloading[key]
             self._unpublish_metrics(model)
             self.metrics.model_loads.labels(model.info.name, "unloaded").inc()
-            log.info("model %s %s unloaded", model.info.name, model.info.version)
-        retired.clear()
-        # The session's memory goes back when the runner is collected; the runner and its
-        # scheduler refer to each other, so only the cycle collector frees them.
-        gc.collect()
+            key = (model.info.name, model.info.version)
+            if self.unloading.get(key) is model:
+                # Still listed as unloading until its memory is back, but no longer held.
+                self.unloading[key] = None
+                keys.append(key)
+            sessions.append(weakref.ref(model.runner.session))
+            del model
+        # The session's memory goes back when the runner is collected: the runner and its
+        # scheduler refer to each other, and the stopped workers' tasks let go of them a
+        # loop turn later, so collect until every session is gone (a second at most).
+        until = time.monotonic() + 1.0
+        while any(s() is not None for s in sessions) and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+            gc.collect()
+        release_free_memory()
+        for key in keys:
+            if key in self.unloading and self.unloading[key] is None:
+                del self.unloading[key]
+            log.info("model %s %s unloaded", *key)
 
     def _point_queue_gauge(self, name: str) -> None:
         """The queue gauge follows the version a request naming none gets."""
