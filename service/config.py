@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     ``all`` every version in the directory. A request naming no version gets the
     highest, or the pinned one."""
 
-    pinned_versions: dict[str, str] = Field(default_factory=dict)
+    pinned_versions: dict[str, str] = {}
     """The version each model serves by default instead of its highest, e.g.
     ``CONVLSTM_PINNED_VERSIONS='{"convlstm": "2"}'``."""
 

@@ -281,3 +281,17 @@ async def test_poll_follows_the_directory(repo: Path, quick_poll: Settings) -> N
         shutil.rmtree(repo / "other")
         await until(lambda rows: all(r["name"] != "other" for r in rows))
         assert (await client.get("/v2/models/other/ready")).status_code == 404
+
+
+def test_repository_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVLSTM_MODEL_CONTROL", "poll")
+    monkeypatch.setenv("CONVLSTM_PINNED_VERSIONS", '{"convlstm": "2"}')
+    s = Settings()
+    assert (s.model_control, s.pinned_versions, s.version_policy) == (
+        "poll",
+        {"convlstm": "2"},
+        "latest",
+    )
+    monkeypatch.setenv("CONVLSTM_MODEL_CONTROL", "always")
+    with pytest.raises(ValueError, match="model_control"):
+        Settings()
