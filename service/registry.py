@@ -197,6 +197,23 @@ class ModelRegistry:
         """Requests being answered, counted by the HTTP layer; a drain waits for them."""
         return sum(self._requests.values())
 
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        # ``registry.in_flight += 1`` as before epochs existed: counted in the current
+        # epoch; a decrease ends the oldest requests first. ``request_began`` and
+        # ``request_ended`` say precisely which request ended.
+        delta = value - self.in_flight
+        if delta > 0:
+            self._requests[self._epoch] += delta
+        for epoch in sorted(self._requests):
+            if delta >= 0:
+                break
+            taken = min(-delta, self._requests[epoch])
+            self._requests[epoch] -= taken
+            delta += taken
+            if self._requests[epoch] <= 0:
+                del self._requests[epoch]
+
     def request_began(self) -> int:
         """Count a request in; the token to give ``request_ended``."""
         self._requests[self._epoch] += 1

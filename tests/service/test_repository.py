@@ -295,3 +295,21 @@ def test_repository_settings_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CONVLSTM_MODEL_CONTROL", "always")
     with pytest.raises(ValueError, match="model_control"):
         Settings()
+
+
+def test_requests_are_counted_by_epoch() -> None:
+    """A swap waits only for the requests that began before it; the old ``in_flight``
+    arithmetic still counts."""
+    from service.metrics import Metrics
+    from service.registry import ModelRegistry
+
+    registry = ModelRegistry(Settings(), Metrics())
+    before = registry.request_began()
+    registry._epoch += 1  # what a swap does
+    after = registry.request_began()
+    assert registry.in_flight == 2 and registry._busy_before(before)
+    registry.request_ended(before)
+    assert not registry._busy_before(before) and registry.in_flight == 1
+    registry.in_flight += 2
+    registry.in_flight -= 3
+    assert registry.in_flight == 0 and not registry._busy_before(after)
