@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import logging
 import time
-import weakref
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -556,27 +554,21 @@ class ModelRegistry:
         ):
             await asyncio.sleep(0.01)
         keys: list[tuple[str, str]] = []
-        sessions: list[weakref.ref[OnnxSession]] = []
         while retired:
             model = retired.pop()
             await model.runner.stop()
+            # Its memory goes back now, by reference counting; the runner and scheduler
+            # around it (small, and referring to each other) are left to the collector.
+            model.runner.session.close()
             self._unpublish_metrics(model)
             self.metrics.model_loads.labels(model.info.name, "unloaded").inc()
             key = (model.info.name, model.info.version)
             if self.unloading.get(key) is model:
-                # Still listed as unloading until its memory is back, but no longer held.
+                # Listed as unloading until its memory is handed back, but no longer held.
                 self.unloading[key] = None
                 keys.append(key)
-            sessions.append(weakref.ref(model.runner.session))
             del model
-        # The session's memory goes back when the runner is collected: the runner and its
-        # scheduler refer to each other, and the stopped workers' tasks let go of them a
-        # loop turn later, so collect until every session is gone (a second at most).
-        until = time.monotonic() + 1.0
-        while any(s() is not None for s in sessions) and time.monotonic() < until:
-            await asyncio.sleep(0.01)
-            gc.collect()
-        release_free_memory()
+        await anyio.to_thread.run_sync(release_free_memory)
         for key in keys:
             if key in self.unloading and self.unloading[key] is None:
                 del self.unloading[key]
