@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import shutil
+import weakref
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -140,6 +141,7 @@ async def test_load_swaps_to_the_new_version_and_releases_the_old(repo: Path) ->
             {"name": FLAT, "version": "1.0.0", "state": "READY", "reason": ""},
             {"name": SEQ, "version": "1", "state": "READY", "reason": ""},
         ]
+        old = weakref.ref(app.state.registry.models[SEQ].runner.session._session)
         add_version(repo, SEQ, 2)
         r = await client.post(f"/v2/repository/models/{SEQ}/load", json={})
         assert r.status_code == 200, r.text
@@ -147,6 +149,7 @@ async def test_load_swaps_to_the_new_version_and_releases_the_old(repo: Path) ->
         answer = await infer(client, f"/v2/models/{SEQ}/infer")
         assert answer.json()["model_version"] == "2"
         rows = await drained(client)
+        assert old() is None  # its onnxruntime session, and its memory, are gone
         assert [r for r in rows if r["name"] == SEQ] == [
             {"name": SEQ, "version": "2", "state": "READY", "reason": ""}
         ]
