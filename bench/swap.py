@@ -121,11 +121,6 @@ class ClosedLoop:
             for t in threads:
                 t.join()
 
-    def wait(self) -> None:
-        """Until ``max_requests`` have been answered (or failed)."""
-        while len(self.answers) + self.transport_errors < self.max_requests:
-            time.sleep(0.01)
-
 
 def request_for(graph: Path) -> tuple[bytes, dict[str, str]]:
     card = read_card(card_path(graph))
