@@ -21,6 +21,7 @@ from service.api.error_responses import OIP_PREFIX
 from service.api.lifecycle import until_client_leaves
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
+from service.model_repository import version_order
 from service.registry import ModelRegistry, ServedModel
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
@@ -125,7 +126,10 @@ def _metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[s
     return {
         "name": info.name,
         # Every version served, the one a request naming none gets first.
-        "versions": [info.version, *sorted(v for v in served if v != info.version)],
+        "versions": [
+            info.version,
+            *sorted((v for v in served if v != info.version), key=version_order),
+        ],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": info.input_name, "datatype": "FP32", "shape": _dims(info.input_shape)}],
         "outputs": [
