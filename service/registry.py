@@ -398,6 +398,8 @@ class ModelRegistry:
                 raise self.unknown(name)
             self.failed.pop(name, None)
             self._failed_stamps.pop(name, None)
+            for key in [k for k in self.load_errors if k[0] == name]:
+                del self.load_errors[key]
             self._unloaded.add(name)
             self._publish(name, {})
 
@@ -482,15 +484,16 @@ class ModelRegistry:
             except Exception as err:
                 for model in loaded:  # all or nothing: the name keeps what it had
                     await model.runner.stop()
+                    model.runner.session.close()
                     self._unpublish_metrics(model)
                 self._point_queue_gauge(name)
                 return self._record_failure(name, source.version, str(source.path), err)
             loaded.append(model)
             new[source.version] = model
-            self._sources[(name, source.version)] = source
         if only_changes and not loaded and set(new) == set(current):
             return None
         for source in wanted:
+            self._sources[(name, source.version)] = source
             self.load_errors.pop((name, source.version), None)
         self.failed.pop(name, None)
         self._failed_stamps.pop(name, None)

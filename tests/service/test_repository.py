@@ -316,3 +316,22 @@ def test_requests_are_counted_by_epoch() -> None:
     registry.in_flight += 2
     registry.in_flight -= 3
     assert registry.in_flight == 0 and not registry._busy_before(after)
+
+
+async def test_a_failed_load_under_policy_all_changes_no_version(repo: Path) -> None:
+    """Version 1 rewritten and a broken version 2 added: the load fails as a whole, so
+    the old version 1 keeps serving; once 2 is fixed, the same load brings both."""
+    async with serving(settings(repo, version_policy="all")) as (app, client):
+        registry = app.state.registry
+        first = registry.versions[SEQ]["1"]
+        shutil.rmtree(repo / SEQ / "1")
+        add_version(repo, SEQ, 1)  # the same graph, rewritten: a new stamp
+        add_version(repo, SEQ, 2, broken="graph")
+        assert (await client.post(f"/v2/repository/models/{SEQ}/load")).status_code == 400
+        assert registry.versions[SEQ] == {"1": first}
+        shutil.rmtree(repo / SEQ / "2")
+        add_version(repo, SEQ, 2)
+        assert (await client.post(f"/v2/repository/models/{SEQ}/load")).status_code == 200
+        assert set(registry.versions[SEQ]) == {"1", "2"}
+        assert registry.versions[SEQ]["1"] is not first  # reloaded: its file changed
+        assert [r["version"] for r in await drained(client) if r["name"] == SEQ] == ["1", "2"]
