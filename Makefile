@@ -18,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env
+.PHONY: run check test browser bench bench-swap soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ model: $(STAMP)
 # loopback only; results under bench/results/.
 bench: $(STAMP)
 	$(PY) -m bench.suite
+
+# Model versions swapped under load, and unload/load cycles (about 2 minutes on a 2-core
+# CPU); bench/results/swap.md.
+bench-swap: $(STAMP)
+	$(PY) -m bench.swap
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import signal
 import socket
 import sys
 import time
@@ -47,10 +48,20 @@ class DrainingServer(uvicorn.Server):
         self.registry = registry
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rescans: set[asyncio.Task[None]] = set()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        # SIGHUP rescans the model directory (model_control explicit or poll), as a
+        # config reload does for most daemons; uvicorn leaves this signal alone.
+        self._loop.add_signal_handler(signal.SIGHUP, self._rescan)
         await super().serve(sockets)
+
+    def _rescan(self) -> None:
+        log.info("SIGHUP: rescanning the model directory")
+        task = asyncio.ensure_future(self.registry.rescan())
+        self._rescans.add(task)
+        task.add_done_callback(self._rescans.discard)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None:

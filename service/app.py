@@ -14,6 +14,7 @@ from service.api.error_responses import add_error_handlers
 from service.api.examples import follow_default_model
 from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
+from service.api.repository import router as repository_router
 from service.api.routes import router
 from service.api.web import mount_web
 from service.config import Settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.include_router(router)
     app.include_router(oip_router)
+    app.include_router(repository_router)
     mount_web(app)
     follow_default_model(app, registry)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -12,6 +12,8 @@ from convlstm_card import card_path
 
 Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
 PadBatches = Literal["auto", "on", "off"]
+ModelControl = Literal["none", "explicit", "poll"]
+VersionPolicy = Literal["latest", "all"]
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,26 @@ class Settings(BaseSettings):
     model failing always stops it). ``false``: it is skipped with one log line naming the
     file and the reason, and listed under ``failed`` in ``/readyz`` and ``/v1/models``
     while the others serve; ``true``: start-up stops, as Triton's ``--exit-on-error``."""
+
+    model_control: ModelControl = "none"
+    """Changing models while serving, with Triton's names: ``none`` serves what start-up
+    loaded; ``explicit`` also takes ``POST /v2/repository/models/{name}/load`` and
+    ``/unload`` (behind the API key) and rescans the models it serves on SIGHUP; ``poll``
+    rescans the whole directory every ``repository_poll_s`` and on SIGHUP, loading what
+    appeared or changed and unloading what went away."""
+
+    repository_poll_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """With ``model_control=poll``: seconds between two scans of the model directory."""
+
+    version_policy: VersionPolicy = "latest"
+    """Which numbered versions of a model (``NAME/VERSION/model.onnx``) serve: ``latest``
+    only the highest (or the pinned one), so loading a new version replaces the old;
+    ``all`` every version in the directory. A request naming no version gets the
+    highest, or the pinned one."""
+
+    pinned_versions: dict[str, str] = {}
+    """The version each model serves by default instead of its highest, e.g.
+    ``CONVLSTM_PINNED_VERSIONS='{"convlstm": "2"}'``."""
 
     strict_readiness: bool = False
     """``/readyz`` and ``/v2/health/ready`` answer 503 while any model in the directory

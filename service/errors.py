@@ -80,6 +80,28 @@ class ModelLoadError(ServiceError):
     error_type = "model_load_error"
 
 
+class ModelNotLoaded(ServiceError):
+    """A control call asked to load a model that cannot be served; whatever served
+    under its name still does (Triton answers a failed load with 400 too)."""
+
+    status_code = 400
+    error_type = "model_load_failed"
+
+
+class ModelControlOff(ServiceError):
+    """A control call the ``model_control`` setting does not allow."""
+
+    status_code = 403
+    error_type = "model_control_off"
+
+
+class ModelInUse(ServiceError):
+    """A control call that would leave the service without its default model."""
+
+    status_code = 409
+    error_type = "model_in_use"
+
+
 class ClientGone(ServiceError):
     """The client disconnected; nginx's 499, so that metrics and logs can tell."""
 

@@ -79,6 +79,19 @@ class Metrics:
             ["model", "version", "sha256", "provider"],
             registry=r,
         )
+        self.model_loads = Counter(
+            "convlstm_model_loads",
+            "Model versions loaded, failed to load, or unloaded, by model and outcome.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "convlstm_model_load_duration_seconds",
+            "Time to load and warm up one model version, by model.",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+            registry=r,
+        )
         self.ready = Gauge(
             "convlstm_ready", "1 when the model is loaded and warmed up, else 0.", registry=r
         )

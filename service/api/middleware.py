@@ -109,16 +109,17 @@ class RequestObserver:
             return
         metrics = self.registry.metrics
         start = time.perf_counter()
+        epoch = 0
         if observed:
             metrics.in_flight.inc()
-            self.registry.in_flight += 1
+            epoch = self.registry.request_began()
         try:
             await self.app(scope, receive, tagged_send)
         finally:
             if observed:
                 elapsed = time.perf_counter() - start
                 metrics.in_flight.dec()
-                self.registry.in_flight -= 1
+                self.registry.request_ended(epoch)
                 route, method = _route_template(scope), scope["method"]
                 metrics.requests.labels(route, method, str(status)).inc()
                 metrics.request_seconds.labels(route, method).observe(elapsed)

@@ -21,12 +21,13 @@ from service.api.error_responses import OIP_PREFIX
 from service.api.lifecycle import until_client_leaves
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
-from service.registry import ServedModel
+from service.model_repository import version_order
+from service.registry import ModelRegistry, ServedModel
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_NAME = "convlstm-serve"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 # Datatypes a client may send: FP32 values in [0, 1], or UINT8 pixels scaled by 1/255.
 INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 
@@ -68,7 +69,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 _WHY = {
     400: "the request could not be parsed",
     401: "an API key is configured and the request did not carry it",
-    404: "no served model has that name",
+    403: "model control is off (CONVLSTM_MODEL_CONTROL)",
+    404: "no served model (or version) has that name",
+    409: "the default model cannot be unloaded",
     413: "the body is larger than the configured limit",
     422: "the request is well-formed but its tensors do not fit the model",
     503: "the queue is full, or the server is loading or shutting down",
@@ -104,10 +107,29 @@ async def ready(registry: RegistryDep) -> Response:
     responses=_errors(400, 401, 404, 503),
 )
 async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
-    info = registry.lookup(name).info
+    return _metadata(registry, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata of one version",
+    dependencies=[Depends(require_api_key)],
+    responses=_errors(400, 401, 404, 503),
+)
+async def version_metadata(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
+    return _metadata(registry, name, version)
+
+
+def _metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
+    info = registry.lookup(name, version).info
+    served = registry.versions.get(info.name, {})
     return {
         "name": info.name,
-        "versions": [info.version],
+        # Every version served, the one a request naming none gets first.
+        "versions": [
+            info.version,
+            *sorted((v for v in served if v != info.version), key=version_order),
+        ],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": info.input_name, "datatype": "FP32", "shape": _dims(info.input_shape)}],
         "outputs": [
@@ -118,14 +140,13 @@ async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
     }
 
 
-@router.get(
-    "/models/{name}/ready",
-    summary="Model readiness",
-    responses={
-        **_errors(400, 404),
-        503: {"description": "not ready", "content": {"application/json": {}}},
-    },
-)
+_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_errors(400, 404),
+    503: {"description": "not ready", "content": {"application/json": {}}},
+}
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", responses=_READY_RESPONSES)
 async def model_ready(name: str, registry: RegistryDep) -> Response:
     if name in registry.failed:
         return JSONResponse(status_code=503, content={"name": name, "ready": False})
@@ -136,26 +157,62 @@ async def model_ready(name: str, registry: RegistryDep) -> Response:
     return JSONResponse({"name": name, "ready": True})
 
 
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Readiness of one version",
+    responses=_READY_RESPONSES,
+)
+async def version_ready(name: str, version: str, registry: RegistryDep) -> Response:
+    state = registry.version_state(name, version)
+    if state is None:
+        if name not in registry.models and name not in registry.failed:
+            raise registry.unknown(name)
+        registry.lookup(name, version)  # 404 naming the versions served
+    ready = state == "READY" and registry.ready
+    body = {"name": name, "version": version, "ready": ready}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}},
+    **_errors(400, 401, 404, 413, 422, 503, 504),
+}
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": InferRequest.model_json_schema()},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
 @router.post(
     "/models/{name}/infer",
     summary="Inference: JSON tensors, or JSON header + binary tensors",
     dependencies=[Depends(require_api_key)],
-    responses={
-        200: {"content": {"application/octet-stream": {}}},
-        **_errors(400, 401, 404, 413, 422, 503, 504),
-    },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": InferRequest.model_json_schema()},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    },
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
 )
 async def infer(name: str, request: Request, registry: RegistryDep) -> Response:
-    model = registry.lookup(name)
+    return await _infer(registry.lookup(name), request)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference by one version: as /models/{name}/infer",
+    dependencies=[Depends(require_api_key)],
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+async def version_infer(
+    name: str, version: str, request: Request, registry: RegistryDep
+) -> Response:
+    return await _infer(registry.lookup(name, version), request)
+
+
+async def _infer(model: ServedModel, request: Request) -> Response:
     raw = await request.body()
     header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
     req = parse_request(header)

@@ -176,7 +176,7 @@ async def predict(
     registry: RegistryDep,
     http: Request,
 ) -> NextFrameResponse:
-    model = registry.lookup(request.model)
+    model = registry.lookup(request.model, request.model_version)
     task = model.task
     if not isinstance(task, NextFrameTask):
         card = model.info.card

@@ -46,6 +46,12 @@ class NextFrameRequest(BaseModel):
         description="which served model answers (GET /v1/models lists them); the default "
         "model when left out",
     )
+    model_version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="which served version of the model answers (POST /v2/repository/index "
+        "lists them); the highest, or the pinned one, when left out",
+    )
     horizon: int = Field(
         default=1,
         description="frames to predict; each prediction is fed back in as the newest frame "

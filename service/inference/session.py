@@ -11,7 +11,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.config import PadBatches, Provider
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,15 @@ class OnnxSession:
         pad = pad_batches == "on" or (pad_batches == "auto" and self.provider in GPU_PROVIDERS)
         self.buckets: tuple[int, ...] = batch_buckets(max_batch) if pad and dynamic_batch else ()
 
+    def close(self) -> None:
+        """Let go of the onnxruntime session, and so of its memory, now: not whenever the
+        cycle collector reaches this object's owners (a full collection stops the event
+        loop for 100 ms and more). ``run`` is refused afterwards."""
+        self._session = None
+
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        if self._session is None:
+            raise ShuttingDown("this model version was unloaded")
         n = len(batch)
         size = next((b for b in self.buckets if b >= n), n)
         if size > n:
