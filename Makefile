@@ -80,7 +80,7 @@ container-tools:
 
 compose-test: $(STAMP) container-tools
 	$(COMPOSE_ENV) tests/containers/build.sh
-	$(COMPOSE_ENV) COMPOSE_TEST=1 $(PY) -m pytest tests/containers -q -p no:cacheprovider
+	$(COMPOSE_ENV) COMPOSE_TEST=1 $(PY) -m pytest tests/containers -q -s -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests

@@ -426,6 +426,15 @@ def test_healthcheck_uses_only_flags_every_builder_knows(
     assert flags <= PORTABLE_HEALTHCHECK_FLAGS, flags - PORTABLE_HEALTHCHECK_FLAGS
 
 
+def test_compose_health_checks_use_only_keys_every_engine_knows(compose: dict[str, Any]) -> None:
+    # start_interval: Docker Compose refuses it on engines before 25; podman-compose passes
+    # it as --health-startup-interval, which podman 4 does not know.
+    portable = {"test", *(f.replace("-", "_") for f in PORTABLE_HEALTHCHECK_FLAGS)}
+    for name in SERVERS:
+        keys = set(compose["services"][name]["healthcheck"])
+        assert keys <= portable, (name, keys - portable)
+
+
 def test_health_check_commands_fail_until_ready(
     stages: dict[str, Stage], compose: dict[str, Any], readiness_server: ThreadingHTTPServer
 ) -> None:
