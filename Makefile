@@ -18,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench bench-swap soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env
+.PHONY: run check test browser bench bench-swap soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,23 @@ test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck browser
 # install it when missing; otherwise those tests skip and say why.
 browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || echo "no /usr/bin/chromium and not root: the browser tests will skip"
+
+# `docker compose up` for real, with podman: builds the train and runtime-cpu images
+# (tests/containers/build.sh; a stand-in python:3.11-slim-bookworm from Debian packages
+# where no registry answers), then runs docker-compose.yml with deploy/compose/cpu.yml and
+# checks the running service (tests/containers/test_compose.py). As root, installs Debian's
+# podman, runc and mmdebstrap when missing; otherwise it fails and says what is missing.
+COMPOSE_ENV := CONTAINERS_CONF=$(CURDIR)/tests/containers/containers.conf
+
+container-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends podman runc mmdebstrap uidmap; } \
+		|| { echo "compose-test needs podman, runc and mmdebstrap: apt-get install them as root" >&2; exit 1; }
+
+compose-test: $(STAMP) container-tools
+	$(COMPOSE_ENV) tests/containers/build.sh
+	$(COMPOSE_ENV) COMPOSE_TEST=1 $(PY) -m pytest tests/containers -q -s -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests

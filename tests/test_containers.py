@@ -412,6 +412,29 @@ def readiness_server() -> Iterator[ThreadingHTTPServer]:
     server.server_close()
 
 
+# Every builder knows these; Docker before 25 and podman 4's builder (buildah) reject
+# --start-interval ("flag provided but not defined"), so the image would not build there.
+PORTABLE_HEALTHCHECK_FLAGS = {"interval", "timeout", "start-period", "retries"}
+
+
+@pytest.mark.parametrize("stage", RUNTIME_STAGES)
+def test_healthcheck_uses_only_flags_every_builder_knows(
+    stages: dict[str, Stage], stage: str
+) -> None:
+    options = stages[stage].one("HEALTHCHECK").split(" CMD ", 1)[0].split()
+    flags = {o.removeprefix("--").split("=")[0] for o in options}
+    assert flags <= PORTABLE_HEALTHCHECK_FLAGS, flags - PORTABLE_HEALTHCHECK_FLAGS
+
+
+def test_compose_health_checks_use_only_keys_every_engine_knows(compose: dict[str, Any]) -> None:
+    # start_interval: Docker Compose refuses it on engines before 25; podman-compose passes
+    # it as --health-startup-interval, which podman 4 does not know.
+    portable = {"test", *(f.replace("-", "_") for f in PORTABLE_HEALTHCHECK_FLAGS)}
+    for name in SERVERS:
+        keys = set(compose["services"][name]["healthcheck"])
+        assert keys <= portable, (name, keys - portable)
+
+
 def test_health_check_commands_fail_until_ready(
     stages: dict[str, Stage], compose: dict[str, Any], readiness_server: ThreadingHTTPServer
 ) -> None:
@@ -511,6 +534,29 @@ def test_prometheus_scrapes_the_servers_metrics(
     assert job["metrics_path"] in get_routes and job["metrics_path"] == "/metrics"
     targets = [t for group in job["static_configs"] for t in group["targets"]]
     assert sorted(targets) == sorted(f"{name}:{settings.port}" for name in SERVERS)
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's own YAML tags: ``!reset`` drops a key of the files before."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+def test_cpu_override_runs_the_default_service_on_the_cpu_image(
+    compose: dict[str, Any], settings: Any
+) -> None:
+    text = (REPO / "deploy" / "compose" / "cpu.yml").read_text()
+    override = yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 (a SafeLoader)
+    (name,) = override["services"]
+    service = override["services"][name]
+    assert name == "convlstm" and service["deploy"] == "!reset"
+    assert service["build"]["target"] == "runtime-cpu"
+    assert service["image"] == compose["services"]["convlstm-cpu"]["image"]
+    assert service["environment"] == {"CONVLSTM_PROVIDER": "cpu", "CONVLSTM_REQUIRE_GPU": "false"}
+    assert all(
+        hasattr(settings, k.removeprefix("CONVLSTM_").lower()) for k in service["environment"]
+    )
 
 
 # -- .dockerignore and README ---------------------------------------------------------------
