@@ -7,8 +7,12 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_export.model import VARIANTS
+
+if TYPE_CHECKING:
+    from model_export.export_any import SeriesOptions
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -145,6 +149,7 @@ def _export_keras(args: argparse.Namespace) -> int:
             task=args.task,
             value_range=tuple(args.range),
             data=args.data,
+            series=_series_options(args),
         )
     except ExportError as err:
         print(f"export failed: {err}", file=sys.stderr)
@@ -157,6 +162,27 @@ def _export_keras(args: argparse.Namespace) -> int:
         f"parity max |diff| {parity.get('max_abs_diff', float('nan')):.2e}, sha256 {card.sha256}"
     )
     return 0
+
+
+def _series_options(args: argparse.Namespace) -> SeriesOptions | None:
+    """The series flags as ``SeriesOptions``; ``None`` when none was given."""
+    from convlstm_card import SeriesScaling
+    from model_export.export_any import ExportError, SeriesOptions
+
+    given = [args.frequency, args.target, args.feature_names, args.offset, args.scale]
+    if all(v is None for v in given):
+        return None
+    scaling = None
+    if (args.offset is None) != (args.scale is None):
+        raise ExportError("--offset and --scale go together: model = (value - offset) / scale")
+    if args.offset is not None:
+        scaling = SeriesScaling(kind="affine", offset=args.offset, scale=args.scale)
+    return SeriesOptions(
+        frequency=args.frequency,
+        targets=args.target,
+        feature_names=args.feature_names,
+        scaling=scaling,
+    )
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -302,6 +328,25 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --keras: .npy or .npz input sequences to check parity on as well",
     )
+    e.add_argument(
+        "--frequency", help="with --task series: the step between rows (week, W, year, ...)"
+    )
+    e.add_argument(
+        "--target",
+        type=int,
+        nargs="+",
+        help="with --task series: the feature columns the output forecasts (default: 0, "
+        "or every feature for an (h, F) output)",
+    )
+    e.add_argument("--feature-names", nargs="+", help="with --task series: one per feature")
+    e.add_argument(
+        "--offset",
+        type=float,
+        nargs="+",
+        help="with --task series: per feature, model = (value - offset) / scale "
+        "(default: the model takes raw units)",
+    )
+    e.add_argument("--scale", type=float, nargs="+", help="with --task series: per feature")
     e.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
     e.add_argument("--opset", type=int, default=17)
     e.add_argument(

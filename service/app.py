@@ -15,6 +15,7 @@ from service.api.examples import follow_default_model
 from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
 from service.api.routes import router
+from service.api.timeseries import router as timeseries_router
 from service.api.web import mount_web
 from service.config import Settings
 from service.metrics import Metrics
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.include_router(router)
     app.include_router(oip_router)
+    app.include_router(timeseries_router)
     mount_web(app)
     follow_default_model(app, registry)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
