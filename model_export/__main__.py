@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {summary,train,export,quantize,check,evaluate}``."""
+"""Command line: ``python -m model_export {summary,train,export,series,quantize,check,evaluate}``."""
 
 from __future__ import annotations
 
@@ -185,6 +185,21 @@ def _series_options(args: argparse.Namespace) -> SeriesOptions | None:
     )
 
 
+def _series(args: argparse.Namespace) -> int:
+    from model_export.series_train import TrainConfig, run
+
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    rows = run(args.data, args.models, cfg)
+    for row in rows:
+        print(
+            f"{row.data:9s} {row.model:22s} params {row.params:6d}  mean MASE "
+            f"{row.scores.mean_mase:.3f}  mean sMAPE {row.scores.mean_smape:6.2f}%  "
+            f"{row.latency_ms:.3f} ms"
+        )
+    print(f"{args.models / 'RESULTS.md'}: the table")
+    return 0
+
+
 def _quantize(args: argparse.Namespace) -> int:
     from model_export.quantize import QuantizationError, int8_path, quantize
 
@@ -355,6 +370,21 @@ def parser() -> argparse.ArgumentParser:
         help="keep the existing card's evaluation (a new graph of the same checkpoint)",
     )
     e.set_defaults(func=_export)
+
+    from model_export.series_data import DATASETS
+
+    r = sub.add_parser(
+        "series",
+        help="train, export and compare the series models on real data (statsmodels')",
+        description="The four series networks by one loop, the baselines, rolling-origin "
+        "evaluation on the held-out tail; writes --models/{data}_{model}.onnx + cards and "
+        "RESULTS.md.",
+    )
+    r.add_argument("--data", choices=DATASETS, nargs="+", default=list(DATASETS))
+    r.add_argument("--models", type=Path, default=Path("models/series"))
+    r.add_argument("--epochs", type=int, default=60, help="at most; early stopping on validation")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=_series)
 
     q = sub.add_parser(
         "quantize", help="the int8 variant of the ConvLSTM graph (opt-in; float32 stays default)"
