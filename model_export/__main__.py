@@ -189,7 +189,7 @@ def _series(args: argparse.Namespace) -> int:
     from model_export.series_train import TrainConfig, run
 
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    rows = run(args.data, args.models, cfg)
+    rows = run(args.data, args.models, cfg, args.samples)
     for row in rows:
         print(
             f"{row.data:9s} {row.model:22s} params {row.params:6d}  mean MASE "
@@ -384,6 +384,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--models", type=Path, default=Path("models/series"))
     r.add_argument("--epochs", type=int, default=60, help="at most; early stopping on validation")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--samples",
+        type=Path,
+        default=Path("service/web/samples/series.json"),
+        help="the demo page's series samples (history and held-out truth) are written here",
+    )
     r.set_defaults(func=_series)
 
     q = sub.add_parser(

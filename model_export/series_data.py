@@ -35,6 +35,8 @@ class SeriesData:
     test_steps: int
     """The held-out tail: forecast origins lie in the last ``test_steps`` rows."""
     source: str
+    dates: list[str]
+    """The ISO 8601 date of each row."""
 
     @property
     def window(self) -> int:
@@ -87,6 +89,7 @@ def load(name: str) -> SeriesData:
             horizon=4,
             test_steps=260,
             source="statsmodels.datasets.co2 (weekly, 1958-2001; 59 NaNs interpolated in time)",
+            dates=[d.date().isoformat() for d in frame.index],
         )
     if name == "sunspots":
         frame = sm.datasets.sunspots.load_pandas().data
@@ -102,6 +105,7 @@ def load(name: str) -> SeriesData:
             horizon=4,
             test_steps=50,
             source="statsmodels.datasets.sunspots (yearly, 1700-2008)",
+            dates=[f"{int(y):04d}-01-01" for y in frame["YEAR"]],
         )
     if name == "macro":
         frame = sm.datasets.macrodata.load_pandas().data
@@ -122,6 +126,10 @@ def load(name: str) -> SeriesData:
             test_steps=40,
             source="statsmodels.datasets.macrodata (quarterly, 1959-2009): unemployment, "
             "real GDP growth (100 * log difference), inflation",
+            dates=[
+                f"{int(y):04d}-{3 * int(q) - 2:02d}-01"
+                for y, q in zip(frame["year"][1:], frame["quarter"][1:], strict=True)
+            ],
         )
     raise ValueError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
 

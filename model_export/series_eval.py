@@ -13,13 +13,16 @@ from numpy.typing import NDArray
 
 from model_export.series_data import SeriesData
 
-SARIMAX_ORDERS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int, int], str]] = {
-    # (order, seasonal order, trend): the airline model for CO2's weekly cycle; an AR(3)
-    # for the sunspot cycle; an ARIMA(2, 1, 0) for unemployment.
-    "co2": ((0, 1, 1), (0, 1, 1, 52), "n"),
-    "sunspots": ((3, 0, 0), (0, 0, 0, 0), "c"),
-    "macro": ((2, 1, 0), (0, 0, 0, 0), "n"),
+SARIMAX_ORDERS: dict[str, tuple[tuple[int, int, int], str, int]] = {
+    # (order, trend, Fourier pairs): CO2's yearly cycle in weekly data as 3 Fourier pairs
+    # of period 365.25/7 (a seasonal ARIMA of period 52 has over 100 states and took
+    # longer to fit than every network together); an AR(3) for the sunspot cycle; an
+    # ARIMA(2, 1, 0) for unemployment.
+    "co2": ((1, 1, 1), "n", 3),
+    "sunspots": ((3, 0, 0), "c", 0),
+    "macro": ((2, 1, 0), "n", 0),
 }
+YEAR_IN_WEEKS = 365.25 / 7
 
 
 @dataclass(frozen=True)
@@ -81,32 +84,50 @@ class Sarimax:
     def fit(self) -> None:
         from statsmodels.tsa.statespace.sarimax import SARIMAX
 
-        order, seasonal, trend = SARIMAX_ORDERS[self.data.name]
+        order, trend, pairs = SARIMAX_ORDERS[self.data.name]
         y = self.data.target_values
+        self.exog = fourier(len(y), YEAR_IN_WEEKS, pairs) if pairs else None
+        seen = self.data.test_start
         model = SARIMAX(
-            y[: self.data.test_start], order=order, seasonal_order=seasonal, trend=trend
+            y[:seen],
+            exog=None if self.exog is None else self.exog[:seen],
+            order=order,
+            trend=trend,
         )
         fitted = model.fit(disp=False)
         self.params = len(fitted.params)
         self.fitted = fitted
         # The same parameters over the whole series: the filter at origin t has seen
         # rows before t only.
-        self.full = fitted.apply(y)
+        self.full = fitted.apply(y, exog=self.exog)
 
     def forecast(self, origins: NDArray[np.int64]) -> NDArray[np.float64]:
         f = self.full.filter_results
         z, tr = f.design[:, :, 0], f.transition[:, :, 0]
-        d, c = f.obs_intercept[:, 0], f.state_intercept[:, 0]
+        c = f.state_intercept[:, 0]
+        # With exogenous terms the observation intercept is the regression, per row.
+        varying = f.obs_intercept.shape[1] > 1
         out = np.empty((len(origins), self.data.horizon))
         for n, t in enumerate(origins):
             state = f.predicted_state[:, t]  # given rows before t
             for i in range(self.data.horizon):
-                out[n, i] = float((z @ state + d)[0])
+                intercept = f.obs_intercept[0, t + i if varying else 0]
+                out[n, i] = float((z @ state)[0] + intercept)
                 state = tr @ state + c
         return out
 
     def forecast_from_history(self, t: int) -> NDArray[np.float64]:
         """A forecast from the history alone (the filter run again over rows before t):
         what a stateless server would do; timed as SARIMAX's latency."""
-        history = self.fitted.apply(self.data.target_values[:t])
-        return np.asarray(history.forecast(self.data.horizon), np.float64)
+        h, exog = self.data.horizon, self.exog
+        if exog is None:
+            history = self.fitted.apply(self.data.target_values[:t])
+            return np.asarray(history.forecast(h), np.float64)
+        history = self.fitted.apply(self.data.target_values[:t], exog=exog[:t])
+        return np.asarray(history.forecast(h, exog=exog[t : t + h]), np.float64)
+
+
+def fourier(rows: int, period: float, pairs: int) -> NDArray[np.float64]:
+    """(rows, 2 * pairs): sin and cos of the first ``pairs`` harmonics of ``period``."""
+    t = np.arange(rows)[:, None] * np.arange(1, pairs + 1)[None, :] * 2 * np.pi / period
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1)

@@ -99,12 +99,37 @@ def fit_series(
     return {"epochs_run": len(losses), "best_val_mse_scaled": float(min(losses))}
 
 
-def run(names: list[str], models_dir: Path, cfg: TrainConfig) -> list[Row]:
+def run(names: list[str], models_dir: Path, cfg: TrainConfig, samples: Path | None) -> list[Row]:
     rows: list[Row] = []
     for name in names:
         rows.extend(run_one(load(name), models_dir, cfg))
     write_results(rows, [load(n) for n in names], models_dir, cfg)
+    if samples is not None:
+        write_samples([load(n) for n in names], samples)
     return rows
+
+
+def write_samples(datasets: list[SeriesData], path: Path) -> None:
+    """The demo page's series view: per data set, a stretch of history ending inside the
+    held-out tail (so no model trained on what follows) and the truth after it."""
+    samples = {}
+    for data in datasets:
+        origin = data.test_start + data.test_steps // 2
+        first = max(0, origin - 4 * data.window)
+        history = data.values[first:origin]
+        truth = data.target_values[origin : origin + 3 * data.horizon]
+        samples[data.name] = {
+            "source": data.source,
+            "frequency": data.frequency,
+            "features": data.feature_names,
+            "target": data.feature_names[data.target],
+            "horizon": data.horizon,
+            "start_timestamp": data.dates[first],
+            "history": history[:, 0].tolist() if data.features == 1 else history.tolist(),
+            "truth": truth.tolist(),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(samples, indent=1) + "\n")
 
 
 def run_one(data: SeriesData, models_dir: Path, cfg: TrainConfig) -> list[Row]:

@@ -31,6 +31,7 @@ def toy(values: list[float], season: int = 1) -> SeriesData:
         horizon=2,
         test_steps=4,
         source="test",
+        dates=[f"2000-01-{i + 1:02d}" for i in range(len(values))],
     )
 
 
@@ -39,6 +40,7 @@ def test_real_data_is_complete_and_in_time_order(name: str) -> None:
     data = load(name)
     assert np.isfinite(data.values).all()
     assert data.values.shape[1] == len(data.feature_names)
+    assert len(data.dates) == len(data.values) and data.dates == sorted(data.dates)
     assert len(data.values) > data.test_steps + data.window + data.horizon
     origins = data.origins(data.test_start, len(data.values))
     x, y = data.windows(origins)
