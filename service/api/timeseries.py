@@ -110,6 +110,13 @@ async def forecast(
     spec = task.spec
     horizon = body.options.horizon
     runs = task.runs(horizon)
+    limit = registry.settings.max_queue
+    if len(body.inputs) > limit:
+        # Each series is one job of the queue: more than it holds could never be answered.
+        raise InvalidInput(
+            f"inputs: {len(body.inputs)} series; at most {limit} per request (CONVLSTM_MAX_QUEUE)",
+            location="inputs",
+        )
     windows = []
     for i, series in enumerate(body.inputs):
         where = f"inputs[{i}]"
@@ -162,7 +169,7 @@ def check_frequency(given: str, model: str | None, where: str) -> None:
         )
     if model is not None and word != model:
         raise InvalidInput(
-            f"{where}: the model forecasts {model}ly steps, the series is {word}ly",
+            f"{where}: the model forecasts one step per {model}; the series has one per {word}",
             location=where,
         )
 

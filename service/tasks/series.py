@@ -127,7 +127,8 @@ class SeriesTask:
                 f"W={s.window} (S={s.subsequences} x K={s.subsequence_length})",
                 location=where,
             )
-        scaled = ((rows[-self.spec.window :] - self.offset) / self.scale).astype(np.float32)
+        with np.errstate(over="ignore"):  # too large for float32: refused just below
+            scaled = ((rows[-self.spec.window :] - self.offset) / self.scale).astype(np.float32)
         if not np.isfinite(scaled).all():
             raise InvalidInput(
                 f"{where}: values too large for the model's float32 after scaling",

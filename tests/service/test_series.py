@@ -219,13 +219,17 @@ async def test_horizons_and_frequencies_are_checked(app_client: httpx.AsyncClien
         long["param"] == "options.horizon" and "only univariate models roll out" in long["message"]
     )
     freq = await refusal(app_client, forecast_body("conv2d", rows, 1, frequency="month"))
-    assert freq["param"] == "inputs[0].frequency" and "weekly" in freq["message"]
+    assert freq["param"] == "inputs[0].frequency" and "per week" in freq["message"]
     unknown = await refusal(app_client, forecast_body("conv2d", rows, 1, frequency="fortnight"))
     assert "KServe's frequencies" in unknown["message"]
     far = await refusal(app_client, forecast_body("uni", [1.0] * 6, 10_000, frequency="M"))
     assert far["param"] == "options.horizon" and "runs" in far["message"]
     zero = await refusal(app_client, forecast_body("conv2d", rows, 0))
     assert zero["param"] == "options.horizon"
+    many = forecast_body("conv2d", rows, 1)
+    many["inputs"] *= 33  # one more than the queue holds
+    crowd = await refusal(app_client, many)
+    assert crowd["param"] == "inputs" and "at most 32" in crowd["message"]
     r = await app_client.post("/v1/timeseries/forecast", json=forecast_body("nope", rows, 1))
     assert r.status_code == 404 and r.json()["error"]["code"] == "404"
 
