@@ -91,7 +91,39 @@ class ForecastResponse(BaseModel):
     outputs: list[ForecastOutput]
 
 
-@router.get("/models", summary="The served series models' names")
+class ErrorDetail(BaseModel):
+    code: str = Field(description="the HTTP status, as a string")
+    message: str
+    param: str = Field(description="where in the request, or empty")
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """KServe's time-series error body."""
+
+    error: ErrorDetail
+
+
+_WHY = {
+    400: "the body is not JSON",
+    401: "an API key is configured and the request did not carry it",
+    404: "no served model has that name",
+    413: "the body is larger than the configured limit",
+    415: "the body is not application/json",
+    422: "the request does not fit the model: the error names the input and index",
+    503: "the queue is full, or the server is loading or shutting down",
+    504: "the forecast was not answered within the configured deadline",
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why} for code, why in _WHY.items()
+}
+
+
+@router.get(
+    "/models",
+    summary="The served series models' names",
+    responses={503: _ERRORS[503]},
+)
 async def models(registry: RegistryDep) -> list[str]:
     return [name for name, m in registry.models.items() if isinstance(m.task, SeriesTask)]
 
@@ -101,6 +133,7 @@ async def models(registry: RegistryDep) -> list[str]:
     summary="Forecast each input series over options.horizon steps",
     dependencies=[Depends(require_api_key), Depends(require_json)],
     response_model_exclude_none=True,
+    responses=_ERRORS,
 )
 async def forecast(
     body: ForecastRequest, registry: RegistryDep, request: Request
