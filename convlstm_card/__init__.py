@@ -7,6 +7,7 @@ use it without TensorFlow or onnxruntime.
 
 from convlstm_card.files import card_path, read_card, sha256_of, write_card
 from convlstm_card.schema import (
+    FREQUENCIES,
     Format,
     Graph,
     GraphFile,
@@ -14,13 +15,19 @@ from convlstm_card.schema import (
     ModelCard,
     OutputKind,
     ParameterCounts,
+    SeriesScaling,
+    SeriesSpec,
     Task,
     TensorSpec,
+    frequency_word,
     infer_output_kind,
+    infer_series,
     infer_task,
+    series_problem,
 )
 
 __all__ = [
+    "FREQUENCIES",
     "Format",
     "Graph",
     "GraphFile",
@@ -28,12 +35,17 @@ __all__ = [
     "ModelCard",
     "OutputKind",
     "ParameterCounts",
+    "SeriesScaling",
+    "SeriesSpec",
     "Task",
     "TensorSpec",
     "card_path",
+    "frequency_word",
     "infer_output_kind",
+    "infer_series",
     "infer_task",
     "read_card",
+    "series_problem",
     "sha256_of",
     "write_card",
 ]

@@ -9,15 +9,16 @@ again keeps its keys.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 Task = Literal["next_frame", "tensor", "series"]
 """What the model does, and so which adapter serves it: ``next_frame`` takes a sequence
-(N, T, H, W, C) of frames; ``tensor`` takes and gives plain arrays; ``series`` marks a
-time-series model (``python -m model_export export --task series``), served as a
-``tensor`` model until its own adapter comes."""
+(N, T, H, W, C) of frames; ``tensor`` takes and gives plain arrays; ``series`` forecasts the next values of a
+time series from a window of its last rows (the card's ``series`` section says how)."""
 
 OutputKind = Literal["next_frame", "frame_per_step", "tensor"]
 """What the output is: ``next_frame`` one frame (N, H, W, C) after the sequence;
@@ -96,6 +97,77 @@ class ParameterCounts(BaseModel):
     total: int
 
 
+FREQUENCIES = {
+    "S": "second",
+    "T": "minute",
+    "H": "hour",
+    "D": "day",
+    "W": "week",
+    "M": "month",
+    "Q": "quarter",
+    "Y": "year",
+}
+"""KServe's time-series frequencies: each short name and its word (the word is stored)."""
+
+
+def frequency_word(name: str) -> str | None:
+    """``week`` for ``W`` or ``week``; ``None`` for a name KServe does not know."""
+    if name in FREQUENCIES:
+        return FREQUENCIES[name]
+    return name if name in FREQUENCIES.values() else None
+
+
+class SeriesScaling(BaseModel):
+    """How the server turns a client's values into the model's and back, per feature:
+    ``model = (value - offset) / scale``. No scaling section: the model takes raw units."""
+
+    model_config = _OPEN
+
+    kind: str = "affine"
+    """How the numbers were chosen (``standard``: the training split's mean and std)."""
+    offset: list[float]
+    scale: list[float]
+
+
+class SeriesSpec(BaseModel):
+    """A series model's framing: its input is the last W = S*K rows (time steps) of a
+    series of F features, folded row-major into the graph's input shape ((S, 1, K, F)
+    for a ConvLSTM2D with a (1, k) kernel, (S, K, F) for a ConvLSTM1D or a CNN-LSTM,
+    (W, F) for a plain LSTM); its output (h,) is the next h values of one target feature,
+    (h, F') the next h rows of F' target features."""
+
+    model_config = _OPEN
+
+    subsequences: int
+    """S: sub-sequences per window."""
+    subsequence_length: int
+    """K: time steps per sub-sequence."""
+    features: int
+    """F: values per time step."""
+    horizon: int
+    """h: time steps forecast by one model run."""
+    targets: list[int]
+    """The features (column indices) the output forecasts, in the output's order."""
+    feature_names: list[str] | None = None
+    frequency: str | None = None
+    """The step between rows, in KServe's time-series words (``week``, ``W``, ``year``)."""
+    scaling: SeriesScaling | None = None
+    residual_quantiles: dict[str, list[list[float]]] | None = None
+    """Quantile (``"0.1"``) -> per horizon step, per target: the validation split's
+    forecast error at that quantile, in the client's units; added to the forecast to
+    answer quantile requests."""
+
+    @property
+    def window(self) -> int:
+        """W = S * K: the rows a forecast needs."""
+        return self.subsequences * self.subsequence_length
+
+    @property
+    def univariate(self) -> bool:
+        """One feature forecast from itself alone: the forecast can be fed back in."""
+        return self.features == 1 and self.targets == [0]
+
+
 class ModelCard(BaseModel):
     """The JSON file beside each ONNX file (``convlstm_card.card_path`` says where)."""
 
@@ -126,6 +198,8 @@ class ModelCard(BaseModel):
     evaluation: dict[str, Any] | None = None
     versions: dict[str, str] | None = None
     """Tool versions that made the file."""
+    series: SeriesSpec | None = None
+    """For ``task: series``: the window's framing, the target, frequency and scaling."""
 
     @model_validator(mode="before")
     @classmethod
@@ -189,3 +263,77 @@ def _first_shape(specs: Any) -> list[Dim] | None:
         return first.shape
     shape = first.get("shape") if isinstance(first, dict) else None
     return shape if isinstance(shape, list) else None
+
+
+def infer_series(
+    input_shape: list[int],
+    output_shape: list[int],
+    targets: list[int] | None = None,
+) -> SeriesSpec:
+    """The framing of a series model with these shapes (batch axes left out): S, K, F
+    from (S, 1, K, F), (S, K, F) or (W, F); h from (h,) or (h, F'). ``targets`` default to
+    feature 0 for one output series and to every feature for F' = F; ``ValueError`` if
+    the shapes fit no framing."""
+    if len(input_shape) == 4 and input_shape[1] == 1:
+        s, k, f = input_shape[0], input_shape[2], input_shape[3]
+    elif len(input_shape) == 3:
+        s, k, f = input_shape
+    elif len(input_shape) == 2:
+        s, k, f = 1, input_shape[0], input_shape[1]
+    else:
+        raise ValueError(
+            f"input {input_shape} is not a folded window (S, 1, K, F), (S, K, F) or (W, F)"
+        )
+    if len(output_shape) not in (1, 2):
+        raise ValueError(f"output {output_shape} is not (h,) or (h, F')")
+    horizon = output_shape[0]
+    outputs = 1 if len(output_shape) == 1 else output_shape[1]
+    if targets is None:
+        if outputs == 1:
+            targets = [0]
+        elif outputs == f:
+            targets = list(range(f))
+        else:
+            raise ValueError(
+                f"output {output_shape} forecasts {outputs} of the {f} features; say which"
+            )
+    spec = SeriesSpec(
+        subsequences=s, subsequence_length=k, features=f, horizon=horizon, targets=targets
+    )
+    problem = series_problem(spec, input_shape, output_shape)
+    if problem is not None:
+        raise ValueError(problem)
+    return spec
+
+
+def series_problem(
+    spec: SeriesSpec, input_shape: Sequence[Dim], output_shape: Sequence[Dim]
+) -> str | None:
+    """Why ``spec`` does not describe a graph of these shapes (batch axes left out), or
+    ``None`` if it does."""
+    window = [spec.subsequences, 1, spec.subsequence_length, spec.features]
+    layouts = [window, [window[0], *window[2:]]]
+    if spec.subsequences == 1:
+        layouts.append([spec.subsequence_length, spec.features])
+    if list(input_shape) not in layouts:
+        return (
+            f"input {list(input_shape)} is not the window of S={spec.subsequences}, "
+            f"K={spec.subsequence_length}, F={spec.features} folded as (S, 1, K, F), "
+            "(S, K, F) or (W, F)"
+        )
+    expected = [spec.horizon] if len(spec.targets) == 1 else [spec.horizon, len(spec.targets)]
+    if list(output_shape) not in (expected, [spec.horizon, len(spec.targets)]):
+        return f"output {list(output_shape)} is not h={spec.horizon} steps of {spec.targets}"
+    if any(not 0 <= t < spec.features for t in spec.targets) or not spec.targets:
+        return f"targets {spec.targets} are not features of 0..{spec.features - 1}"
+    if spec.feature_names is not None and len(spec.feature_names) != spec.features:
+        return f"feature_names {spec.feature_names} do not name the {spec.features} features"
+    scaling = spec.scaling
+    if scaling is not None:
+        if len(scaling.offset) != spec.features or len(scaling.scale) != spec.features:
+            return f"scaling needs {spec.features} offsets and scales, one per feature"
+        if not all(math.isfinite(v) for v in [*scaling.offset, *scaling.scale]) or any(
+            v == 0 for v in scaling.scale
+        ):
+            return "scaling: every offset and scale must be finite and every scale non-zero"
+    return None

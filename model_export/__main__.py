@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {summary,train,export,quantize,check,evaluate}``."""
+"""Command line: ``python -m model_export {summary,train,export,series,quantize,check,evaluate}``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_export.model import VARIANTS
+
+if TYPE_CHECKING:
+    from model_export.export_any import SeriesOptions
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -145,6 +149,7 @@ def _export_keras(args: argparse.Namespace) -> int:
             task=args.task,
             value_range=tuple(args.range),
             data=args.data,
+            series=_series_options(args),
         )
     except ExportError as err:
         print(f"export failed: {err}", file=sys.stderr)
@@ -156,6 +161,42 @@ def _export_keras(args: argparse.Namespace) -> int:
         f"{result.onnx_path}: task {card.task}, output kind {card.output_kind}, {graph} graph, "
         f"parity max |diff| {parity.get('max_abs_diff', float('nan')):.2e}, sha256 {card.sha256}"
     )
+    return 0
+
+
+def _series_options(args: argparse.Namespace) -> SeriesOptions | None:
+    """The series flags as ``SeriesOptions``; ``None`` when none was given."""
+    from convlstm_card import SeriesScaling
+    from model_export.export_any import ExportError, SeriesOptions
+
+    given = [args.frequency, args.target, args.feature_names, args.offset, args.scale]
+    if all(v is None for v in given):
+        return None
+    scaling = None
+    if (args.offset is None) != (args.scale is None):
+        raise ExportError("--offset and --scale go together: model = (value - offset) / scale")
+    if args.offset is not None:
+        scaling = SeriesScaling(kind="affine", offset=args.offset, scale=args.scale)
+    return SeriesOptions(
+        frequency=args.frequency,
+        targets=args.target,
+        feature_names=args.feature_names,
+        scaling=scaling,
+    )
+
+
+def _series(args: argparse.Namespace) -> int:
+    from model_export.series_train import TrainConfig, run
+
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    rows = run(args.data, args.models, cfg, args.samples)
+    for row in rows:
+        print(
+            f"{row.data:9s} {row.model:22s} params {row.params:6d}  mean MASE "
+            f"{row.scores.mean_mase:.3f}  mean sMAPE {row.scores.mean_smape:6.2f}%  "
+            f"{row.latency_ms:.3f} ms"
+        )
+    print(f"{args.models / 'RESULTS.md'}: the table")
     return 0
 
 
@@ -302,6 +343,25 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --keras: .npy or .npz input sequences to check parity on as well",
     )
+    e.add_argument(
+        "--frequency", help="with --task series: the step between rows (week, W, year, ...)"
+    )
+    e.add_argument(
+        "--target",
+        type=int,
+        nargs="+",
+        help="with --task series: the feature columns the output forecasts (default: 0, "
+        "or every feature for an (h, F) output)",
+    )
+    e.add_argument("--feature-names", nargs="+", help="with --task series: one per feature")
+    e.add_argument(
+        "--offset",
+        type=float,
+        nargs="+",
+        help="with --task series: per feature, model = (value - offset) / scale "
+        "(default: the model takes raw units)",
+    )
+    e.add_argument("--scale", type=float, nargs="+", help="with --task series: per feature")
     e.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
     e.add_argument("--opset", type=int, default=17)
     e.add_argument(
@@ -310,6 +370,27 @@ def parser() -> argparse.ArgumentParser:
         help="keep the existing card's evaluation (a new graph of the same checkpoint)",
     )
     e.set_defaults(func=_export)
+
+    from model_export.series_data import DATASETS
+
+    r = sub.add_parser(
+        "series",
+        help="train, export and compare the series models on real data (statsmodels')",
+        description="The four series networks by one loop, the baselines, rolling-origin "
+        "evaluation on the held-out tail; writes --models/{data}_{model}.onnx + cards and "
+        "RESULTS.md.",
+    )
+    r.add_argument("--data", choices=DATASETS, nargs="+", default=list(DATASETS))
+    r.add_argument("--models", type=Path, default=Path("models/series"))
+    r.add_argument("--epochs", type=int, default=60, help="at most; early stopping on validation")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--samples",
+        type=Path,
+        default=Path("service/web/samples/series.json"),
+        help="the demo page's series samples (history and held-out truth) are written here",
+    )
+    r.set_defaults(func=_series)
 
     q = sub.add_parser(
         "quantize", help="the int8 variant of the ConvLSTM graph (opt-in; float32 stays default)"

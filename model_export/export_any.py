@@ -38,9 +38,14 @@ from convlstm_card import (
     ModelCard,
     OutputKind,
     ParameterCounts,
+    SeriesScaling,
+    SeriesSpec,
     Task,
     TensorSpec,
     card_path,
+    frequency_word,
+    infer_series,
+    series_problem,
     sha256_of,
     write_card,
 )
@@ -64,6 +69,17 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 class ExportError(RuntimeError):
     """The model cannot be exported as asked; the message is one line saying why."""
+
+
+@dataclass(frozen=True)
+class SeriesOptions:
+    """What ``--task series`` records beyond the framing the shapes give."""
+
+    frequency: str | None = None
+    targets: list[int] | None = None
+    feature_names: list[str] | None = None
+    scaling: SeriesScaling | None = None
+    """None: the model takes and gives the client's own units."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +264,7 @@ def export_keras(
     value_range: Range = (0.0, 1.0),
     data: Path | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    series: SeriesOptions | None = None,
 ) -> ExportedModel:
     """Export ``keras_path`` as ``models_dir/name.onnx`` with its card, or raise ``ExportError``."""
     if not NAME_PATTERN.fullmatch(name):
@@ -264,6 +281,9 @@ def export_keras(
         )
     in_shape = [int(d) for d in model.input.shape[1:]]
     out_shape = [int(d) for d in model.output.shape[1:]]
+    if series is not None and task != "series":
+        raise ExportError("--frequency, --target, --offset and --scale go with --task series")
+    framing = series_spec(in_shape, out_shape, series) if task == "series" else None
     kind = output_kind(in_shape, out_shape)
     input_name = INPUT_NAME if task == "next_frame" else "inputs"
     output_name = OUTPUT_NAME if kind == "next_frame" else "outputs"
@@ -302,9 +322,38 @@ def export_keras(
         versions=tool_versions(),
         source={"keras_file": str(keras_path), "sha256": sha256_of(keras_path)},
     )
+    if framing is not None:
+        card.series = framing
     card = with_training_record(card, keras_path)
     _write(onnx_path, onnx_bytes, card)
     return ExportedModel(onnx_path, card)
+
+
+def series_spec(
+    in_shape: list[int], out_shape: list[int], options: SeriesOptions | None
+) -> SeriesSpec:
+    """The card's ``series`` section: the framing the shapes give, with ``options``."""
+    options = options or SeriesOptions()
+    try:
+        spec = infer_series(in_shape, out_shape, options.targets)
+    except ValueError as err:
+        raise ExportError(f"--task series: {err} (use --target)") from err
+    frequency = None
+    if options.frequency is not None:
+        frequency = frequency_word(options.frequency)
+        if frequency is None:
+            raise ExportError(f"--frequency {options.frequency!r}: not one of KServe's frequencies")
+    spec = spec.model_copy(
+        update={
+            "frequency": frequency,
+            "feature_names": options.feature_names,
+            "scaling": options.scaling,
+        }
+    )
+    problem = series_problem(spec, in_shape, out_shape)
+    if problem is not None:
+        raise ExportError(f"--task series: {problem}")
+    return spec
 
 
 def with_training_record(card: ModelCard, keras_path: Path) -> ModelCard:

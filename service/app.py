@@ -16,6 +16,7 @@ from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
 from service.api.repository import router as repository_router
 from service.api.routes import router
+from service.api.timeseries import router as timeseries_router
 from service.api.web import mount_web
 from service.config import Settings
 from service.metrics import Metrics
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(oip_router)
     app.include_router(repository_router)
+    app.include_router(timeseries_router)
     mount_web(app)
     follow_default_model(app, registry)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

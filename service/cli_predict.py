@@ -1,4 +1,5 @@
 """``convlstm-predict FRAMES... [--url URL] [--horizon N] [--out DIR] [--model NAME]``
+``convlstm-predict --csv FILE --column NAME... --model NAME --frequency F [--horizon N]``
 
 Sends a sequence to a running service and writes what it predicts. FRAMES is one of:
 
@@ -10,6 +11,11 @@ Sends a sequence to a running service and writes what it predicts. FRAMES is one
 For each sequence it writes ``pred_01.png``, ``pred_02.png``, ... and ``sequence.gif``
 (the inputs, then the prediction) under DIR, or under ``DIR/seq_000/``, ``DIR/seq_001/``,
 ... for an (N, T, H, W, 3) array, and shows progress on stderr while a batch runs.
+
+With ``--csv``, it forecasts instead: the named column (or columns, one row per time
+step, for a multivariate model) of FILE is sent to the series model ``--model`` over
+``/v1/timeseries/forecast``, and the forecast is printed as CSV (``step``, the forecast,
+and any ``--quantiles``).
 
 Exit status: 0 done; 1 the server refused a request or could not be reached (its
 message is printed; sequences already written stay); 2 bad usage or input.
@@ -30,6 +36,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from service.client import ClientError, NextFrameClient, Prediction, ReadyInfo
+from service.series_csv import CsvError, read_columns
 
 PROG = "convlstm-predict"
 GIF_FRAME_MS = 200
@@ -56,7 +63,16 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "frames", nargs="+", type=Path, metavar="FRAMES", help="PNG/JPEG files, a GIF or a .npy"
+        "frames", nargs="*", type=Path, metavar="FRAMES", help="PNG/JPEG files, a GIF or a .npy"
+    )
+    p.add_argument("--csv", type=Path, metavar="FILE", help="forecast a series from this CSV")
+    p.add_argument("--column", nargs="+", metavar="NAME", help="with --csv: the column(s)")
+    p.add_argument(
+        "--frequency", metavar="F", help="with --csv: the step between rows (week, W, year, ...)"
+    )
+    p.add_argument("--start", metavar="ISO", help="with --csv: the time of the first row")
+    p.add_argument(
+        "--quantiles", type=float, nargs="+", metavar="Q", help="with --csv: e.g. 0.1 0.9"
     )
     p.add_argument(
         "--url",
@@ -95,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 on --help
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.csv is not None:
+        return forecast_csv(args)
+    if not args.frames:
+        print(f"{PROG}: error: give FRAMES, or --csv FILE to forecast a series", file=sys.stderr)
+        return 2
     try:
         inputs = load_inputs(args.frames)
         with NextFrameClient(args.url, args.api_key, timeout=args.timeout) as client:
@@ -108,6 +129,43 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as err:
         print(f"{PROG}: server error: {err}", file=sys.stderr)
         return 1
+
+
+def forecast_csv(args: argparse.Namespace) -> int:
+    """``--csv``: forecast the column(s) and print the forecast as CSV on stdout."""
+    if args.frames or not args.column or not args.model or not args.frequency:
+        print(
+            f"{PROG}: error: --csv takes no FRAMES and needs --column, --model and --frequency",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        series = read_columns(args.csv, args.column)
+        with NextFrameClient(args.url, args.api_key, timeout=args.timeout) as client:
+            forecast = client.forecast(
+                args.model,
+                series,
+                horizon=args.horizon,
+                frequency=args.frequency,
+                start_timestamp=args.start,
+                quantiles=args.quantiles,
+            )
+    except CsvError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except ClientError as err:
+        print(f"{PROG}: server error: {err}", file=sys.stderr)
+        return 1
+    mean = forecast.mean.reshape(len(forecast.mean), -1)
+    names = ["forecast"] if mean.shape[1] == 1 else [f"forecast_{i}" for i in range(mean.shape[1])]
+    quantiles = {q: v.reshape(len(v), -1)[:, 0] for q, v in forecast.quantiles.items()}
+    print(",".join(["step", *names, *(f"q{q}" for q in quantiles)]))
+    for i, row in enumerate(mean, start=1):
+        cells = [f"{v:.10g}" for v in row] + [f"{v[i - 1]:.10g}" for v in quantiles.values()]
+        print(",".join([str(i), *cells]))
+    if forecast.note:
+        print(f"{PROG}: {forecast.note}", file=sys.stderr)
+    return 0
 
 
 def load_inputs(paths: list[Path]) -> Inputs:

@@ -1,4 +1,4 @@
-"""A small typed client for the next-frame service.
+"""A small typed client for the next-frame service (and its series models).
 
 Needs only httpx, NumPy and Pillow (no onnxruntime, no FastAPI), so it can run on a
 machine that only calls the service::
@@ -8,6 +8,8 @@ machine that only calls the service::
     with NextFrameClient("http://127.0.0.1:8000") as client:
         prediction = client.predict(frames, horizon=2)   # frames: (15, 40, 40, 3) uint8
         prediction.frames                                # (2, 40, 40, 3) float32 in [0, 1]
+        forecast = client.forecast("co2_lstm", co2_values, horizon=8, frequency="week")
+        forecast.mean                                    # (8,) in the series' own units
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ class ReadyInfo:
         return (t, h, w, c)
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """A series model's forecast: ``mean`` (horizon,) for one target, (horizon, F')
+    for several, in the client's own units; ``quantiles`` by level (``"0.1"``) where the
+    model gives them; ``note`` says why not."""
+
+    mean: NDArray[np.float64]
+    model: str
+    start_timestamp: str | None
+    quantiles: dict[str, NDArray[np.float64]]
+    note: str | None
+
+
 class NextFrameClient:
     """Calls ``/readyz`` and ``/predict``.
 
@@ -165,9 +180,53 @@ class NextFrameClient:
             inference_ms=float(answer["inference_ms"]),
         )
 
+    def series_models(self) -> list[str]:
+        """The served series models (KServe's ``GET /v1/timeseries/models``)."""
+        names = self._request("GET", "/v1/timeseries/models", retry=False)
+        return [str(n) for n in names]
+
+    def forecast(
+        self,
+        model: str,
+        series: Sequence[float] | Sequence[Sequence[float]] | NDArray[Any],
+        *,
+        horizon: int,
+        frequency: str,
+        start_timestamp: str | None = None,
+        quantiles: Sequence[float] | None = None,
+        name: str = "series",
+    ) -> Forecast:
+        """Forecast ``horizon`` steps after ``series`` (oldest first; numbers, or rows
+        of the model's features) over KServe's ``POST /v1/timeseries/forecast``."""
+        values = np.asarray(series, dtype=np.float64).tolist()
+        multivariate = bool(values) and isinstance(values[0], list)
+        one: dict[str, Any] = {
+            "type": "multivariate_time_series" if multivariate else "univariate_time_series",
+            "name": name,
+            "series": values,
+            "frequency": frequency,
+        }
+        if start_timestamp is not None:
+            one["start_timestamp"] = start_timestamp
+        options: dict[str, Any] = {"horizon": horizon}
+        if quantiles:
+            options["quantiles"] = list(quantiles)
+        body = {"model": model, "inputs": [one], "options": options}
+        answer = self._request("POST", "/v1/timeseries/forecast", json=body, retry=True)
+        content = answer["outputs"][0]["content"][0]
+        return Forecast(
+            mean=np.asarray(content["mean_forecast"], np.float64),
+            model=str(answer["model"]),
+            start_timestamp=content.get("start_timestamp"),
+            quantiles={
+                q: np.asarray(v, np.float64) for q, v in (content.get("quantiles") or {}).items()
+            },
+            note=content.get("note"),
+        )
+
     def _request(
         self, method: str, path: str, *, retry: bool, json: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> Any:
         attempt = 0
         while True:
             try:
@@ -189,8 +248,7 @@ class NextFrameClient:
                 time.sleep(self._retry_wait(response, attempt))
                 continue
             if response.is_success:
-                result: dict[str, Any] = response.json()
-                return result
+                return response.json()
             raise _error_from(response)
 
     def _retry_wait(self, response: httpx.Response, attempt: int) -> float:
@@ -242,7 +300,8 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 def _error_from(response: httpx.Response) -> ClientError:
-    """The server's ``{"error": {"type", "message", "location"}}``, or what came instead."""
+    """The server's ``{"error": {"type", "message", "location"}}`` (``param`` for
+    location on KServe's time-series API), or what came instead."""
     try:
         error = response.json()["error"]
         if isinstance(error, dict):
@@ -250,7 +309,7 @@ def _error_from(response: httpx.Response) -> ClientError:
                 str(error["message"]),
                 status=response.status_code,
                 error_type=str(error["type"]),
-                location=error.get("location"),
+                location=error.get("location") or error.get("param") or None,
             )
         # A plain-string error, as some proxies and other protocols send.
         return ClientError(str(error), status=response.status_code, error_type="http_error")

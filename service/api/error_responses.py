@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 OIP_PREFIX = "/v2"
 """Where the Open Inference Protocol's routes live."""
+TIMESERIES_PREFIX = "/v1/timeseries"
+"""Where KServe's time-series API lives; its errors are
+``{"error": {"code": "<status>", "message", "param", "type"}}``, as KServe answers."""
 
 _HTTP_ERROR_TYPES = {
     400: "bad_request",
@@ -47,10 +50,16 @@ def error_body(
     message: str,
     location: str | None = None,
     errors: list[dict[str, Any]] | None = None,
+    status: int = 500,
 ) -> dict[str, Any]:
-    """The JSON body of an error answered on ``path``."""
+    """The JSON body of an error answered on ``path`` with ``status``."""
     if is_oip_path(path):
         return {"error": message}
+    if path.startswith(f"{TIMESERIES_PREFIX}/"):
+        param = location or ""
+        return {
+            "error": {"code": str(status), "message": message, "param": param, "type": error_type}
+        }
     detail: dict[str, Any] = {"type": error_type, "message": message}
     if location is not None:
         detail["location"] = location
@@ -70,7 +79,7 @@ def error_response(
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
-        content=error_body(path, error_type, message, location, errors),
+        content=error_body(path, error_type, message, location, errors, status),
         headers=headers,
     )
 
@@ -86,7 +95,7 @@ async def send_error(
 ) -> None:
     """The same answer, sent from ASGI middleware; the connection is closed after it,
     since the request's body may not have been read."""
-    body = json.dumps(error_body(path, error_type, message)).encode()
+    body = json.dumps(error_body(path, error_type, message, status=status)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -115,7 +115,7 @@ class ModelSummary(BaseModel):
     version: str
     sha256: str
     provider: str
-    task: str = Field(description="the card's task: next_frame or tensor")
+    task: str = Field(description="the card's task: next_frame, tensor or series")
     output_kind: str = Field(description="next_frame, frame_per_step or tensor")
     input_name: str
     input_shape: list[int | str]

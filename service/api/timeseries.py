@@ -1,0 +1,256 @@
+"""KServe's open time-series API, so that its clients work unchanged:
+``POST /v1/timeseries/forecast`` and ``GET /v1/timeseries/models`` (the names of the
+served series models). The request and answer follow KServe's
+``kserve.protocol.rest.timeseries.types``; errors are KServe's
+``{"error": {"code", "message", "param", "type"}}`` (``error_responses`` renders them).
+
+A multivariate series is a list of rows, one row of F values per time step. Every input
+of a request is one job of the model's runner, so they are batched together. Quantiles
+come from the card's validation residuals where it has them; otherwise the answer has
+none, and each forecast's ``note`` says so.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from convlstm_card import frequency_word
+from service.api.deps import RegistryDep, require_api_key, require_json
+from service.api.error_responses import TIMESERIES_PREFIX
+from service.api.lifecycle import until_client_leaves
+from service.errors import InvalidInput
+from service.registry import ServedModel
+from service.tasks.series import SeriesTask
+
+router = APIRouter(prefix=TIMESERIES_PREFIX, tags=["time series (KServe)"])
+SeriesType = Literal["univariate_time_series", "multivariate_time_series"]
+
+
+class TimeSeriesInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: SeriesType
+    name: str
+    series: list[Any] = Field(
+        description="Numbers (univariate), or rows of the model's F numbers, one row per "
+        "time step (multivariate); checked value by value, so an error names the index"
+    )
+    frequency: str = Field(description="KServe's frequency: second/S ... year/Y")
+    start_timestamp: str | None = Field(None, description="ISO 8601 time of series[0]")
+
+
+class ForecastOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    horizon: int = Field(ge=1)
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] | None = None
+
+
+class ForecastRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    inputs: list[TimeSeriesInput] = Field(min_length=1)
+    options: ForecastOptions
+    metadata: dict[str, Any] | None = None
+
+
+class TimeSeriesForecast(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: SeriesType
+    name: str
+    mean_forecast: list[float] | list[list[float]]
+    frequency: str
+    start_timestamp: str | None = Field(
+        description="ISO 8601 time of the first forecast step; null when the input gave none"
+    )
+    quantiles: dict[str, list[float] | list[list[float]]] | None = None
+
+
+class ForecastOutput(BaseModel):
+    type: str = "time_series_forecast"
+    id: str
+    status: Literal["completed"] = "completed"
+    content: list[TimeSeriesForecast]
+
+
+class ForecastResponse(BaseModel):
+    id: str
+    created_at: int
+    status: Literal["completed"] = "completed"
+    model: str
+    outputs: list[ForecastOutput]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="the HTTP status, as a string")
+    message: str
+    param: str = Field(description="where in the request, or empty")
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """KServe's time-series error body."""
+
+    error: ErrorDetail
+
+
+_WHY = {
+    400: "the body is not JSON",
+    401: "an API key is configured and the request did not carry it",
+    404: "no served model has that name",
+    413: "the body is larger than the configured limit",
+    415: "the body is not application/json",
+    422: "the request does not fit the model: the error names the input and index",
+    503: "the queue is full, or the server is loading or shutting down",
+    504: "the forecast was not answered within the configured deadline",
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why} for code, why in _WHY.items()
+}
+
+
+@router.get(
+    "/models",
+    summary="The served series models' names",
+    responses={503: _ERRORS[503]},
+)
+async def models(registry: RegistryDep) -> list[str]:
+    return [name for name, m in registry.models.items() if isinstance(m.task, SeriesTask)]
+
+
+@router.post(
+    "/forecast",
+    summary="Forecast each input series over options.horizon steps",
+    dependencies=[Depends(require_api_key), Depends(require_json)],
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+)
+async def forecast(
+    body: ForecastRequest, registry: RegistryDep, request: Request
+) -> ForecastResponse:
+    model = registry.lookup(body.model)
+    task = series_task(model)
+    spec = task.spec
+    horizon = body.options.horizon
+    runs = task.runs(horizon)
+    limit = registry.settings.max_queue
+    if len(body.inputs) > limit:
+        # Each series is one job of the queue: more than it holds could never be answered.
+        raise InvalidInput(
+            f"inputs: {len(body.inputs)} series; at most {limit} per request (CONVLSTM_MAX_QUEUE)",
+            location="inputs",
+        )
+    windows = []
+    for i, series in enumerate(body.inputs):
+        where = f"inputs[{i}]"
+        check_frequency(series.frequency, spec.frequency, f"{where}.frequency")
+        kind = "univariate" if series.type == "univariate_time_series" else "multivariate"
+        windows.append(task.window(series.series, kind, f"{where}.series"))
+        if series.start_timestamp is not None:
+            forecast_start(series, f"{where}.start_timestamp")  # checked before the model runs
+    outputs, _ = await until_client_leaves(request, model.runner.run(np.stack(windows), runs))
+    answers = []
+    for series, output in zip(body.inputs, outputs, strict=True):
+        mean = task.forecast(output, horizon)
+        quantiles, note = (None, None)
+        if body.options.quantiles:
+            quantiles, note = task.quantiles(mean, body.options.quantiles)
+        forecast = TimeSeriesForecast(
+            type="univariate_time_series" if len(spec.targets) == 1 else "multivariate_time_series",
+            name=series.name,
+            mean_forecast=_listed(mean),
+            frequency=series.frequency,
+            start_timestamp=forecast_start(series, "") if series.start_timestamp else None,
+            quantiles={q: _listed(v) for q, v in quantiles.items()} if quantiles else None,
+        )
+        if note is not None:
+            forecast = forecast.model_copy(update={"note": note})
+        answers.append(ForecastOutput(id=str(uuid.uuid4()), content=[forecast]))
+    return ForecastResponse(
+        id=str(uuid.uuid4()), created_at=int(time.time()), model=model.info.name, outputs=answers
+    )
+
+
+def series_task(model: ServedModel) -> SeriesTask:
+    task = model.task
+    if not isinstance(task, SeriesTask):
+        raise InvalidInput(
+            f"model: {model.info.name!r} is a {task.task} model, not a series model; "
+            f"GET {TIMESERIES_PREFIX}/models lists those this API serves",
+            location="model",
+        )
+    return task
+
+
+def check_frequency(given: str, model: str | None, where: str) -> None:
+    word = frequency_word(given)
+    if word is None:
+        raise InvalidInput(
+            f"{where}: {given!r} is not one of KServe's frequencies (second/S, minute/T, "
+            "hour/H, day/D, week/W, month/M, quarter/Q, year/Y)",
+            location=where,
+        )
+    if model is not None and word != model:
+        raise InvalidInput(
+            f"{where}: the model forecasts one step per {model}; the series has one per {word}",
+            location=where,
+        )
+
+
+def forecast_start(series: TimeSeriesInput, where: str) -> str:
+    """The time of the step after the series' last: its start plus len(series) steps."""
+    assert series.start_timestamp is not None
+    try:
+        start = datetime.fromisoformat(series.start_timestamp)
+    except ValueError:
+        raise InvalidInput(
+            f"{where}: {series.start_timestamp!r} is not an ISO 8601 time", location=where
+        ) from None
+    word = frequency_word(series.frequency)
+    steps = len(series.series)
+    try:
+        return _after(start, word or "", steps).isoformat()
+    except OverflowError:
+        raise InvalidInput(
+            f"{where}: {steps} {word}s after {start} is beyond the calendar", location=where
+        ) from None
+
+
+_FIXED = {
+    "second": timedelta(seconds=1),
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
+_MONTHS = {"month": 1, "quarter": 3, "year": 12}
+
+
+def _after(start: datetime, word: str, steps: int) -> datetime:
+    if word in _FIXED:
+        return start + _FIXED[word] * steps
+    # Calendar months by hand (the day clipped to the month's length, as dateutil's
+    # relativedelta does): the server has no dateutil.
+    months = start.month - 1 + _MONTHS[word] * steps
+    year, month = start.year + months // 12, months % 12 + 1
+    if not 1 <= year <= 9999:
+        raise OverflowError(year)
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+def _listed(values: np.ndarray[Any, Any]) -> list[float] | list[list[float]]:
+    """(n, 1) -> n numbers; (n, F') -> n rows."""
+    if values.ndim == 2 and values.shape[1] == 1:
+        return [float(v) for v in values[:, 0]]
+    return [[float(v) for v in row] for row in values]
