@@ -2,7 +2,7 @@
 same model, the same session (onnxruntime, 2 intra-op threads, no spinning), the same
 real test sequence, on loopback.
 
-    python -m bench.peers.run [--rounds 3] [--requests 150] [--slow-requests 16]
+    python -m bench.peers.run [--rounds 3] [--requests 150] [--slow-requests 12]
         [--concurrency 1 8 32] [--peers mlserver kserve bentoml] [--out bench/results]
 
 Each server is started in turn from its own venv (``.venv-peers/NAME``, made by ``make
@@ -218,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.peers.run", description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=150, help="per cell, fast models")
-    ap.add_argument("--slow-requests", type=int, default=16, help="per cell, the ConvLSTM")
+    ap.add_argument("--slow-requests", type=int, default=12, help="per cell, the ConvLSTM")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
-    ap.add_argument("--max-wait", type=float, default=60.0, help="s, for a quiet machine")
+    ap.add_argument("--max-wait", type=float, default=30.0, help="s, for a quiet machine")
     ap.add_argument("--quiet-cores", type=float, default=0.3)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)

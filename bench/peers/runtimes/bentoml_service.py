@@ -30,10 +30,10 @@ class Peers:
         (out,) = s.run(None, {s.get_inputs()[0].name: frames.astype(np.float32)})
         return np.asarray(out)
 
-    @bentoml.api(batchable=True, max_batch_size=8, max_latency_ms=1000)
+    @bentoml.api(batchable=True, max_batch_size=8)
     def cnn_lstm(self, frames: np.ndarray) -> np.ndarray:
         return self._run("cnn_lstm", frames)
 
-    @bentoml.api(batchable=True, max_batch_size=8, max_latency_ms=10000)
+    @bentoml.api(batchable=True, max_batch_size=8)
     def convlstm(self, frames: np.ndarray) -> np.ndarray:
         return self._run("convlstm", frames)
