@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from bench.load import closed_loop
 from bench.machine import describe
-from bench.peers.report import markdown, plot, summarise, targets
+from bench.peers.report import RAW, markdown, plot, summarise, targets
 from bench.peers.runtimes.onnx_session import session
 from bench.peers.servers import (
     PEER_LABELS,
@@ -214,6 +214,41 @@ def _has(dist: str) -> bool:
     return True
 
 
+def write_report(
+    args: argparse.Namespace,
+    answers: dict[str, float],
+    blocks: list[dict[str, Any]],
+    cells: list[dict[str, Any]],
+    rounds: int,
+) -> str:
+    """``peers.json``, ``peers.md`` and ``peers.png`` under ``args.out``; the Markdown."""
+    summary = summarise(cells)
+    report = {
+        "machine": describe() | {"shared": True},
+        "versions": versions(args.peers),
+        "settings": {
+            "rounds": rounds,
+            "requests": args.requests,
+            "slow_requests": args.slow_requests,
+            "concurrency": args.concurrency,
+            "models": args.models,
+            "session": "onnxruntime CPU, 2 intra-op threads, spinning off, ORT_ENABLE_ALL",
+            "answer_tolerance": ATOL,
+        },
+        "answers_max_abs_diff": answers,
+        "load_seen": blocks,
+        "cells": cells,
+        "summary": summary,
+        "targets": targets(cells),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    (args.out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "peers.md").write_text(text)
+    plot(summary, args.out / "peers.png")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.peers.run", description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
@@ -233,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     sessions = {m.name: session(str(m.path)) for m in models}
     cells: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
+    text = ""
     with scratch() as tmp, ExitStack() as stack:
         arms = start_arms(stack, models, args.peers, Path(tmp), floor="cnn_lstm" in args.models)
         answers = check_arms(arms, models, sessions)
@@ -247,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     blocks.append({"round": r, "model": m.name, "concurrency": c, **seen})
                     key = {"round": r, "model": m.name, "concurrency": c}
                     raw = raw_cell(m, sessions[m.name], c, count)
-                    cells.append({**key, "arm": "raw onnxruntime", **raw})
+                    cells.append({**key, "arm": RAW, **raw})
                     for arm in order:
                         if m.name in arm.requests:
                             got = arm_cell(arm, m, c, count)
@@ -257,30 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"busy {seen['busy_cores']} cores, raw {raw['rps']:.1f}/s",
                         flush=True,
                     )
-    summary = summarise(cells)
-    report = {
-        "machine": describe() | {"shared": True},
-        "versions": versions(args.peers),
-        "settings": {
-            "rounds": args.rounds,
-            "requests": args.requests,
-            "slow_requests": args.slow_requests,
-            "concurrency": args.concurrency,
-            "models": args.models,
-            "session": "onnxruntime CPU, 2 intra-op threads, spinning off, ORT_ENABLE_ALL",
-            "answer_tolerance": ATOL,
-        },
-        "answers_max_abs_diff": answers,
-        "load_seen": blocks,
-        "cells": cells,
-        "summary": summary,
-        "targets": targets(cells),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "peers.md").write_text(markdown(report))
-    plot(summary, args.out / "peers.png")
-    print(markdown(report))
+            # Written after every round, so a run cut short still leaves its rounds.
+            text = write_report(args, answers, blocks, cells, r + 1)
+    print(text)
     return 0
 
 
