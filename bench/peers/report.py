@@ -206,6 +206,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
+    # One colour per server across every panel, whichever servers a model has.
+    colours = {
+        arm: f"C{i}"
+        for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows if r["arm"] != RAW))
+    }
     fig, axes = plt.subplots(len(models), 2, figsize=(13, 4.2 * len(models)), squeeze=False)
     for i, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model and r["arm"] != RAW]
@@ -221,7 +226,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                     for c in levels
                 ]
                 xs = [x + j * width for x in range(len(levels))]
-                ax.bar(xs, values, width, label=arm if k == 0 else None)
+                ax.bar(xs, values, width, color=colours[arm], label=arm if k == 0 else None)
         for ax, label in zip(
             axes[i],
             ("req/s ÷ raw onnxruntime (same round)", "server CPU ms / request"),
@@ -231,7 +236,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_xticklabels([f"concurrency {c}" for c in levels])
             ax.set_title(f"{model}: {label}")
         axes[i][0].axhline(1.0, color="grey", linewidth=0.8)
-    axes[0][0].legend(fontsize=8)
+        axes[i][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

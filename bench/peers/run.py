@@ -146,7 +146,7 @@ def raw_cell(m: ModelInput, sess: Any, concurrency: int, requests: int) -> dict[
     }
 
 
-def arm_cell(arm: Arm, m: ModelInput, concurrency: int, requests: int) -> dict[str, float | int]:
+def arm_cell(arm: Arm, m: ModelInput, concurrency: int, requests: int) -> dict[str, Any]:
     """A closed loop of ``requests`` on one arm after a short warm-up; the server's
     process-tree CPU over the requests it answered 200."""
     req = arm.requests[m.name]
@@ -160,6 +160,9 @@ def arm_cell(arm: Arm, m: ModelInput, concurrency: int, requests: int) -> dict[s
         "requests": requests,
         "ok": result.ok,
         "errors": requests - result.ok,
+        # Which errors: a 504 is the server's own deadline, a 503 its full queue.
+        "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
+        "transport_errors": result.transport_errors,
         "rps": result.throughput,
         "p50_ms": result.percentile(50),
         "p99_ms": result.percentile(99),
