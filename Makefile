@@ -91,7 +91,7 @@ model: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.suite
 
-# This project's server beside MLServer, KServe and BentoML (about 20 minutes on a 2-core
+# This project's server beside MLServer, KServe and BentoML (55 minutes on a busy, shared 2-core
 # CPU): each peer gets its own venv from its pinned bench/peers/NAME.txt. Not part of `test`.
 PEERS_VENVS := .venv-peers
 PEER_STAMPS := $(foreach p,mlserver kserve bentoml,$(PEERS_VENVS)/$(p)/.installed)
