@@ -18,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench bench-swap soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test browser bench bench-swap bench-peers soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -113,8 +113,22 @@ bench: $(STAMP)
 bench-swap: $(STAMP)
 	$(PY) -m bench.swap
 
+# This project's server beside MLServer, KServe and BentoML (55 minutes on a busy, shared 2-core
+# CPU): each peer gets its own venv from its pinned bench/peers/NAME.txt. Not part of `test`.
+PEERS_VENVS := .venv-peers
+PEER_STAMPS := $(foreach p,mlserver kserve bentoml,$(PEERS_VENVS)/$(p)/.installed)
+
+$(PEERS_VENVS)/%/.installed: bench/peers/%.txt
+	$(PYTHON) -m venv $(PEERS_VENVS)/$*
+	$(PEERS_VENVS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENVS)/$*/bin/python -m pip install --quiet -r $<
+	touch $@
+
+bench-peers: $(STAMP) $(PEER_STAMPS)
+	$(PY) -m bench.peers.run
+
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) .pytest_cache .mypy_cache .ruff_cache

@@ -53,7 +53,13 @@ class LoadResult:
 
 
 async def _closed_loop(
-    url: str, body: dict[str, Any], concurrency: int, max_requests: int, max_seconds: float
+    url: str,
+    body: dict[str, Any] | bytes,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    path: str,
+    headers: dict[str, str] | None,
 ) -> LoadResult:
     result = LoadResult(concurrency, 0.0)
     issued = 0
@@ -68,7 +74,10 @@ async def _closed_loop(
                 issued += 1
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/predict", json=body)
+                    if isinstance(body, bytes):
+                        r = await client.post(path, content=body, headers=headers)
+                    else:
+                        r = await client.post(path, json=body, headers=headers)
                 except httpx.TransportError:
                     result.transport_errors += 1
                     continue
@@ -83,10 +92,16 @@ async def _closed_loop(
 
 def closed_loop(
     url: str,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     *,
     concurrency: int,
     max_requests: int,
     max_seconds: float,
+    path: str = "/predict",
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    return asyncio.run(_closed_loop(url, body, concurrency, max_requests, max_seconds))
+    """``body`` is JSON to encode per request, or bytes sent as they are (encoded once,
+    so the load generator's CPU stays off the shared cores)."""
+    return asyncio.run(
+        _closed_loop(url, body, concurrency, max_requests, max_seconds, path, headers)
+    )

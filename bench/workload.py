@@ -64,3 +64,31 @@ def oip_binary_request(
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(len(header)),
     }
+
+
+def test_sequence(model: Path) -> NDArray[np.float32]:
+    """One real input for ``model``, a batch of 1: the first sequence of the held-out
+    test split (moving digits), cut to the number of frames its card asks for."""
+    from model_export.data import generate_split, inputs_and_targets
+
+    shape = sequence_shape(read_card(card_path(model)))
+    x, _ = inputs_and_targets(generate_split(1, "test"), every_step=False)
+    if x.shape[2:] != shape[1:] or x.shape[1] < shape[0]:
+        raise ValueError(f"{model.name} takes {shape}; the test split has {x.shape[1:]}")
+    return np.ascontiguousarray(x[:, x.shape[1] - shape[0] :])
+
+
+def oip_json_request(input_name: str, batch: NDArray[np.float32]) -> bytes:
+    """An Open Inference Protocol request with the tensor as a JSON ``data`` list."""
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "data": batch.reshape(-1).tolist(),
+                }
+            ]
+        }
+    ).encode()

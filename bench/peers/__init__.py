@@ -1,0 +1,1 @@
+"""This project's server beside other model servers (`make bench-peers`)."""

@@ -1,0 +1,1 @@
+"""The small runtimes each peer serves the models with, run in the peer's own venv."""
