@@ -279,6 +279,11 @@ def export(
     )
     card.evaluation = evaluation
     write_card(card_path(onnx_path), card)
+    if plain is not None:
+        # A ConvLSTM stack also gets the one-step graph that streams run.
+        from model_export.step_graph import export_step_graph
+
+        export_step_graph(checkpoint, onnx_path, opset=opset)
     return ExportResult(
         onnx_path,
         card_path(onnx_path),
