@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {summary,train,export,quantize,step-graph,check,evaluate}``."""
+"""Command line: ``python -m model_export {summary,train,export,quantize,step-graph,rollouts,check,evaluate}``."""
 
 from __future__ import annotations
 
@@ -191,6 +191,12 @@ def _step_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollouts(args: argparse.Namespace) -> int:
+    from model_export.rollouts import main
+
+    return main(args.onnx, args.samples, args.horizon, args.out)
+
+
 def _check(args: argparse.Namespace) -> int:
     from model_export.export import ParityError, check_graphs
     from model_export.quantize import QuantizationError, check_int8, int8_path
@@ -345,6 +351,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("keras", type=Path, help="the checkpoint, e.g. models/convlstm.keras")
     s.add_argument("--onnx", type=Path, help="its windowed graph (default: the .keras as .onnx)")
     s.set_defaults(func=_step_graph)
+
+    r = sub.add_parser(
+        "rollouts", help="score the window and state roll-outs per step on the test split"
+    )
+    r.add_argument("--onnx", type=Path, default=Path("models/convlstm.onnx"))
+    r.add_argument("--samples", type=int, default=64)
+    r.add_argument("--horizon", type=int, default=8)
+    r.add_argument("--out", type=Path, help="also write the table as JSON here")
+    r.set_defaults(func=_rollouts)
 
     c = sub.add_parser("check", help="check committed ONNX files against checkpoints and cards")
     c.add_argument("--models", type=Path, default=Path("models"))

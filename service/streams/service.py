@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import numpy as np
@@ -30,6 +31,11 @@ from service.streams.table import Stream, StreamTable, UnknownStream
 from service.tasks.next_frame import FramesInput, NextFrameTask, Prediction, TensorInput
 
 log = logging.getLogger(__name__)
+
+# How /predict rolls a horizon > 1 out when the request does not say: chosen by the
+# quality of the two on the test split (the README's roll-out table,
+# python -m model_export rollouts).
+DEFAULT_ROLLOUT: Literal["window", "state"] = "window"
 
 # Frames one request on a stream may carry: each is one step that holds up the batch.
 MAX_FRAMES_PER_REQUEST = 256
@@ -249,6 +255,32 @@ class StreamService:
             stream.frames_seen += len(frames)
             stream.steps += len(frames) + horizon - 1
         return result.predicted, result.seconds
+
+    def rolls_out_from_state(self, name: str, horizon: int, asked: str | None) -> bool:
+        """Whether ``/predict`` rolls this request out from state: when asked to (422 if
+        the model serves no streams), or by default for a horizon > 1 where the model
+        serves streams (``DEFAULT_ROLLOUT``)."""
+        if asked == "state":
+            self.model(name)
+            return True
+        if asked == "window":
+            return False
+        return DEFAULT_ROLLOUT == "state" and horizon > 1 and name in self.models
+
+    async def predict(
+        self,
+        name: str,
+        source: FramesInput | TensorInput,
+        *,
+        horizon: int,
+        return_tensor: bool,
+    ) -> Prediction:
+        """``/predict`` rolled out from state: the T frames given, answered as ``/predict``."""
+        model = self.model(name)
+        model.task.steps(horizon)
+        sequence = await anyio.to_thread.run_sync(model.task.decode, source)
+        predicted, seconds = await self.rollout(name, sequence, horizon)
+        return await model.task.answer(predicted, seconds, return_tensor=return_tensor)
 
     async def rollout(
         self, name: str | None, sequence: NDArray[np.float32], horizon: int

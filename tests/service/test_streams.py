@@ -227,3 +227,35 @@ async def test_metrics_count_streams_steps_and_state(app_client: httpx.AsyncClie
     assert value(after, opened) == value(before, opened) + 1
     state = "convlstm_stream_state_bytes"
     assert value(after, state) - value(before, state) == 2_688_000
+
+
+async def test_predict_rolls_out_from_state_when_asked(app_client: httpx.AsyncClient) -> None:
+    async def predict(**more: object) -> np.ndarray:
+        r = await app_client.post(
+            "/predict", json={"frames": FRAMES, "return_tensor": True, **more}
+        )
+        assert r.status_code == 200, r.text
+        return tensor_of(r.json())
+
+    state = await predict(horizon=3, rollout="state")
+    window = await predict(horizon=3, rollout="window")
+    assert state.shape == window.shape == (3, 40, 40, 3)
+    # The first frame is the same computation; later ones differ: the window forgets the
+    # oldest real frames, the state does not.
+    np.testing.assert_allclose(state[0], window[0], atol=1e-5)
+    assert np.abs(state[1:] - window[1:]).max() > 1e-4
+    # A stream given the same frames and horizon rolls out the same way.
+    stream_id = await open_stream(app_client)
+    r = await feed(app_client, stream_id, FRAMES, horizon=3)
+    np.testing.assert_allclose(tensor_of(r.json()), state, atol=1e-6)
+
+
+async def test_state_rollout_of_a_model_without_streams_is_422(
+    app_client: httpx.AsyncClient,
+) -> None:
+    r = await app_client.post(
+        "/predict", json={"frames": FRAMES, "model": "cnn_lstm", "horizon": 2, "rollout": "state"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["location"] == "model"
+    r = await app_client.post("/predict", json={"frames": FRAMES, "rollout": "sideways"})
+    assert r.status_code == 422 and r.json()["error"]["location"] == "rollout"
