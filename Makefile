@@ -18,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env
+.PHONY: run check test browser bench bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ model: $(STAMP)
 # loopback only; results under bench/results/.
 bench: $(STAMP)
 	$(PY) -m bench.suite
+
+# Streams against the windowed graph: per-frame cost, horizon-8 roll-out, memory per
+# stream, concurrent streams at 5 frames/s; bench/results/streams.json.
+bench-streams: $(STAMP)
+	$(PY) -m bench.streams
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
