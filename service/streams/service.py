@@ -28,7 +28,13 @@ from service.streams.batcher import StepBatcher, StepResult, StepWork
 from service.streams.metrics import StreamMetrics
 from service.streams.session import StepSession
 from service.streams.table import Stream, StreamTable, UnknownStream
-from service.tasks.next_frame import FramesInput, NextFrameTask, Prediction, TensorInput
+from service.tasks.next_frame import (
+    INLINE_TENSOR_CHARS,
+    FramesInput,
+    NextFrameTask,
+    Prediction,
+    TensorInput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +239,11 @@ class StreamService:
         stream = self.table.get(stream_id)
         model = self.models[stream.model]
         model.task.steps(horizon)
-        frames = await anyio.to_thread.run_sync(self.decode, model, source)
+        size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
+        if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
+            frames = self.decode(model, source)
+        else:
+            frames = await anyio.to_thread.run_sync(self.decode, model, source)
         predicted, seconds = await self.step_arrays(stream, frames, horizon)
         return stream, await model.task.answer(predicted, seconds, return_tensor=return_tensor)
 

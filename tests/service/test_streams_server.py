@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,6 +70,39 @@ def test_triton_sequence_parameters_map_onto_streams(streams_server: RunningServ
     step(pixels[:, :4], sequence_start=True)
     again = step(pixels, sequence_start=True, sequence_end=True)
     np.testing.assert_allclose(again, expected, atol=1e-5)
+
+
+def test_client_stream_feeds_frames_and_closes(streams_server: RunningServer) -> None:
+    from service.client import ClientError, NextFrameClient
+    from tests.service.test_server import decode_png
+
+    pixels = np.stack([decode_png(f) for f in FRAMES])  # (15, 40, 40, 3) uint8
+    with NextFrameClient(streams_server.url) as client:
+        with client.stream() as stream:
+            for t in range(15):
+                prediction = stream.send(pixels[t : t + 1])
+            assert stream.info()["frames_seen"] == 15
+            expected = client.predict(pixels)
+        np.testing.assert_allclose(prediction.frames, expected.frames, atol=1e-5)
+        with pytest.raises(ClientError) as err:
+            stream.info()
+        assert err.value.status == 404 and "was closed" in err.value.message
+
+
+def test_cli_streams_any_number_of_frames(streams_server: RunningServer, tmp_path: Path) -> None:
+    from service.cli_predict import main
+    from tests.service.test_client import moving_square, write_pngs
+
+    paths = write_pngs(tmp_path / "in", moving_square()[:5])
+    out = tmp_path / "out"
+    argv = [*paths, "--url", streams_server.url, "--stream", "--horizon", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        *(f"next_{t:03d}.png" for t in range(1, 6)),
+        "pred_01.png",
+        "pred_02.png",
+        "sequence.gif",
+    ]
 
 
 def test_stream_fed_one_frame_at_a_time_equals_predict_then_sigterm_closes_it(
