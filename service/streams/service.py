@@ -97,13 +97,11 @@ class StreamService:
         for name, served in self.registry.models.items():
             reason = why_no_streams(served)
             path = model_file(self.settings, name)
-            if reason is None and path is None:
-                reason = "its file is not among the served paths"
-            if reason is not None or path is None or served.info.card.stream is None:
-                self.unavailable[name] = reason or "no step graph"
-                continue
-            assert isinstance(served.task, NextFrameTask)
             spec = served.info.card.stream
+            if reason is not None or path is None or spec is None:
+                self.unavailable[name] = reason or "its file is not among the served paths"
+                continue
+            assert isinstance(served.task, NextFrameTask)  # why_no_streams checked it
             try:
                 session = await anyio.to_thread.run_sync(StepSession, path, spec, self.settings)
                 await anyio.to_thread.run_sync(session.warm_up, self.settings.warmup_runs)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,7 +16,7 @@ from fastapi import FastAPI
 
 from service.api.examples import moving_square_frames
 from service.config import Settings
-from tests.service.conftest import COMMITTED_MODEL, asgi_client, running_app
+from tests.service.conftest import COMMITTED_MODEL, TINY_FRAMES, asgi_client, running_app
 
 pytestmark = pytest.mark.anyio
 
@@ -259,3 +261,41 @@ async def test_state_rollout_of_a_model_without_streams_is_422(
     assert r.status_code == 422 and r.json()["error"]["location"] == "model"
     r = await app_client.post("/predict", json={"frames": FRAMES, "rollout": "sideways"})
     assert r.status_code == 422 and r.json()["error"]["location"] == "rollout"
+
+
+async def test_a_bad_step_graph_leaves_the_model_serving_without_streams(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    for path in tiny_model.parent.iterdir():
+        if path.is_file() and path.stem.startswith(tiny_model.stem):
+            shutil.copy(path, tmp_path / path.name)
+    step = tmp_path / f"{tiny_model.stem}.step.onnx"
+    step.write_bytes(step.read_bytes()[:-10])  # cut short: no longer what the card says
+    settings = Settings(model_path=tmp_path / tiny_model.name, warmup_runs=0)
+    async with running_app(settings) as app, asgi_client(app) as client:
+        r = await client.post("/v1/streams")
+        assert r.status_code == 422
+        assert "step graph cannot be used" in r.json()["error"]["message"]
+        assert "sha256" in r.json()["error"]["message"]
+        pixels = np.zeros((TINY_FRAMES, 40, 40, 3), np.uint8)
+        body = {"data": base64.b64encode(pixels.tobytes()).decode(), "dtype": "uint8"}
+        ok = await client.post("/predict", json={"tensor": {**body, "shape": list(pixels.shape)}})
+        assert ok.status_code == 200, ok.text
+
+
+async def test_a_tiny_exported_stack_streams_too(tiny_model: Path) -> None:
+    settings = Settings(model_path=tiny_model, warmup_runs=0)
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (TINY_FRAMES, 40, 40, 3), dtype=np.uint8)
+
+    def body(frames: np.ndarray) -> dict[str, object]:
+        data = base64.b64encode(frames.tobytes()).decode()
+        tensor = {"data": data, "dtype": "uint8", "shape": list(frames.shape)}
+        return {"tensor": tensor, "return_tensor": True}
+
+    async with running_app(settings) as app, asgi_client(app) as client:
+        stream_id = await open_stream(client)
+        for t in range(TINY_FRAMES):
+            last = await client.post(f"/v1/streams/{stream_id}", json=body(pixels[t : t + 1]))
+        windowed = await client.post("/predict", json=body(pixels))
+    np.testing.assert_allclose(tensor_of(last.json()), tensor_of(windowed.json()), atol=1e-5)
