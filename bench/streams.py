@@ -42,6 +42,7 @@ SERVER_ENV = {
     "CONVLSTM_ACCESS_LOG": "false",
     "CONVLSTM_LOG_LEVEL": "warning",
 }
+PHASES = ("per_frame", "horizon8", "memory", "capacity")
 FRAME_RATE = 5.0
 P99_TARGET_S = 0.250
 
@@ -196,9 +197,12 @@ def capacity(url: str, seconds: float, seq: np.ndarray, counts: list[int]) -> di
         result = asyncio.run(_capacity_at(url, n, seconds, seq))
         steps.append(result)
         print(f"  {n} streams: p99 {result['p99_ms']} ms, {result['frames_per_s']} frames/s")
-        if not result["met"]:
+        if result["met"]:
+            best = n
+        # One slow answer on a shared machine fails a count: go on until the server no
+        # longer keeps up with the frames offered.
+        elif result["frames_per_s"] < 0.5 * n * FRAME_RATE:
             break
-        best = n
     return {
         "frame_rate": FRAME_RATE,
         "p99_target_ms": P99_TARGET_S * 1000,
@@ -212,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=Path("models/convlstm.onnx"))
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--memory-streams", type=int, default=40)
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16, 24, 32])
     p.add_argument("--out", type=Path, default=Path("bench/results/streams.json"))
+    p.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=list(PHASES),
+        help="which measurements to make (default: all)",
+    )
     args = p.parse_args(argv)
     seq = data.generate(1, seed=data.SPLIT_SEEDS["test"], split="test", frames=30)[0]
     results: dict[str, Any] = {
@@ -223,17 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         "server_env": SERVER_ENV,
     }
     with serve(args.model, env=SERVER_ENV) as server, server.client() as client:
-        print("per-frame cost ...")
-        results["per_frame"] = per_frame(client, seq, args.rounds)
-        print(" ", results["per_frame"])
-        print("horizon 8 ...")
-        results["horizon8"] = horizon8(client, seq, max(3, args.rounds // 2))
-        print(" ", results["horizon8"])
-        print("memory per stream ...")
-        results["memory"] = memory(server, client, seq, args.memory_streams)
-        print(" ", results["memory"])
-        print("capacity at 5 frames/s per stream ...")
-        results["capacity"] = capacity(server.url, args.seconds, seq, args.streams)
+        if "per_frame" in args.phases:
+            print("per-frame cost ...")
+            results["per_frame"] = per_frame(client, seq, args.rounds)
+            print(" ", results["per_frame"])
+        if "horizon8" in args.phases:
+            print("horizon 8 ...")
+            results["horizon8"] = horizon8(client, seq, max(3, args.rounds // 2))
+            print(" ", results["horizon8"])
+        if "memory" in args.phases:
+            print("memory per stream ...")
+            results["memory"] = memory(server, client, seq, args.memory_streams)
+            print(" ", results["memory"])
+        if "capacity" in args.phases:
+            print("capacity at 5 frames/s per stream ...")
+            results["capacity"] = capacity(server.url, args.seconds, seq, args.streams)
     results["load_average_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
