@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from convlstm_card import read_card, sha256_of
-from model_export.export import export, onnx_predict
+from model_export.export import ParityError, check_graphs, export, onnx_predict
 from model_export.model import build_cnn_lstm, build_convlstm
 from model_export.step_graph import (
     StepGraphError,
@@ -95,3 +95,15 @@ def test_failed_parity_writes_nothing(tmp_path: Path) -> None:
 def test_a_model_without_convlstm_state_gets_no_step_graph() -> None:
     with pytest.raises(ValueError, match="no step graph"):
         build_step_model(build_cnn_lstm())
+
+
+def test_check_covers_the_step_graph(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checked.keras"
+    build_convlstm(filters=(4,)).save(ckpt)
+    export(ckpt)
+    step = step_path(ckpt.with_suffix(".onnx"))
+    diffs = check_graphs(ckpt)
+    assert diffs[step.name] <= 1e-5
+    step.write_bytes(step.read_bytes() + b"\0")
+    with pytest.raises(ParityError, match="sha256"):
+        check_graphs(ckpt)
