@@ -105,9 +105,10 @@ class StreamService:
             try:
                 session = await anyio.to_thread.run_sync(StepSession, path, spec, self.settings)
                 await anyio.to_thread.run_sync(session.warm_up, self.settings.warmup_runs)
-            except ModelLoadError as err:
-                log.error("model %s serves no streams: %s", name, err.message)
-                self.unavailable[name] = f"its step graph cannot be used ({err.message})"
+            except Exception as err:  # a step graph the warm-up refuses, too
+                why = err.message if isinstance(err, ModelLoadError) else repr(err)
+                log.error("model %s serves no streams: %s", name, why)
+                self.unavailable[name] = f"its step graph cannot be used ({why})"
                 continue
             batcher = StepBatcher(
                 session.run,
