@@ -18,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench bench-swap bench-peers soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test browser bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -126,6 +126,10 @@ $(PEERS_VENVS)/%/.installed: bench/peers/%.txt
 
 bench-peers: $(STAMP) $(PEER_STAMPS)
 	$(PY) -m bench.peers.run
+# Streams against the windowed graph: per-frame cost, horizon-8 roll-out, memory per
+# stream, concurrent streams at 5 frames/s; bench/results/streams.json.
+bench-streams: $(STAMP)
+	$(PY) -m bench.streams
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4

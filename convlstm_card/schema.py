@@ -76,6 +76,27 @@ class Graph(BaseModel):
     """For an int8 graph: the float32 graph it was quantized from."""
 
 
+class StreamSpec(BaseModel):
+    """The step graph of a ConvLSTM stack, which streams run one frame at a time with the
+    state kept on the server (``model_export.step_graph`` writes it)."""
+
+    model_config = _OPEN
+
+    step_graph: GraphFile
+    """The ONNX file of one time step, relative to the card's directory."""
+    frame: TensorSpec
+    """The step graph's frame input (N, H, W, C)."""
+    prediction: TensorSpec
+    """Its predicted next frame (N, H, W, C)."""
+    state: list[TensorSpec]
+    """Every layer's hidden and cell state, in order: each an input of that name and an
+    output ``next_<name>``, channels first (N, F, H, W)."""
+    state_bytes_per_stream: int
+    """float32 bytes of one stream's state."""
+    parity: dict[str, Any] | None = None
+    """How closely T steps from a zero state match the windowed graph."""
+
+
 class Layer(BaseModel):
     """One row of the parameter table: a layer that holds weights."""
 
@@ -200,6 +221,8 @@ class ModelCard(BaseModel):
     """Tool versions that made the file."""
     series: SeriesSpec | None = None
     """For ``task: series``: the window's framing, the target, frequency and scaling."""
+    stream: StreamSpec | None = None
+    """For a ConvLSTM stack with a step graph: what streams run."""
 
     @model_validator(mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {summary,train,export,series,quantize,check,evaluate}``."""
+"""Command line: ``python -m model_export {summary,train,export,series,quantize,step-graph,rollouts,check,evaluate}``."""
 
 from __future__ import annotations
 
@@ -217,6 +217,27 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step_graph(args: argparse.Namespace) -> int:
+    from model_export.step_graph import StepGraphError, export_step_graph
+
+    try:
+        result = export_step_graph(args.keras, args.onnx)
+    except (StepGraphError, ValueError) as err:
+        print(f"step-graph failed: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"{result.path}: {args.keras.stem} stepped from zero state matches the windowed graph "
+        f"(max |diff| {result.max_abs_diff:.2e}); state {result.state_bytes:,} bytes per stream"
+    )
+    return 0
+
+
+def _rollouts(args: argparse.Namespace) -> int:
+    from model_export.rollouts import main
+
+    return main(args.onnx, args.samples, args.horizon, args.out)
+
+
 def _check(args: argparse.Namespace) -> int:
     from model_export.export import ParityError, check_graphs
     from model_export.quantize import QuantizationError, check_int8, int8_path
@@ -403,6 +424,23 @@ def parser() -> argparse.ArgumentParser:
         help="training sequences that set the activation ranges",
     )
     q.set_defaults(func=_quantize)
+
+    s = sub.add_parser(
+        "step-graph",
+        help="the one-step graph of a ConvLSTM stack, for streams (written by export too)",
+    )
+    s.add_argument("keras", type=Path, help="the checkpoint, e.g. models/convlstm.keras")
+    s.add_argument("--onnx", type=Path, help="its windowed graph (default: the .keras as .onnx)")
+    s.set_defaults(func=_step_graph)
+
+    r = sub.add_parser(
+        "rollouts", help="score the window and state roll-outs per step on the test split"
+    )
+    r.add_argument("--onnx", type=Path, default=Path("models/convlstm.onnx"))
+    r.add_argument("--samples", type=int, default=64)
+    r.add_argument("--horizon", type=int, default=8)
+    r.add_argument("--out", type=Path, help="also write the table as JSON here")
+    r.set_defaults(func=_rollouts)
 
     c = sub.add_parser("check", help="check committed ONNX files against checkpoints and cards")
     c.add_argument("--models", type=Path, default=Path("models"))

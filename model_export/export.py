@@ -279,6 +279,11 @@ def export(
     )
     card.evaluation = evaluation
     write_card(card_path(onnx_path), card)
+    if plain is not None:
+        # A ConvLSTM stack also gets the one-step graph that streams run.
+        from model_export.step_graph import export_step_graph
+
+        export_step_graph(checkpoint, onnx_path, opset=opset)
     return ExportResult(
         onnx_path,
         card_path(onnx_path),
@@ -316,7 +321,39 @@ def check_graphs(checkpoint: Path, tolerance: float = PARITY_TOLERANCE) -> dict[
                 f"{path}: differs from {checkpoint} by {diff:.3g} (max allowed {tolerance:g})"
             )
         diffs[path.name] = diff
+    if card.stream is not None:
+        diffs.update(_check_step_graph(onnx_path, card))
     return diffs
+
+
+def _check_step_graph(onnx_path: Path, card: ModelCard) -> dict[str, float]:
+    """The step graph the card names: its sha256, and its steps from a zero state against
+    the windowed graph."""
+    from model_export.step_graph import (
+        STEP_PARITY_TOLERANCE,
+        StateLayout,
+        parity_frames,
+        step_parity,
+    )
+
+    spec = card.stream
+    assert spec is not None
+    path = onnx_path.parent / spec.step_graph.file
+    actual = sha256_of(path)
+    if actual != spec.step_graph.sha256:
+        raise ParityError(f"{path}: card sha256 {spec.step_graph.sha256} but file is {actual}")
+    frame_shape = tuple(int(d) for d in spec.frame.shape[1:])
+    layout = StateLayout(
+        tuple(int(s.shape[1]) for s in spec.state[::2]), frame_shape[0], frame_shape[1]
+    )
+    x = parity_frames(int(card.input.shape[1]), frame_shape)
+    diff = step_parity(path, layout, onnx_path, x)
+    if not diff <= STEP_PARITY_TOLERANCE:
+        raise ParityError(
+            f"{path}: stepped from zero state, differs from {onnx_path.name} by {diff:.3g} "
+            f"(max allowed {STEP_PARITY_TOLERANCE:g})"
+        )
+    return {path.name: diff}
 
 
 def check(checkpoint: Path, tolerance: float = PARITY_TOLERANCE) -> float:

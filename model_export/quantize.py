@@ -163,6 +163,8 @@ def quantize(
         tmp.unlink(missing_ok=True)
 
     source_fields = source_card.to_json()
+    # The float32 step graph would not predict what the int8 graph predicts: no streams.
+    source_fields.pop("stream", None)
     card = ModelCard.model_validate(
         {
             **source_fields,

@@ -16,24 +16,29 @@ from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
 from service.api.repository import router as repository_router
 from service.api.routes import router
+from service.api.streams import router as streams_router
 from service.api.timeseries import router as timeseries_router
 from service.api.web import mount_web
 from service.config import Settings
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.streams.service import StreamService
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings, Metrics())
+    streams = StreamService(settings, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.load()
+        await streams.start()
         try:
             yield
         finally:
             registry.begin_drain("the service is shutting down")
+            await streams.close()
             await registry.close()
 
     app = FastAPI(
@@ -43,7 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.streams = streams
     app.include_router(router)
+    app.include_router(streams_router)
     app.include_router(oip_router)
     app.include_router(repository_router)
     app.include_router(timeseries_router)

@@ -1,4 +1,4 @@
-"""``convlstm-predict FRAMES... [--url URL] [--horizon N] [--out DIR] [--model NAME]``
+"""``convlstm-predict FRAMES... [--url URL] [--horizon N] [--out DIR] [--model NAME] [--stream]``
 ``convlstm-predict --csv FILE --column NAME... --model NAME --frequency F [--horizon N]``
 
 Sends a sequence to a running service and writes what it predicts. FRAMES is one of:
@@ -16,6 +16,10 @@ With ``--csv``, it forecasts instead: the named column (or columns, one row per 
 step, for a multivariate model) of FILE is sent to the series model ``--model`` over
 ``/v1/timeseries/forecast``, and the forecast is printed as CSV (``step``, the forecast,
 and any ``--quantiles``).
+
+With ``--stream`` the frames (any number; every frame of a GIF) go one at a time through
+a stream whose state the server keeps, and ``next_001.png``, ... hold the frame predicted
+after each.
 
 Exit status: 0 done; 1 the server refused a request or could not be reached (its
 message is printed; sequences already written stay); 2 bad usage or input.
@@ -102,6 +106,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=60.0, metavar="S", help="seconds per request (60)"
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="feed the frames one at a time through a stream (any number of them, the "
+        "state kept on the server) and write next_NNN.png, the frame predicted after "
+        "each; the last one's horizon as pred_NN.png",
+    )
     return p
 
 
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = load_inputs(args.frames)
         with NextFrameClient(args.url, args.api_key, timeout=args.timeout) as client:
+            if args.stream:
+                return stream_all(client, inputs, args.horizon, args.model, args.out)
             ready = client.ready()
             # /readyz describes the default model; another one is left to the server to check.
             check_against_model(inputs, ready, strict=args.model in (None, ready.model))
@@ -231,6 +244,31 @@ def predict_all(
     where = f"{out}/seq_000 ... seq_{total - 1:03d}" if inputs.batched else str(out)
     print(
         f"{total} sequence(s), {horizon} frame(s) each, written to {where} "
+        f"(model {last.model} {last.model_version} on {last.provider})"
+    )
+    return 0
+
+
+def stream_all(
+    client: NextFrameClient, inputs: Inputs, horizon: int, model: str | None, out: Path
+) -> int:
+    """One sequence, a frame at a time, through a stream; every frame of a GIF is fed."""
+    if inputs.batched:
+        raise InputError(f"{inputs.source}: --stream takes one sequence, not (N, T, H, W, 3)")
+    sequence = inputs.sequences[0]
+    out.mkdir(parents=True, exist_ok=True)
+    last: Prediction | None = None
+    with client.stream(model) as stream:
+        for t in range(len(sequence)):
+            last = stream.send(
+                sequence[t : t + 1], horizon=horizon if t == len(sequence) - 1 else 1
+            )
+            Image.fromarray(to_uint8(last.frames)[0]).save(out / f"next_{t + 1:03d}.png")
+    assert last is not None
+    write_outputs(out, sequence, last.frames)
+    print(
+        f"{len(sequence)} frame(s) streamed one at a time, next_001.png ... "
+        f"next_{len(sequence):03d}.png and {horizon} frame(s) after the last written to {out} "
         f"(model {last.model} {last.model_version} on {last.provider})"
     )
     return 0

@@ -169,16 +169,29 @@ class NextFrameClient:
         body["return_tensor"] = True
         if model is not None:
             body["model"] = model
-        answer = self._request("POST", "/predict", json=body, retry=True)
-        tensor = answer["tensor"]
-        data = np.frombuffer(base64.b64decode(tensor["data"]), dtype="<f4")
-        return Prediction(
-            frames=data.reshape(tensor["shape"]).astype(np.float32),
-            model=str(answer["model"]),
-            model_version=str(answer["model_version"]),
-            provider=str(answer["provider"]),
-            inference_ms=float(answer["inference_ms"]),
-        )
+        return _prediction(self._request("POST", "/predict", json=body, retry=True))
+
+    def stream(self, model: str | None = None) -> FrameStream:
+        """Open a stream: the model's state kept on the server, fed a frame at a time.
+
+        Use it as a context manager so that the stream is closed (its state freed) at
+        the end::
+
+            with client.stream() as stream:
+                for frame in camera:                 # (H, W, 3) uint8 each
+                    next_frame = stream.send(frame[None]).frames[0]
+        """
+        body = {"model": model} if model is not None else {}
+        opened = self._request("POST", "/v1/streams", json=body, retry=True)
+        return FrameStream(self, str(opened["stream_id"]), str(opened["model"]))
+
+    def request(
+        self, method: str, path: str, *, retry: bool, json: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One call to the service, with this client's retries and errors; ``{}`` for an
+        answer with no body."""
+        answer: dict[str, Any] = self._request(method, path, retry=retry, json=json)
+        return answer
 
     def series_models(self) -> list[str]:
         """The served series models (KServe's ``GET /v1/timeseries/models``)."""
@@ -247,6 +260,8 @@ class NextFrameClient:
                 attempt += 1
                 time.sleep(self._retry_wait(response, attempt))
                 continue
+            if response.status_code == 204:
+                return {}
             if response.is_success:
                 return response.json()
             raise _error_from(response)
@@ -256,6 +271,60 @@ class NextFrameClient:
         if wait is None:
             wait = 0.5 * 2 ** (attempt - 1)
         return min(max(wait, 0.0), self.max_retry_wait)
+
+
+class FrameStream:
+    """A stream opened by :meth:`NextFrameClient.stream`."""
+
+    def __init__(self, client: NextFrameClient, stream_id: str, model: str) -> None:
+        self.client = client
+        self.id = stream_id
+        self.model = model
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def send(self, frames: FramesLike, horizon: int = 1) -> Prediction:
+        """Feed the stream its next frame(s), oldest first (k >= 1, as ``predict`` takes
+        them); the ``horizon`` frames that follow everything it has seen. A 503 (the
+        step queue full) is retried: the step was not run."""
+        body: dict[str, Any] = {**encode_frames(frames), "horizon": horizon}
+        body["return_tensor"] = True
+        return _prediction(
+            self.client.request("POST", f"/v1/streams/{self.id}", json=body, retry=True)
+        )
+
+    def info(self) -> dict[str, Any]:
+        """What the server says of the stream: frames seen, last use, model."""
+        return self.client.request("GET", f"/v1/streams/{self.id}", retry=False)
+
+    def close(self) -> None:
+        """Free the stream's state on the server; one already gone (expired) is fine."""
+        try:
+            self.client.request("DELETE", f"/v1/streams/{self.id}", retry=False)
+        except ClientError as err:
+            if err.status != 404:
+                raise
+
+
+def _prediction(answer: dict[str, Any]) -> Prediction:
+    tensor = answer["tensor"]
+    data = np.frombuffer(base64.b64decode(tensor["data"]), dtype="<f4")
+    return Prediction(
+        frames=data.reshape(tensor["shape"]).astype(np.float32),
+        model=str(answer["model"]),
+        model_version=str(answer["model_version"]),
+        provider=str(answer["provider"]),
+        inference_ms=float(answer["inference_ms"]),
+    )
 
 
 def encode_frames(frames: FramesLike) -> dict[str, Any]:

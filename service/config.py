@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     max_horizon: int = Field(default=8, ge=1, le=256)
     """Largest ``horizon`` a request may ask for (each step is one model run)."""
 
+    max_streams: int = Field(default=64, ge=1, le=100_000)
+    """Streams (``/v1/streams``, OIP sequences) open at once; each holds its model's
+    ConvLSTM state (2.7 MB for the committed model, the card's ``stream`` section says).
+    Opening one more answers 503 with ``Retry-After``."""
+
+    stream_idle_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    """A stream without a request for this many seconds is dropped; its id then answers
+    404 saying it expired."""
+
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     """Request bodies above this many bytes are refused with 413 before being read whole.
     A 15-frame float32 tensor is 384 kB in base64; 15 PNG frames are far less."""

@@ -76,6 +76,8 @@ def test_quantize_writes_an_int8_graph_and_its_card(exported: Path) -> None:
     assert card.parity is not None
     assert 0 < card.parity["mean_abs_diff"] <= MEAN_ABS_TOLERANCE
     assert card.evaluation is None
+    # The float32 step graph beside the source would not predict what int8 does.
+    assert read_card(exported.with_suffix(".json")).stream is not None and card.stream is None
     assert check_int8(exported)["mean_abs_diff"] == pytest.approx(card.parity["mean_abs_diff"])
 
 

@@ -6,6 +6,7 @@ shapes the answer. Errors here are ``{"error": "..."}``, as the protocol says
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,10 +20,12 @@ from service import __version__
 from service.api.deps import RegistryDep, require_api_key
 from service.api.error_responses import OIP_PREFIX
 from service.api.lifecycle import until_client_leaves
+from service.api.oip_sequence import check_sequence_shape, sequence_id, sequence_stream
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
 from service.model_repository import version_order
 from service.registry import ModelRegistry, ServedModel
+from service.streams.service import StreamService
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
 HEADER_LENGTH = "inference-header-content-length"
@@ -216,13 +219,38 @@ async def _infer(model: ServedModel, request: Request) -> Response:
     raw = await request.body()
     header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
     req = parse_request(header)
-    batch = _input_batch(req, binary, model)
     horizon = req.parameters.get("horizon", 1)
     if not isinstance(horizon, int) or isinstance(horizon, bool):
         raise InvalidInput(f"parameters.horizon: must be an integer, got {horizon!r}")
+    seq = sequence_id(req.parameters)
+    if seq is not None:
+        return await _sequence_infer(req, binary, model, seq, horizon, request)
+    batch = _input_batch(req, binary, model)
     steps = model.task.steps(horizon)
     predicted, _ = await until_client_leaves(request, model.runner.run(batch, steps))
     return _response(req, model, model.task.batch_output(predicted, steps))
+
+
+async def _sequence_infer(
+    req: InferRequest,
+    binary: bytes,
+    model: ServedModel,
+    seq: int | str,
+    horizon: int,
+    request: Request,
+) -> Response:
+    streams: StreamService = request.app.state.streams
+    stream_model = streams.model(model.info.name)
+    stream_model.task.steps(horizon)
+    frame = stream_model.task.spec.shape[1:]
+    frames = _input_batch(
+        req, binary, model, check=lambda shape, where: check_sequence_shape(shape, frame)
+    )[0]
+    stream, end = sequence_stream(streams, model.info.name, seq, req.parameters)
+    predicted, _ = await until_client_leaves(request, streams.step_arrays(stream, frames, horizon))
+    if end and streams.table.streams.get(stream.id) is stream:
+        streams.close_stream(stream.id)
+    return _response(req, model, predicted[None, 0] if horizon == 1 else predicted[None])
 
 
 def parse_request(header: bytes) -> InferRequest:
@@ -271,7 +299,12 @@ def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[:n], raw[n:]
 
 
-def _input_batch(req: InferRequest, binary: bytes, model: ServedModel) -> NDArray[np.float32]:
+def _input_batch(
+    req: InferRequest,
+    binary: bytes,
+    model: ServedModel,
+    check: Callable[[list[int], str], None] | None = None,
+) -> NDArray[np.float32]:
     info = model.info
     if len(req.inputs) != 1 or req.inputs[0].name != info.input_name:
         got = [i.name for i in req.inputs]
@@ -284,7 +317,7 @@ def _input_batch(req: InferRequest, binary: bytes, model: ServedModel) -> NDArra
         raise InvalidInput(
             f"inputs[0].datatype: {tensor.datatype!r} is not one of {sorted(INPUT_DATATYPES)}"
         )
-    model.task.check_batch_shape(tensor.shape, "inputs[0].shape")
+    (check or model.task.check_batch_shape)(tensor.shape, "inputs[0].shape")
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         where = "inputs[0].parameters.binary_data_size"

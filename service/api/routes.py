@@ -26,6 +26,7 @@ from service.api.schemas import (
 )
 from service.errors import InvalidInput
 from service.registry import ModelRegistry, ServedModel
+from service.streams.service import StreamService
 from service.tasks import NextFrameTask
 from service.tasks.next_frame import FramesInput, TensorInput
 
@@ -194,12 +195,16 @@ async def predict(
         assert request.tensor is not None  # the schema allows exactly one
         t = request.tensor
         source = TensorInput(t.data, t.dtype, t.shape)
-    result = await until_client_leaves(
-        http,
-        task.predict(
+    streams: StreamService = http.app.state.streams
+    if streams.rolls_out_from_state(model.info.name, request.horizon, request.rollout):
+        work = streams.predict(
+            model.info.name, source, horizon=request.horizon, return_tensor=request.return_tensor
+        )
+    else:
+        work = task.predict(
             model.runner, source, horizon=request.horizon, return_tensor=request.return_tensor
-        ),
-    )
+        )
+    result = await until_client_leaves(http, work)
     info = model.info
     return NextFrameResponse(
         model=info.name,

@@ -60,6 +60,14 @@ class NextFrameRequest(BaseModel):
     return_tensor: bool = Field(
         default=False, description="also return the float32 prediction, unrounded"
     )
+    rollout: Literal["window", "state"] | None = Field(
+        default=None,
+        description="how a horizon > 1 is rolled out: `window` runs the model on the last T "
+        "frames for each predicted frame (T steps each); `state` steps the ConvLSTM "
+        "through the T frames once and feeds each prediction in as one more step "
+        "(T + horizon - 1 steps; models that serve streams only). Left out: the model's "
+        "default (see the README's roll-out table)",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> NextFrameRequest:

@@ -88,6 +88,8 @@ class OnnxSession:
     ) -> None:
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
+        self.path = path
+        """The graph file, whose card may name files beside it (a step graph)."""
         available = ort.get_available_providers()
         requested = choose_providers(provider, available)
         if any(p in GPU_PROVIDERS for p in requested) and hasattr(ort, "preload_dlls"):

@@ -229,6 +229,13 @@ class NextFrameTask:
             sequence = await anyio.to_thread.run_sync(self.decode, source)
         batch, seconds = await runner.run(sequence[None], steps)
         predicted = self.output.last_frame(batch[0]) if steps == 1 else batch[0]
+        return await self.answer(predicted, seconds, return_tensor=return_tensor)
+
+    async def answer(
+        self, predicted: NDArray[np.float32], seconds: float, *, return_tensor: bool
+    ) -> Prediction:
+        """Predicted frames (horizon, H, W, C) as ``/predict`` answers them: PNGs of the
+        model's output mode, and the tensor where asked for or where no image holds it."""
         as_image = self.output.channels in IMAGE_MODES
         pngs: list[str] = []
         if as_image and predicted.size <= INLINE_PNG_VALUES:

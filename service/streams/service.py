@@ -1,0 +1,316 @@
+"""Streams for every protocol front: open, step, look up and close streams of the served
+ConvLSTM stacks, and roll a sequence out from state for ``/predict``. No HTTP here.
+
+A model serves streams when its card names a step graph (``stream`` section, written by
+``model_export.step_graph``) that loads and matches the card; other models (the
+CNN-LSTM, the int8 graph, tensor models) answer 422 naming why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import numpy as np
+from numpy.typing import NDArray
+
+from service.config import Settings
+from service.errors import InvalidInput, ModelLoadError
+from service.inference.codec import check_shape, decode_frames, decode_tensor
+from service.registry import ModelRegistry, ServedModel
+from service.streams.batcher import StepBatcher, StepResult, StepWork
+from service.streams.metrics import StreamMetrics
+from service.streams.session import StepSession
+from service.streams.table import Stream, StreamTable, UnknownStream
+from service.tasks.next_frame import (
+    INLINE_TENSOR_CHARS,
+    FramesInput,
+    NextFrameTask,
+    Prediction,
+    TensorInput,
+)
+
+log = logging.getLogger(__name__)
+
+# How /predict rolls a horizon > 1 out when the request does not say: chosen by the
+# quality of the two on the test split (the README's roll-out table,
+# python -m model_export rollouts).
+DEFAULT_ROLLOUT: Literal["window", "state"] = "window"
+
+# Frames one request on a stream may carry: each is one step that holds up the batch.
+MAX_FRAMES_PER_REQUEST = 256
+
+
+@dataclass(frozen=True)
+class StreamModel:
+    """A served model that serves streams: its step graph, batcher and frame task."""
+
+    name: str
+    version: str
+    session: StepSession
+    batcher: StepBatcher
+    task: NextFrameTask
+
+
+def model_file(served: ServedModel) -> Path:
+    """The ONNX file a served model was loaded from (its card names the step graph
+    relative to it), in the flat layout and in a repository's NAME/VERSION/ alike."""
+    return served.runner.session.path
+
+
+def why_no_streams(model: ServedModel) -> str | None:
+    """Why ``model`` cannot serve streams, or None when its card says it can."""
+    card = model.info.card
+    if not isinstance(model.task, NextFrameTask):
+        return f"it is a {card.task} model, not a next-frame model"
+    if card.stream is None:
+        return (
+            "it has no ConvLSTM state to keep: its card names no step graph (streams serve "
+            "ConvLSTM stacks exported with one; python -m model_export step-graph)"
+        )
+    if not model.task.feeds_back:
+        return "its predicted frame is not its input frame's size"
+    return None
+
+
+class StreamService:
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = StreamMetrics(registry.metrics)
+        self.table = StreamTable(
+            settings.max_streams, settings.stream_idle_s, on_expire=self._count_expiry
+        )
+        self.models: dict[str, StreamModel] = {}
+        self.unavailable: dict[str, str] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the step graph of every served model whose card names one. One that fails
+        to load is logged and leaves its model without streams; the model still serves."""
+        for name, served in self.registry.models.items():
+            reason = why_no_streams(served)
+            path = model_file(served)
+            spec = served.info.card.stream
+            if reason is not None or path is None or spec is None:
+                self.unavailable[name] = reason or "its file is not among the served paths"
+                continue
+            assert isinstance(served.task, NextFrameTask)  # why_no_streams checked it
+            try:
+                session = await anyio.to_thread.run_sync(StepSession, path, spec, self.settings)
+                await anyio.to_thread.run_sync(session.warm_up, self.settings.warmup_runs)
+            except Exception as err:  # a step graph the warm-up refuses, too
+                why = err.message if isinstance(err, ModelLoadError) else repr(err)
+                log.error("model %s serves no streams: %s", name, why)
+                self.unavailable[name] = f"its step graph cannot be used ({why})"
+                continue
+            batcher = StepBatcher(
+                session.run,
+                max_queue=self.settings.max_queue,
+                max_batch=self.settings.max_batch_size,
+                max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+                on_batch=self._observe(name),
+            )
+            batcher.start()
+            self.models[name] = StreamModel(
+                name, served.info.version, session, batcher, served.task
+            )
+            self.metrics.open.labels(name).set_function(self._counter(name))
+            log.info(
+                "model %s serves streams: step graph %s, %d state bytes per stream",
+                name,
+                session.path.name,
+                session.state_bytes,
+            )
+        self.metrics.state_bytes.set_function(lambda: self.table.state_bytes)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def close(self) -> None:
+        """Stop expiring and stepping, and drop every stream: state is not kept across a
+        restart."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for model in self.models.values():
+            await model.batcher.stop()
+        dropped = self.table.clear()
+        if dropped:
+            log.info("closed %d open stream(s); their state is not kept", dropped)
+
+    def _counter(self, name: str) -> Callable[[], float]:
+        return lambda: sum(1 for s in self.table.streams.values() if s.model == name)
+
+    def _observe(self, name: str) -> Callable[[list[int]], None]:
+        def observe(sizes: list[int]) -> None:
+            for size in sizes:
+                self.metrics.batch_size.labels(name).observe(size)
+
+        return observe
+
+    def _count_expiry(self, stream: Stream) -> None:
+        self.metrics.expired.labels(stream.model).inc()
+        log.debug("stream %s of %s expired", stream.id, stream.model)
+
+    async def _sweep(self) -> None:
+        period = max(0.05, min(self.table.idle_s / 4.0, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            self.table.expire()
+
+    # -- the operations every front uses --------------------------------------------------
+
+    def model(self, name: str | None) -> StreamModel:
+        """The stream model served as ``name`` (the default when None): 404 if no model has
+        that name, 422 if it serves no streams."""
+        served = self.registry.lookup(name)
+        found = self.models.get(served.info.name)
+        if found is None:
+            why = self.unavailable.get(served.info.name, "its step graph is not loaded")
+            raise InvalidInput(
+                f"model: {served.info.name!r} serves no streams: {why}; streams: "
+                f"{', '.join(self.models) or 'none'}",
+                location="model",
+            )
+        return found
+
+    def open(self, name: str | None, stream_id: str | None = None) -> Stream:
+        model = self.model(name)
+        try:
+            stream = self.table.open(
+                model.name, model.session.zero_state(), model.session.state_bytes, stream_id
+            )
+        except Exception:
+            self.metrics.refused.inc()
+            raise
+        self.metrics.opened.labels(model.name).inc()
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        return self.table.get(stream_id)
+
+    def close_stream(self, stream_id: str) -> Stream:
+        return self.table.close(stream_id)
+
+    def decode(self, model: StreamModel, source: FramesInput | TensorInput) -> NDArray[np.float32]:
+        """Any number k >= 1 of frames, in ``/predict``'s forms -> (k, H, W, C)."""
+        spec = model.task.spec
+        if isinstance(source, FramesInput):
+            k = len(source.frames)
+            where = "frames"
+        else:
+            shape = source.shape
+            k = shape[0] if len(shape) == 4 else 0
+            where = "tensor.shape"
+            if k < 1:
+                raise InvalidInput(
+                    f"tensor.shape: expected [k, {spec.height}, {spec.width}, {spec.channels}] "
+                    f"(frames, height, width, channels) with k >= 1, got {shape}",
+                    location=where,
+                )
+        if not 1 <= k <= MAX_FRAMES_PER_REQUEST:
+            raise InvalidInput(
+                f"{where}: a stream takes 1 to {MAX_FRAMES_PER_REQUEST} frames per request, "
+                f"got {k}",
+                location=where,
+            )
+        spec_k = dataclasses.replace(spec, frames=k)
+        if isinstance(source, FramesInput):
+            return decode_frames(source.frames, spec_k)
+        check_shape(source.shape, spec_k.shape, "tensor.shape")
+        return decode_tensor(source.data, source.dtype, source.shape, spec_k)
+
+    async def step(
+        self,
+        stream_id: str,
+        source: FramesInput | TensorInput,
+        *,
+        horizon: int = 1,
+        return_tensor: bool = False,
+    ) -> tuple[Stream, Prediction]:
+        """Feed a stream its next frames; the ``horizon`` frames that follow everything it
+        has seen, as ``/predict`` answers them."""
+        stream = self.table.get(stream_id)
+        model = self.models[stream.model]
+        model.task.steps(horizon)
+        size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
+        if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
+            frames = self.decode(model, source)
+        else:
+            frames = await anyio.to_thread.run_sync(self.decode, model, source)
+        predicted, seconds = await self.step_arrays(stream, frames, horizon)
+        return stream, await model.task.answer(predicted, seconds, return_tensor=return_tensor)
+
+    async def step_arrays(
+        self, stream: Stream, frames: NDArray[np.float32], horizon: int
+    ) -> tuple[NDArray[np.float32], float]:
+        """Checked frames (k, H, W, C) into ``stream``: its next ``horizon`` frames and the
+        seconds in the model. Requests on one stream run one at a time, in arrival order."""
+        model = self.models[stream.model]
+        async with stream.lock:
+            if self.table.streams.get(stream.id) is not stream:  # closed while waiting
+                raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
+            stream.touch()
+            try:
+                result = await self._run(model, StepWork(frames, horizon, stream.state))
+            finally:
+                stream.touch()
+            stream.state = result.state
+            stream.frames_seen += len(frames)
+            stream.steps += len(frames) + horizon - 1
+        return result.predicted, result.seconds
+
+    def rolls_out_from_state(self, name: str, horizon: int, asked: str | None) -> bool:
+        """Whether ``/predict`` rolls this request out from state: when asked to (422 if
+        the model serves no streams), or by default for a horizon > 1 where the model
+        serves streams (``DEFAULT_ROLLOUT``)."""
+        if asked == "state":
+            self.model(name)
+            return True
+        if asked == "window":
+            return False
+        return DEFAULT_ROLLOUT == "state" and horizon > 1 and name in self.models
+
+    async def predict(
+        self,
+        name: str,
+        source: FramesInput | TensorInput,
+        *,
+        horizon: int,
+        return_tensor: bool,
+    ) -> Prediction:
+        """``/predict`` rolled out from state: the T frames given, answered as ``/predict``."""
+        model = self.model(name)
+        model.task.steps(horizon)
+        sequence = await anyio.to_thread.run_sync(model.task.decode, source)
+        predicted, seconds = await self.rollout(name, sequence, horizon)
+        return await model.task.answer(predicted, seconds, return_tensor=return_tensor)
+
+    async def rollout(
+        self, name: str | None, sequence: NDArray[np.float32], horizon: int
+    ) -> tuple[NDArray[np.float32], float]:
+        """``/predict``'s roll-out from state: the sequence (T, H, W, C) stepped from a zero
+        state, then each prediction fed back as one more step (T + horizon - 1 steps)."""
+        model = self.model(name)
+        result = await self._run(model, StepWork(sequence, horizon, model.session.zero_state()))
+        return result.predicted, result.seconds
+
+    async def _run(self, model: StreamModel, work: StepWork) -> StepResult:
+        timeout = self.settings.request_timeout_s
+        job = model.batcher.submit(work, timeout)
+        try:
+            result = await model.batcher.wait(job, timeout)
+        except BaseException:
+            # A step that ran although its client left (or its deadline passed) is counted
+            # as work done, but the stream keeps its state (step_arrays replaces it only on
+            # success): a request answered with an error leaves its stream as it was.
+            if job.future.done() and not job.future.cancelled() and not job.future.exception():
+                self.metrics.steps.labels(model.name).inc(work.steps)
+            raise
+        self.metrics.steps.labels(model.name).inc(work.steps)
+        return result

@@ -1,0 +1,161 @@
+"""The open streams: each one's model, state and counters, the limit on how many may be
+open, and their expiry when idle.
+
+State lives in this process only: a restart (or another replica) knows none of the
+streams, and a client whose stream is gone gets 404 and opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service.errors import ServiceError
+from service.streams.session import State
+
+# Ids of expired or closed streams remembered, so that a 404 can say which it was.
+REMEMBERED_IDS = 4096
+
+
+class UnknownStream(ServiceError):
+    status_code = 404
+    error_type = "unknown_stream"
+
+
+class StreamsFull(ServiceError):
+    """Every stream slot is taken: come back when one expires or is closed."""
+
+    status_code = 503
+    error_type = "streams_full"
+
+
+@dataclass
+class Stream:
+    id: str
+    model: str
+    state: State
+    state_bytes: int
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    last_used_wall: float = field(default_factory=time.time)
+    frames_seen: int = 0
+    steps: int = 0
+    # Requests on one stream run one at a time, in the order they reach this lock
+    # (asyncio.Lock wakes waiters first come, first served).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+        self.last_used_wall = time.time()
+
+    @property
+    def busy(self) -> bool:
+        return self.lock.locked()
+
+
+class StreamTable:
+    """Open streams by id, at most ``max_streams``, each expiring ``idle_s`` after its
+    last use (never while a request on it runs)."""
+
+    def __init__(
+        self,
+        max_streams: int,
+        idle_s: float,
+        on_expire: Callable[[Stream], None] = lambda stream: None,
+    ) -> None:
+        self.max_streams = max_streams
+        self.idle_s = idle_s
+        self._on_expire = on_expire
+        self.streams: dict[str, Stream] = {}
+        self._gone: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(s.state_bytes for s in self.streams.values())
+
+    def open(
+        self, model: str, state: State, state_bytes: int, stream_id: str | None = None
+    ) -> Stream:
+        """A new stream (a fresh id unless one is given); ``StreamsFull`` when the table
+        is full after dropping expired streams."""
+        self.expire()
+        if len(self.streams) >= self.max_streams:
+            raise StreamsFull(
+                f"all {self.max_streams} stream slots are in use; close a stream or retry "
+                f"when an idle one expires ({self.idle_s:g} s after its last use)",
+                headers={"Retry-After": str(self.retry_after())},
+            )
+        stream = Stream(stream_id or uuid.uuid4().hex, model, state, state_bytes)
+        self.streams[stream.id] = stream
+        self._gone.pop(stream.id, None)
+        return stream
+
+    def retry_after(self) -> int:
+        """Whole seconds until the stream idle longest expires, at least 1."""
+        idle = [s.last_used for s in self.streams.values() if not s.busy]
+        if not idle:
+            return max(1, int(self.idle_s))
+        return max(1, int(min(idle) + self.idle_s - time.monotonic()) + 1)
+
+    def get(self, stream_id: str) -> Stream:
+        """The open stream ``stream_id``; ``UnknownStream`` saying whether it expired, was
+        closed, or never existed here."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and self._expired(stream, time.monotonic()):
+            self._drop(stream, "expired")
+            stream = None
+        if stream is None:
+            raise UnknownStream(self.why_unknown(stream_id), location="stream_id")
+        return stream
+
+    def why_unknown(self, stream_id: str) -> str:
+        why = self._gone.get(stream_id)
+        if why == "expired":
+            return (
+                f"stream_id: stream {stream_id!r} expired after {self.idle_s:g} s without a "
+                "request; open a new one (POST /v1/streams)"
+            )
+        if why == "closed":
+            return f"stream_id: stream {stream_id!r} was closed; open a new one (POST /v1/streams)"
+        return (
+            f"stream_id: no stream {stream_id!r} (streams are kept in memory and do not "
+            "outlive a restart); open one with POST /v1/streams"
+        )
+
+    def close(self, stream_id: str) -> Stream:
+        stream = self.get(stream_id)
+        self._drop(stream, "closed")
+        return stream
+
+    def expire(self) -> list[Stream]:
+        """Drop every stream idle longer than ``idle_s``; those dropped."""
+        now = time.monotonic()
+        gone = [s for s in self.streams.values() if self._expired(s, now)]
+        for stream in gone:
+            self._drop(stream, "expired")
+        return gone
+
+    def clear(self) -> int:
+        """Drop every stream (shutdown); how many there were."""
+        n = len(self.streams)
+        for stream in list(self.streams.values()):
+            self._drop(stream, "closed")
+        return n
+
+    def _expired(self, stream: Stream, now: float) -> bool:
+        return not stream.busy and now - stream.last_used > self.idle_s
+
+    def _drop(self, stream: Stream, why: str) -> None:
+        self.streams.pop(stream.id, None)
+        self._gone[stream.id] = why
+        if why == "expired":
+            self._on_expire(stream)
+        while len(self._gone) > REMEMBERED_IDS:
+            self._gone.popitem(last=False)
