@@ -79,10 +79,12 @@ COPY convlstm_card/ convlstm_card/
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-# Both models with their cards: the server serves every model with a card in models/,
+# Both models with their cards (and the ConvLSTM's one-step graph, which streams run): the
+# server serves every model with a card in models/,
 # convlstm (CONVLSTM_MODEL_PATH) by default. The int8 graph lies apart, served only when
 # CONVLSTM_MODEL_PATH=models/int8/convlstm_int8.onnx names it.
 COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
+     /build/models/convlstm.step.onnx \
      /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
 COPY --from=train /build/models/int8/ models/int8/
 
@@ -139,10 +141,12 @@ COPY convlstm_card/ convlstm_card/
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
-# Both models with their cards: the server serves every model with a card in models/,
+# Both models with their cards (and the ConvLSTM's one-step graph, which streams run): the
+# server serves every model with a card in models/,
 # convlstm (CONVLSTM_MODEL_PATH) by default. The int8 graph lies apart, served only when
 # CONVLSTM_MODEL_PATH=models/int8/convlstm_int8.onnx names it.
 COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
+     /build/models/convlstm.step.onnx \
      /build/models/cnn_lstm.onnx /build/models/cnn_lstm.json models/
 COPY --from=train /build/models/int8/ models/int8/
 
