@@ -93,7 +93,12 @@ def test_export_writes_fast_and_plain_graphs_and_check_checks_both(
     assert card.graph.plain.file == "convlstm.plain.onnx"
     assert card.graph.plain.sha256 == sha256_of(result.plain_path)
     assert card.sha256 == sha256_of(result.onnx_path)
-    assert set(check_graphs(checkpoint)) == {"convlstm.onnx", "convlstm.plain.onnx"}
+    # ... and the one-step graph that streams run, beside them.
+    assert set(check_graphs(checkpoint)) == {
+        "convlstm.onnx",
+        "convlstm.plain.onnx",
+        "convlstm.step.onnx",
+    }
 
     # Another model's plain graph passed off as this one's is caught.
     other = tmp_path / "other.keras"

@@ -320,7 +320,10 @@ async def test_a_draining_service_refuses_new_work_in_each_protocols_shape() -> 
         assert "shutting down" in oip_error_of(r, 503) and r.headers["retry-after"] == "1"
         ready = error_of(await client.get("/readyz"), 503)
         assert ready == {"type": "not_ready", "message": "the service is shutting down"}
-        # The protocol's health routes count as requests (only /healthz, /readyz and
-        # /metrics are left out), so the middleware refuses them too, in their shape.
-        assert "shutting down" in oip_error_of(await client.get("/v2/health/ready"), 503)
+        # The protocol's health routes keep answering while draining, as /healthz and
+        # /readyz do: live stays true (a draining pod must not be restarted), ready says no.
+        r = await client.get("/v2/health/ready")
+        assert r.status_code == 503 and r.json() == {"ready": False}
+        r = await client.get("/v2/health/live")
+        assert r.status_code == 200 and r.json() == {"live": True}
         assert (await client.get("/healthz")).status_code == 200
