@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from model_export.model import VARIANTS
+from model_export.model import HEADS, VARIANTS
+from model_export.train import LOSSES, SCHEDULES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -29,10 +30,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.data != "digits":
         return _train_on_data(args)
     own = {"--data-key": args.data_key, "--frames": args.frames, "--resize": args.resize}
-    own |= {"--name": args.name, "--resume": args.resume, "--filters": args.filters}
+    own |= {"--name": args.name, "--filters": args.filters}
     given = [flag for flag, value in own.items() if value is not None]
     if given:
         print(f"train: {', '.join(given)} go with --data PATH", file=sys.stderr)
+        return 2
+    if args.head != "sigmoid" and args.variant != "convlstm":
+        print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
         return 2
     from model_export.train import TrainConfig, train
 
@@ -49,6 +53,11 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         out_dir=args.out,
         every_step=args.supervise == "every-step",
+        head=args.head,
+        loss=args.loss,
+        schedule=args.schedule,
+        init_from=args.resume,
+        train_skip=args.skip_samples,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -60,6 +69,12 @@ def _train_on_data(args: argparse.Namespace) -> int:
     from model_export.model import CONVLSTM_FILTERS
     from model_export.train_data import DataTrainConfig, checkpoint_path, record_path, train_on_data
 
+    recipe = {"--head": args.head != "sigmoid", "--loss": args.loss != "bce"}
+    recipe["--schedule"] = args.schedule != "plateau"
+    if any(recipe.values()):
+        flags = ", ".join(flag for flag, given in recipe.items() if given)
+        print(f"train: {flags} go with --data digits", file=sys.stderr)
+        return 2
     if args.variant != "convlstm" or args.supervise != "every-step":
         print(
             "train: --data PATH trains the convlstm variant with every-step supervision only",
@@ -208,6 +223,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         samples=args.samples,
         grid_path=None if args.dry_run else args.models / "predictions.png",
         write_cards=not args.dry_run,
+        horizon=args.horizon,
+        horizon_samples=args.horizon_samples,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -243,7 +260,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resize", metavar="HxW", help="with --data: resize every frame")
     t.add_argument("--name", help="with --data: writes OUT/NAME.keras (default: own)")
     t.add_argument(
-        "--resume", type=Path, help="with --data: continue from a saved .keras of the same shape"
+        "--resume",
+        type=Path,
+        help="continue from a saved .keras (with --data: of the same shape; on the digits: "
+        "the weights of every layer it shares by name, e.g. a committed model or a "
+        "training/NAME.best.keras; the optimiser starts afresh)",
     )
     t.add_argument(
         "--filters",
@@ -258,6 +279,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--validation-samples", type=int, default=None, help="generated ones (default 64)"
     )
+    t.add_argument(
+        "--skip-samples",
+        type=int,
+        default=0,
+        help="train on the generated sequences after the first N (new to a model trained "
+        "on those N)",
+    )
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)
@@ -270,6 +298,21 @@ def parser() -> argparse.ArgumentParser:
         choices=["every-step", "last"],
         default="every-step",
         help="targets: the next frame after every input step, or only after the last",
+    )
+    t.add_argument(
+        "--head",
+        choices=HEADS,
+        default="sigmoid",
+        help="convlstm head: sigmoid (the frame from the last state) or blend (that frame "
+        "mixed with the last input frame by a learned per-pixel keep gate)",
+    )
+    t.add_argument("--loss", choices=LOSSES, default="bce", help="bce, mse or l1 (mean absolute)")
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="plateau",
+        help="learning rate: halved on validation plateaus, or cosine decay over the planned "
+        "batches to 5%% of --learning-rate",
     )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=_train)
@@ -332,6 +375,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--models", type=Path, default=Path("models"))
     v.add_argument("--variant", choices=EVALUATED, nargs="+", default=list(VARIANTS))
     v.add_argument("--samples", type=int, default=256)
+    v.add_argument(
+        "--horizon", type=int, default=8, help="fed-back steps scored after the next frame"
+    )
+    v.add_argument(
+        "--horizon-samples",
+        type=int,
+        default=64,
+        help="sequences the fed-back steps are scored on (the first of --samples; 0: none)",
+    )
     v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
     v.set_defaults(func=_evaluate)
     return p

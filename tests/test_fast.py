@@ -141,3 +141,32 @@ def test_fast_graph_of_the_committed_checkpoint() -> None:
     onnx_bytes = to_onnx_bytes(fast)
     assert "Loop" not in op_types(onnx_bytes)
     assert parity(trained, onnx_bytes, parity_inputs(trained)) <= 1e-4
+
+
+def test_blend_head_exports_as_a_fast_graph_with_the_served_contract(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(6)
+    model = build_convlstm(filters=(4, 6), head="blend")
+    keep = model.get_layer("next_frame_keep")
+    kernel, bias = keep.get_weights()
+    keep.set_weights([kernel, np.linspace(-2, 2, len(bias)).astype(np.float32)])  # gate ~ half
+    checkpoint = tmp_path / "convlstm.keras"
+    model.save(checkpoint)
+    result = export(checkpoint)
+    assert result.max_abs_diff <= 1e-4
+    onnx_bytes = result.onnx_path.read_bytes()
+    assert "Loop" not in op_types(onnx_bytes)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.shape) == ("frames", ["N", 15, 40, 40, 3])
+    assert (out.name, out.shape) == ("next_frame", ["N", 40, 40, 3])
+    x = parity_inputs(model)
+    (y,) = session.run(["next_frame"], {"frames": x})
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    assert parity(model, onnx_bytes, x) <= 1e-4
+    card = read_card(result.card_path)
+    assert card.graph is not None and card.graph.kind == "fast"
+    assert card.parameters is not None
+    assert (card.parameters.head, card.parameters.total) == (
+        2 * (3 * 3 * 6 * 3 + 3),
+        card.parameters.body + 2 * (3 * 3 * 6 * 3 + 3),
+    )
