@@ -62,7 +62,7 @@ def tint_error(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> NDArray
     truth over the truth's digit pixels, each reduced to its chromaticity
     ``(r, g, b) / (r + g + b)``, and the mean absolute difference of the two over the
     channels. Brightness and blur cancel out; a grey prediction of a coloured digit
-    scores its full tint (e.g. 0.11 for a digit of colour (1, 0.3, 0.3)). Frames with
+    scores its full tint (0.19 for a digit of colour (1, 0.3, 0.3)). Frames with
     no digit pixel count 0."""
     mask = (truth.max(axis=-1) >= DIGIT_THRESHOLD)[..., None]
     count = np.maximum(mask.sum(axis=(1, 2)), 1)

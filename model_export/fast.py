@@ -193,8 +193,8 @@ def fast_graph_refusal(model: keras.Model) -> str | None:
     It rebuilds one shape of model: a fixed (N, T, H, W, C) input, ConvLSTM2D layers
     (any filters and kernel sizes; stride 1, same padding, tanh and sigmoid), each but
     the last returning sequences, then one Conv2D head (same padding, sigmoid), or the
-    blend head (``build_convlstm(head="blend")``: two such Conv2D on the last state and
-    a ``LastFrameBlend`` with the last input frame).
+    blend or carry head (``build_convlstm(head=...)``: two such Conv2D on the last state
+    and a ``LastFrameBlend`` with the last input frame).
     """
     body = [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
     if not any(isinstance(layer, layers.ConvLSTM2D) for layer in body):
@@ -277,7 +277,9 @@ def build_fast_convlstm(trained: keras.Model) -> keras.Model:
         pairs.append((out, head))
     y = outs[0]
     if blend is not None:
-        y = LastFrameBlend(last_step=True, dtype="float32", name=BLEND_NAME)([inputs, *outs])
+        y = LastFrameBlend(last_step=True, carry=blend.carry, dtype="float32", name=BLEND_NAME)(
+            [inputs, *outs]
+        )
     model = keras.Model(inputs, y, name=f"{trained.name}_fast")
     for fast_layer, trained_layer in pairs:
         fast_layer.set_weights(trained_layer.get_weights())

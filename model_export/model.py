@@ -29,14 +29,20 @@ FRAME_SHAPE = (CANVAS, CANVAS, CHANNELS)
 
 # The ConvLSTM's head: "sigmoid" draws the next frame from the last hidden state alone;
 # "blend" draws it too, and a per-pixel, per-channel keep gate mixes it with the last
-# input frame, so content that does not move passes through unchanged (LastFrameBlend).
-Head = Literal["sigmoid", "blend"]
-HEADS: tuple[Head, ...] = ("sigmoid", "blend")
+# input frame, so content that does not move passes through unchanged; "carry" draws
+# one intensity channel whose colour is carried from the last input frame (the
+# brightest value of each channel within CARRY_WINDOW pixels), behind a one-channel
+# keep gate (LastFrameBlend).
+Head = Literal["sigmoid", "blend", "carry"]
+HEADS: tuple[Head, ...] = ("sigmoid", "blend", "carry")
 KEEP_NAME = f"{OUTPUT_NAME}_keep"
 BLEND_NAME = "next_frame_blend"
 # The keep gate starts almost closed (sigmoid(-3) = 0.05): a blend head put on a trained
 # stack first answers what the stack's own head answered, and learns to keep from there.
 KEEP_BIAS_INIT = -3.0
+# The digits move at most 3 px per frame in x and y: a 7x7 window around a pixel of a
+# digit's new place reaches into the digit's last place.
+CARRY_WINDOW = 7
 
 # CNN-LSTM sizes: a small per-frame encoder and an LSTM wide enough to carry
 # the positions and colours of two digits.
@@ -47,27 +53,43 @@ LSTM_UNITS = 128
 
 @keras.saving.register_keras_serializable(package="model_export")
 class LastFrameBlend(layers.Layer):  # type: ignore[misc]
-    """``keep * last + (1 - keep) * drawn``: the blend head's output, no weights.
+    """``keep * last + (1 - keep) * drawn``: the output of the blend and carry heads, no
+    weights.
 
     Called on ``[frames, drawn, keep]``. ``last_step=True`` (the served model) blends
     with the last input frame ``frames[:, -1]``; ``last_step=False`` (every-step
-    training) blends each step's prediction with that step's input frame. The result
-    stays in [0, 1] whenever its three inputs do, with a gradient everywhere (a clipped
+    training) blends each step's prediction with that step's input frame. With
+    ``carry`` > 0, ``drawn`` is an intensity multiplied by the colour carried from
+    ``last``: each channel's maximum over a ``carry`` x ``carry`` window (a
+    one-channel ``drawn`` or ``keep`` applies to every channel). The result stays in
+    [0, 1] whenever the inputs do, with a gradient everywhere (a clipped
     ``last + delta`` has none where the clip bites).
     """
 
-    def __init__(self, *, last_step: bool, **kwargs: Any) -> None:
+    def __init__(self, *, last_step: bool, carry: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.last_step = last_step
+        self.carry = carry
 
     def call(self, inputs: list[Any]) -> Any:
         frames, drawn, keep = inputs
-        last = frames[:, -1] if self.last_step else frames
-        last = ops.cast(last, drawn.dtype)
+        last = ops.cast(frames[:, -1] if self.last_step else frames, drawn.dtype)
+        if self.carry:
+            drawn = drawn * self._colour(last)
         return keep * last + (1.0 - keep) * drawn
 
+    def _colour(self, last: Any) -> Any:
+        window = (self.carry, self.carry)
+        if self.last_step:
+            return ops.max_pool(last, window, strides=1, padding="same")
+        # every step: fold the steps into the batch for the 2-D pooling
+        shape = ops.shape(last)
+        flat = ops.reshape(last, (-1, *shape[2:]))
+        pooled = ops.max_pool(flat, window, strides=1, padding="same")
+        return ops.reshape(pooled, shape)
+
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "last_step": self.last_step}
+        return {**super().get_config(), "last_step": self.last_step, "carry": self.carry}
 
 
 def _head_conv(name: str, channels: int, bias: float = 0.0) -> layers.Conv2D:
@@ -97,13 +119,19 @@ def _head(
             return layers.TimeDistributed(conv, name=f"{conv.name}_every_step")(x)
         return conv(x)
 
-    drawn = apply(_head_conv(OUTPUT_NAME, channels))
     if head == "sigmoid":
-        return drawn
+        return apply(_head_conv(OUTPUT_NAME, channels))
     if frames is None:
-        raise ValueError("the blend head needs the input frames")
-    keep = apply(_head_conv(KEEP_NAME, channels, KEEP_BIAS_INIT))
-    blend = LastFrameBlend(last_step=not every_step, dtype="float32", name=BLEND_NAME)
+        raise ValueError(f"the {head} head needs the input frames")
+    drawn_channels = 1 if head == "carry" else channels
+    drawn = apply(_head_conv(OUTPUT_NAME, drawn_channels))
+    keep = apply(_head_conv(KEEP_NAME, drawn_channels, KEEP_BIAS_INIT))
+    blend = LastFrameBlend(
+        last_step=not every_step,
+        carry=CARRY_WINDOW if head == "carry" else 0,
+        dtype="float32",
+        name=BLEND_NAME,
+    )
     return blend([frames, drawn, keep])
 
 
@@ -185,8 +213,10 @@ def build(
 
 def head_of(model: keras.Model) -> Head:
     """Which head a ConvLSTM model built here carries."""
-    names = {layer.name for layer in model.layers}
-    return "blend" if BLEND_NAME in names else "sigmoid"
+    blend = next((layer for layer in model.layers if layer.name == BLEND_NAME), None)
+    if blend is None:
+        return "sigmoid"
+    return "carry" if blend.carry else "blend"
 
 
 def to_inference(trained: keras.Model, variant: Variant) -> keras.Model:
@@ -200,7 +230,9 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> list[str]:
     """Copy the weights of every layer of ``target`` that ``source`` has under the same
     name (a ``TimeDistributed`` wrapper matched by the layer it wraps) and the same
     shapes; returns the names copied. Warm-starts a recipe from a trained checkpoint,
-    the inference or the every-step form, with or without the blend head's keep gate."""
+    the inference or the every-step form, with or without the keep gate. A one-channel
+    convolution (the carry head's intensity) from a many-channel one of the same kernel
+    takes the mean over its output channels."""
     by_name = {_inner(layer).name: layer for layer in source.layers if layer.weights}
     copied = []
     for layer in target.layers:
@@ -208,7 +240,10 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> list[str]:
         if found is None or not layer.weights:
             continue
         weights = found.get_weights()
-        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if _is_conv(found) and _is_conv(layer) and shapes[-1] == (1,) != weights[-1].shape:
+            weights = [w.mean(axis=-1, keepdims=True) for w in weights]
+        if [w.shape for w in weights] != shapes:
             continue
         layer.set_weights(weights)
         copied.append(_inner(layer).name)
@@ -229,6 +264,10 @@ class LayerRow:
 
 def _inner(layer: keras.layers.Layer) -> keras.layers.Layer:
     return layer.layer if isinstance(layer, layers.TimeDistributed) else layer
+
+
+def _is_conv(layer: keras.layers.Layer) -> bool:
+    return type(_inner(layer)) is layers.Conv2D
 
 
 def _formula(layer: keras.layers.Layer) -> str:

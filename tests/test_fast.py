@@ -143,12 +143,15 @@ def test_fast_graph_of_the_committed_checkpoint() -> None:
     assert parity(trained, onnx_bytes, parity_inputs(trained)) <= 1e-4
 
 
-def test_blend_head_exports_as_a_fast_graph_with_the_served_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", ["blend", "carry"])
+def test_blend_and_carry_heads_export_as_fast_graphs_with_the_served_contract(
+    head: str, tmp_path: Path
+) -> None:
     keras.utils.set_random_seed(6)
-    model = build_convlstm(filters=(4, 6), head="blend")
+    model = build_convlstm(filters=(4, 6), head=head)  # type: ignore[arg-type]
     keep = model.get_layer("next_frame_keep")
     kernel, bias = keep.get_weights()
-    keep.set_weights([kernel, np.linspace(-2, 2, len(bias)).astype(np.float32)])  # gate ~ half
+    keep.set_weights([kernel, np.full_like(bias, -0.5)])  # the gate about half open
     checkpoint = tmp_path / "convlstm.keras"
     model.save(checkpoint)
     result = export(checkpoint)
@@ -166,7 +169,8 @@ def test_blend_head_exports_as_a_fast_graph_with_the_served_contract(tmp_path: P
     card = read_card(result.card_path)
     assert card.graph is not None and card.graph.kind == "fast"
     assert card.parameters is not None
+    drawn = 3 if head == "blend" else 1
     assert (card.parameters.head, card.parameters.total) == (
-        2 * (3 * 3 * 6 * 3 + 3),
-        card.parameters.body + 2 * (3 * 3 * 6 * 3 + 3),
+        2 * (3 * 3 * 6 * drawn + drawn),
+        card.parameters.body + 2 * (3 * 3 * 6 * drawn + drawn),
     )

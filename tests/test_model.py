@@ -140,3 +140,33 @@ def test_warm_start_copies_shared_layers_by_name() -> None:
 def test_blend_head_is_for_the_convlstm_only() -> None:
     with pytest.raises(ValueError, match="convlstm variant only"):
         build("cnn_lstm", head="blend")
+
+
+def test_carry_head_draws_one_intensity_coloured_from_the_last_frame() -> None:
+    rows = {r.name: r for r in parameter_table(build_convlstm(head="carry"))}
+    assert sum(r.params for r in rows.values() if r.part == "body") == 745_680
+    head = {n: r.params for n, r in rows.items() if r.part == "head"}
+    assert head == {"next_frame": 3 * 3 * 70 + 1, "next_frame_keep": 3 * 3 * 70 + 1}
+    # A red digit in the last frame, intensity 1 everywhere, the gate shut: the output
+    # is red wherever the 7x7 window reaches the digit, black elsewhere.
+    x = np.zeros((1, 15, 40, 40, 3), np.float32)
+    x[0, -1, 10:14, 10:14] = [0.9, 0.3, 0.3]
+    model = _with_keep_bias(build_convlstm(filters=(4,), head="carry"), -40.0)
+    drawn = model.get_layer("next_frame")
+    kernel, bias = drawn.get_weights()
+    drawn.set_weights([np.zeros_like(kernel), np.full_like(bias, 40.0)])
+    y = model.predict(x, verbose=0)[0]
+    np.testing.assert_allclose(y[7, 7], [0.9, 0.3, 0.3], atol=1e-6)  # 3 px off the corner
+    np.testing.assert_allclose(y[16, 16], [0.9, 0.3, 0.3], atol=1e-6)
+    np.testing.assert_allclose(y[6, 6], [0, 0, 0], atol=1e-6)  # 4 px off: out of reach
+    np.testing.assert_allclose(y[17, 10], [0, 0, 0], atol=1e-6)
+
+
+def test_carry_warm_start_takes_the_mean_of_a_three_channel_head() -> None:
+    source = build_convlstm(filters=(4,))
+    target = build_convlstm(filters=(4,), every_step=True, head="carry")
+    assert copy_weights_by_name(source, target) == ["convlstm_1", "next_frame"]
+    kernel, bias = source.get_layer("next_frame").get_weights()
+    wrapped = target.get_layer("next_frame_every_step").layer
+    np.testing.assert_allclose(wrapped.get_weights()[0], kernel.mean(axis=-1, keepdims=True))
+    np.testing.assert_allclose(wrapped.get_weights()[1], bias.mean(keepdims=True))
