@@ -35,6 +35,8 @@ _KERAS_LOSS = {
 # The cosine schedule ends at this fraction of the starting rate, not at zero: the last
 # batches still move the weights.
 COSINE_FLOOR = 0.05
+# Batches between the resumable checkpoints (work/NAME.last.keras).
+LAST_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,9 @@ def fit_with_checkpoints(
     clock = TrainingClock(max_minutes)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
+        # Every LAST_EVERY batches, whatever the validation says: a run stopped from
+        # outside (a closed session, a killed job) resumes from here with --resume.
+        keras.callbacks.ModelCheckpoint(work / f"{name}.last.keras", save_freq=LAST_EVERY),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience, restore_best_weights=True
         ),
@@ -128,7 +133,7 @@ def fit_with_checkpoints(
     if schedule == "plateau":
         # A schedule owns the rate; the plateau rule may only set a plain one.
         callbacks.insert(
-            2, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+            3, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
         )
     start = time.monotonic()
     history = model.fit(

@@ -70,7 +70,10 @@ def test_last_step_supervision_trains_the_same_inference_model(tmp_path: Path) -
     assert tuple(model.output.shape) == (None, 40, 40, 3)
 
 
-def test_recipe_options_and_warm_start_from_a_checkpoint(tmp_path: Path) -> None:
+def test_recipe_options_and_warm_start_from_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("model_export.train.LAST_EVERY", 1)
     first = TrainConfig(train_samples=2, validation_samples=2, epochs=1, batch_size=2)
     train(replace(first, out_dir=tmp_path / "a"))
     start = keras.models.load_model(checkpoint_path(tmp_path / "a", "convlstm"))
@@ -89,6 +92,9 @@ def test_recipe_options_and_warm_start_from_a_checkpoint(tmp_path: Path) -> None
     assert record["config"]["head"] == "blend"  # type: ignore[index]
     model = keras.models.load_model(checkpoint_path(tmp_path / "b", "convlstm"))
     assert model.get_layer("next_frame_keep").count_params() == 1_893
+    # the resumable checkpoint, written every LAST_EVERY batches
+    last = keras.models.load_model(tmp_path / "b" / "training" / "convlstm.last.keras")
+    assert last.count_params() == model.count_params()
     for name in ("convlstm_1", "next_frame"):
         for a, b in zip(
             start.get_layer(name).get_weights(), model.get_layer(name).get_weights(), strict=True
