@@ -24,9 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The head of the committed release recipe (README, "Sharper predictions").
-RELEASE_HEAD = "carry"
-
 
 def device_facts() -> dict[str, Any]:
     """The backend and the device it trains on; the torch backend must see the GPU."""
@@ -45,7 +42,7 @@ def device_facts() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     # Keras reads KERAS_BACKEND when first imported: here, not when this module is.
-    from model_export.model import HEADS
+    from model_export.model import HEADS, RELEASE_HEAD
     from model_export.train import LOSSES, SCHEDULES, TrainConfig, train
 
     p = argparse.ArgumentParser(prog="python -m gpu.train", description=__doc__.split("\n\n")[0])

@@ -35,6 +35,8 @@ FRAME_SHAPE = (CANVAS, CANVAS, CHANNELS)
 # keep gate (LastFrameBlend).
 Head = Literal["sigmoid", "blend", "carry"]
 HEADS: tuple[Head, ...] = ("sigmoid", "blend", "carry")
+# The head the recipe A/B chose (docs/recipe.md): the release recipe's.
+RELEASE_HEAD: Head = "carry"
 KEEP_NAME = f"{OUTPUT_NAME}_keep"
 BLEND_NAME = "next_frame_blend"
 # The keep gate starts almost closed (sigmoid(-3) = 0.05): a blend head put on a trained
