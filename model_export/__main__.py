@@ -18,10 +18,11 @@ EVALUATED = (*VARIANTS, "convlstm_int8")
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from model_export.model import build, format_table
+    from model_export.model import RELEASE_HEAD, build, format_table
 
     for variant in VARIANTS:
-        print(format_table(build(variant)))
+        head = RELEASE_HEAD if variant == "convlstm" else "sigmoid"
+        print(format_table(build(variant, head=head)))
         print()
     return 0
 
@@ -35,10 +36,13 @@ def _train(args: argparse.Namespace) -> int:
     if given:
         print(f"train: {', '.join(given)} go with --data PATH", file=sys.stderr)
         return 2
-    if args.head != "sigmoid" and args.variant != "convlstm":
+    if args.head not in (None, "sigmoid") and args.variant != "convlstm":
         print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
         return 2
+    from model_export.model import RELEASE_HEAD
     from model_export.train import TrainConfig, train
+
+    head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
 
     cfg = TrainConfig(
         variant=args.variant,
@@ -53,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         out_dir=args.out,
         every_step=args.supervise == "every-step",
-        head=args.head,
+        head=head,
         loss=args.loss,
         schedule=args.schedule,
         init_from=args.resume,
@@ -69,7 +73,7 @@ def _train_on_data(args: argparse.Namespace) -> int:
     from model_export.model import CONVLSTM_FILTERS
     from model_export.train_data import DataTrainConfig, checkpoint_path, record_path, train_on_data
 
-    recipe = {"--head": args.head != "sigmoid", "--loss": args.loss != "bce"}
+    recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
     recipe["--schedule"] = args.schedule != "plateau"
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
@@ -302,9 +306,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--head",
         choices=HEADS,
-        default="sigmoid",
-        help="convlstm head: sigmoid (the frame from the last state) or blend (that frame "
-        "mixed with the last input frame by a learned per-pixel keep gate)",
+        default=None,
+        help="convlstm head (default carry; docs/recipe.md): sigmoid (the frame from the last "
+        "state), blend (that frame mixed with the last input frame by a learned keep gate) "
+        "or carry (an intensity coloured from the last input frame, behind a keep gate)",
     )
     t.add_argument("--loss", choices=LOSSES, default="bce", help="bce, mse or l1 (mean absolute)")
     t.add_argument(
