@@ -10,6 +10,7 @@ sequences per second, epochs run). Export (TensorFlow + tf2onnx), parity and
 evaluation then run on the CPU machine (docs/gpu.md).
 
     python -m gpu.train --out DIR [--minutes 4] [--samples 8000] [--batch-size 16]
+        [--head carry] [--loss bce] [--schedule plateau] [--resume models/convlstm.keras]
     python -m gpu.train --out DIR --dry-run     # any backend, CPU, seconds
 """
 
@@ -40,6 +41,10 @@ def device_facts() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Keras reads KERAS_BACKEND when first imported: here, not when this module is.
+    from model_export.model import HEADS, RELEASE_HEAD
+    from model_export.train import LOSSES, SCHEDULES, TrainConfig, train
+
     p = argparse.ArgumentParser(prog="python -m gpu.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--minutes", type=float, default=4.0, help="training budget (wall clock)")
@@ -47,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--head", choices=HEADS, default=RELEASE_HEAD, help="the ConvLSTM's head")
+    p.add_argument("--loss", choices=LOSSES, default="bce")
+    p.add_argument("--schedule", choices=SCHEDULES, default="plateau")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="start from this .keras (layers shared by name; e.g. a "
+        "CPU checkpoint of the same recipe)",
+    )
     p.add_argument(
         "--work",
         type=Path,
@@ -56,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny data and budget, any device")
     args = p.parse_args(argv)
     start = time.perf_counter()
-
-    from model_export.train import TrainConfig, train
 
     facts = device_facts()
     print(f"train: {facts}", flush=True)
@@ -77,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         # patience of 4 would stop a run still improving in a noisy stretch.
         patience=8,
         out_dir=work,
+        head=args.head,
+        loss=args.loss,
+        schedule=args.schedule,
+        init_from=args.resume,
     )
     record: dict[str, Any] = dict(train(cfg))
     args.out.mkdir(parents=True, exist_ok=True)

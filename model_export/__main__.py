@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_export.model import VARIANTS
+from model_export.model import HEADS, VARIANTS
+from model_export.train import LOSSES, SCHEDULES
 
 if TYPE_CHECKING:
     from model_export.export_any import SeriesOptions
@@ -21,10 +22,11 @@ EVALUATED = (*VARIANTS, "convlstm_int8")
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from model_export.model import build, format_table
+    from model_export.model import RELEASE_HEAD, build, format_table
 
     for variant in VARIANTS:
-        print(format_table(build(variant)))
+        head = RELEASE_HEAD if variant == "convlstm" else "sigmoid"
+        print(format_table(build(variant, head=head)))
         print()
     return 0
 
@@ -33,12 +35,18 @@ def _train(args: argparse.Namespace) -> int:
     if args.data != "digits":
         return _train_on_data(args)
     own = {"--data-key": args.data_key, "--frames": args.frames, "--resize": args.resize}
-    own |= {"--name": args.name, "--resume": args.resume, "--filters": args.filters}
+    own |= {"--name": args.name, "--filters": args.filters}
     given = [flag for flag, value in own.items() if value is not None]
     if given:
         print(f"train: {', '.join(given)} go with --data PATH", file=sys.stderr)
         return 2
+    if args.head not in (None, "sigmoid") and args.variant != "convlstm":
+        print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
+        return 2
+    from model_export.model import RELEASE_HEAD
     from model_export.train import TrainConfig, train
+
+    head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
 
     cfg = TrainConfig(
         variant=args.variant,
@@ -53,6 +61,11 @@ def _train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         out_dir=args.out,
         every_step=args.supervise == "every-step",
+        head=head,
+        loss=args.loss,
+        schedule=args.schedule,
+        init_from=args.resume,
+        train_skip=args.skip_samples,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -64,6 +77,12 @@ def _train_on_data(args: argparse.Namespace) -> int:
     from model_export.model import CONVLSTM_FILTERS
     from model_export.train_data import DataTrainConfig, checkpoint_path, record_path, train_on_data
 
+    recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
+    recipe["--schedule"] = args.schedule != "plateau"
+    if any(recipe.values()):
+        flags = ", ".join(flag for flag, given in recipe.items() if given)
+        print(f"train: {flags} go with --data digits", file=sys.stderr)
+        return 2
     if args.variant != "convlstm" or args.supervise != "every-step":
         print(
             "train: --data PATH trains the convlstm variant with every-step supervision only",
@@ -270,6 +289,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         samples=args.samples,
         grid_path=None if args.dry_run else args.models / "predictions.png",
         write_cards=not args.dry_run,
+        horizon=args.horizon,
+        horizon_samples=args.horizon_samples,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -305,7 +326,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resize", metavar="HxW", help="with --data: resize every frame")
     t.add_argument("--name", help="with --data: writes OUT/NAME.keras (default: own)")
     t.add_argument(
-        "--resume", type=Path, help="with --data: continue from a saved .keras of the same shape"
+        "--resume",
+        type=Path,
+        help="continue from a saved .keras (with --data: of the same shape; on the digits: "
+        "the weights of every layer it shares by name, e.g. a committed model or a "
+        "training/NAME.best.keras; the optimiser starts afresh)",
     )
     t.add_argument(
         "--filters",
@@ -320,6 +345,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--validation-samples", type=int, default=None, help="generated ones (default 64)"
     )
+    t.add_argument(
+        "--skip-samples",
+        type=int,
+        default=0,
+        help="train on the generated sequences after the first N (new to a model trained "
+        "on those N)",
+    )
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)
@@ -332,6 +364,22 @@ def parser() -> argparse.ArgumentParser:
         choices=["every-step", "last"],
         default="every-step",
         help="targets: the next frame after every input step, or only after the last",
+    )
+    t.add_argument(
+        "--head",
+        choices=HEADS,
+        default=None,
+        help="convlstm head (default carry; docs/recipe.md): sigmoid (the frame from the last "
+        "state), blend (that frame mixed with the last input frame by a learned keep gate) "
+        "or carry (an intensity coloured from the last input frame, behind a keep gate)",
+    )
+    t.add_argument("--loss", choices=LOSSES, default="bce", help="bce, mse or l1 (mean absolute)")
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="plateau",
+        help="learning rate: halved on validation plateaus, or cosine decay over the planned "
+        "batches to 5%% of --learning-rate",
     )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=_train)
@@ -451,6 +499,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--models", type=Path, default=Path("models"))
     v.add_argument("--variant", choices=EVALUATED, nargs="+", default=list(VARIANTS))
     v.add_argument("--samples", type=int, default=256)
+    v.add_argument(
+        "--horizon", type=int, default=8, help="fed-back steps scored after the next frame"
+    )
+    v.add_argument(
+        "--horizon-samples",
+        type=int,
+        default=64,
+        help="sequences the fed-back steps are scored on (the first of --samples; 0: none)",
+    )
     v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
     v.set_defaults(func=_evaluate)
     return p

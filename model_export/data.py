@@ -99,23 +99,30 @@ def generate(
     split: Split = "train",
     frames: int = FRAMES + 1,
     digits: tuple[int, int] = (1, 2),
+    skip: int = 0,
 ) -> NDArray[np.float32]:
     """``n`` sequences of ``frames`` RGB frames, shape (n, frames, 40, 40, 3), in [0, 1].
 
     The default length is 16: 15 input frames and the frame that follows them.
-    ``digits`` is the inclusive range of digits per sequence.
+    ``digits`` is the inclusive range of digits per sequence. ``skip`` returns the
+    sequences after the first ``skip`` of the same seed (drawn, not drawn on a canvas).
     """
-    if n < 0 or frames < 1 or not 1 <= digits[0] <= digits[1]:
-        raise ValueError(f"need n >= 0, frames >= 1, 1 <= digits; got {n}, {frames}, {digits}")
+    if n < 0 or skip < 0 or frames < 1 or not 1 <= digits[0] <= digits[1]:
+        raise ValueError(
+            f"need n >= 0, skip >= 0, frames >= 1, 1 <= digits; got {n}, {skip}, {frames}, {digits}"
+        )
     rng = np.random.default_rng(seed)
     pool = digit_pool(split)
     out = np.zeros((n, frames, CANVAS, CANVAS, CHANNELS), dtype=np.float32)
-    for i in range(n):
+    for i in range(-skip, n):
         for _ in range(int(rng.integers(digits[0], digits[1] + 1))):
             glyph = pool[rng.integers(len(pool))]
             colour = rng.uniform(0.3, 1.0, size=CHANNELS).astype(np.float32)
             sprite = glyph[:, :, None] * colour
-            for t, (y, x) in enumerate(_trajectory(rng, frames)):
+            path = _trajectory(rng, frames)
+            if i < 0:
+                continue
+            for t, (y, x) in enumerate(path):
                 window = out[i, t, y : y + DIGIT, x : x + DIGIT]
                 np.maximum(window, sprite, out=window)
     return out

@@ -3,13 +3,17 @@
 The served artifact is the ONNX file, so that is what gets scored: next-frame
 MSE, PSNR and SSIM for each model and for the copy-last-frame baseline, and
 per-sequence latency of each model on onnxruntime (CPU), all in one run on one
-machine so the figures compare.
+machine so the figures compare. Beside them: the tint error (how far the colour of
+the predicted digits is from the true colour, ``tint_error``) and, for horizons
+1..8, the same scores when each prediction is fed back as the newest input frame
+(``rollout``), each against copying the last observed frame.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,13 @@ from model_export.model import INPUT_NAME, OUTPUT_NAME
 from model_export.quantize import find_onnx
 
 BASELINE = "copy_last_frame"
+# Fed-back horizons scored by ``evaluate``: frame 16 ... frame 23 from frames 1-15.
+HORIZON = 8
+# A pixel belongs to a digit where the truth's brightest channel reaches this: the
+# digits' colours have every channel in [0.3, 1], the background is 0.
+DIGIT_THRESHOLD = 0.25
+
+Predictor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 
 def mse(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> NDArray[np.float64]:
@@ -46,13 +57,80 @@ def ssim(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> NDArray[np.fl
     )
 
 
+def tint_error(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Per-frame colour error of the digits: the mean RGB of the prediction and of the
+    truth over the truth's digit pixels, each reduced to its chromaticity
+    ``(r, g, b) / (r + g + b)``, and the mean absolute difference of the two over the
+    channels. Brightness and blur cancel out; a grey prediction of a coloured digit
+    scores its full tint (0.19 for a digit of colour (1, 0.3, 0.3)). Frames with
+    no digit pixel count 0."""
+    mask = (truth.max(axis=-1) >= DIGIT_THRESHOLD)[..., None]
+    count = np.maximum(mask.sum(axis=(1, 2)), 1)
+    mean_pred = (pred.astype(np.float64) * mask).sum(axis=(1, 2)) / count
+    mean_truth = (truth.astype(np.float64) * mask).sum(axis=(1, 2)) / count
+
+    def chroma(c: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(c / np.maximum(c.sum(axis=-1, keepdims=True), 1e-6))
+
+    return np.asarray(np.abs(chroma(mean_pred) - chroma(mean_truth)).mean(axis=-1))
+
+
 def scores(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> dict[str, float]:
     per_seq = mse(pred, truth)
     return {
         "mse": float(per_seq.mean()),
         "psnr_db": float(psnr(per_seq).mean()),
         "ssim": float(ssim(pred, truth).mean()),
+        "tint_error": float(tint_error(pred, truth).mean()),
     }
+
+
+def rollout(predict: Predictor, frames: NDArray[np.float32], horizon: int) -> NDArray[np.float32]:
+    """Predictions (n, horizon, H, W, C) for the ``horizon`` frames after ``frames``
+    (n, T, H, W, C): each prediction joins the window as its newest frame and the
+    oldest leaves, so step k sees k - 1 of the model's own frames."""
+    window = frames
+    out = []
+    for _ in range(horizon):
+        nxt = predict(window)
+        out.append(nxt)
+        window = np.concatenate([window[:, 1:], nxt[:, None]], axis=1)
+    return np.stack(out, axis=1)
+
+
+def horizon_split(samples: int, horizon: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Test-split inputs (n, 15, ...) and the ``horizon`` true frames after them.
+
+    The generator's random draws do not depend on the sequence length, so the first 16
+    frames are exactly ``generate_split(samples, "test")``: step 1 is the next-frame test.
+    """
+    seqs = data.generate(
+        samples, seed=data.SPLIT_SEEDS["test"], split="test", frames=data.FRAMES + horizon
+    )
+    return seqs[:, : data.FRAMES], seqs[:, data.FRAMES :]
+
+
+def horizon_scores(
+    predictions: NDArray[np.float32], inputs: NDArray[np.float32], future: NDArray[np.float32]
+) -> list[dict[str, float]]:
+    """Scores per fed-back step (1-based in ``step``), each with copy-last-frame's MSE,
+    SSIM and tint error at that step and the model's MSE as a fraction of it."""
+    last = inputs[:, -1]
+    rows = []
+    for k in range(future.shape[1]):
+        model = scores(predictions[:, k], future[:, k])
+        base = scores(last, future[:, k])
+        rows.append(
+            {
+                "step": k + 1,
+                **model,
+                "mse_vs_copy_last": model["mse"] / base["mse"],
+                "copy_last_mse": base["mse"],
+                "copy_last_ssim": base["ssim"],
+                "copy_last_tint_error": base["tint_error"],
+            }
+        )
+    return rows
 
 
 class OnnxModel:
@@ -90,10 +168,14 @@ def evaluate(
     latency_repeats: int = 10,
     grid_path: Path | None = None,
     write_cards: bool = True,
+    horizon: int = HORIZON,
+    horizon_samples: int = 64,
 ) -> dict[str, Any]:
-    """Score each named ONNX model in ``models_dir`` and the baseline on the test split."""
-    seqs = data.generate_split(samples, "test")
-    x, truth = data.inputs_and_targets(seqs, every_step=False)
+    """Score each named ONNX model in ``models_dir`` and the baseline on the test split:
+    the next frame on ``samples`` sequences, and ``horizon`` fed-back steps on the
+    first ``horizon_samples`` of them (0: none)."""
+    x, future = horizon_split(samples, max(horizon, 1))
+    truth = future[:, 0]
     results: dict[str, Any] = {BASELINE: scores(x[:, -1], truth)}
     predictions = {}
     for name in names:
@@ -101,6 +183,10 @@ def evaluate(
         predictions[name] = model(x)
         results[name] = scores(predictions[name], truth)
         results[name]["latency_ms_batch1"] = model.latency_ms(x, latency_repeats)
+        if horizon > 0 and horizon_samples > 0:
+            n = min(horizon_samples, samples)
+            fed = rollout(model, x[:n], horizon)
+            results[name]["fed_back"] = horizon_scores(fed, x[:n], future[:n, :horizon])
     base = results[BASELINE]["mse"]
     for name in names:
         results[name]["mse_vs_copy_last"] = results[name]["mse"] / base
@@ -108,6 +194,8 @@ def evaluate(
         "split": "test",
         "sequences": samples,
         "target": "frame 16 given frames 1-15",
+        "fed_back": f"frames 16-{data.FRAMES + horizon}, each prediction fed back as input, "
+        f"on the first {min(horizon_samples, samples)} sequences",
         "machine": describe_machine(),
         "provider": "CPUExecutionProvider",
         "metrics": results,

@@ -46,7 +46,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from model_export.model import INPUT_NAME, KERNEL, OUTPUT_NAME
+from model_export.model import BLEND_NAME, INPUT_NAME, KERNEL, OUTPUT_NAME, LastFrameBlend
 
 GRAPH_DESCRIPTION = (
     "fast: unrolled, channels first, one convolution per step over the concatenated "
@@ -177,12 +177,24 @@ def _unsupported_config(layer: layers.Layer) -> str | None:
     return None
 
 
+def _split_head(
+    body: list[layers.Layer],
+) -> tuple[list[layers.Layer], list[layers.Layer], layers.Layer | None]:
+    """``body`` as (recurrent layers, head convolutions, blend layer or None): one Conv2D
+    head, or the blend head's two Conv2D (drawn frame, keep gate) and its LastFrameBlend."""
+    if body and isinstance(body[-1], LastFrameBlend):
+        return body[:-3], body[-3:-1], body[-1]
+    return body[:-1], body[-1:], None
+
+
 def fast_graph_refusal(model: keras.Model) -> str | None:
     """Why ``build_fast_convlstm`` cannot rebuild ``model``, or ``None`` when it can.
 
     It rebuilds one shape of model: a fixed (N, T, H, W, C) input, ConvLSTM2D layers
     (any filters and kernel sizes; stride 1, same padding, tanh and sigmoid), each but
-    the last returning sequences, then one Conv2D head (same padding, sigmoid).
+    the last returning sequences, then one Conv2D head (same padding, sigmoid), or the
+    blend or carry head (``build_convlstm(head=...)``: two such Conv2D on the last state
+    and a ``LastFrameBlend`` with the last input frame).
     """
     body = [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
     if not any(isinstance(layer, layers.ConvLSTM2D) for layer in body):
@@ -190,19 +202,23 @@ def fast_graph_refusal(model: keras.Model) -> str | None:
     shape = tuple(model.input.shape[1:]) if len(model.inputs) == 1 else ()
     if len(shape) != 4 or any(d is None for d in shape):
         return f"input {shape} is not one (T, H, W, C) of fixed sizes"
-    *recurrent, head = body
+    recurrent, heads, blend = _split_head(body)
     kinds = [type(layer).__name__ for layer in body]
     if not (
         recurrent
         and all(isinstance(layer, layers.ConvLSTM2D) for layer in recurrent)
-        and isinstance(head, layers.Conv2D)
-        and type(head) is layers.Conv2D
+        and all(type(head) is layers.Conv2D for head in heads)
     ):
-        return f"layers {kinds} are not ConvLSTM2D layers then one Conv2D head"
+        return (
+            f"layers {kinds} are not ConvLSTM2D layers then one Conv2D head "
+            "or the blend head (two Conv2D and a LastFrameBlend)"
+        )
+    if blend is not None and not blend.last_step:
+        return f"{blend.name} blends every step; the fast graph predicts the last one"
     sequences = [bool(layer.return_sequences) for layer in recurrent]
     if sequences != [True] * (len(recurrent) - 1) + [False]:
         return f"return_sequences {sequences}: every ConvLSTM2D but the last must return sequences"
-    for layer in body:
+    for layer in [*recurrent, *heads]:
         reason = _unsupported_config(layer)
         if reason is not None:
             return reason
@@ -224,9 +240,9 @@ def build_fast_convlstm(trained: keras.Model) -> keras.Model:
     reason = fast_graph_refusal(trained)
     if reason is not None:
         raise ValueError(f"{trained.name}: not rebuilt as a fast graph: {reason}")
-    *recurrent, head = [
-        layer for layer in trained.layers if not isinstance(layer, layers.InputLayer)
-    ]
+    recurrent, heads, blend = _split_head(
+        [layer for layer in trained.layers if not isinstance(layer, layers.InputLayer)]
+    )
     frames, *frame_shape = (int(d) for d in trained.input.shape[1:])
     inputs = keras.Input(shape=(frames, *frame_shape), name=INPUT_NAME)
     # (N, T, H, W, C) -> T tensors (N, C, H, W), split once here so that no
@@ -248,13 +264,23 @@ def build_fast_convlstm(trained: keras.Model) -> keras.Model:
         x = fast(x)
         pairs.append((fast, layer))
         channels = layer.filters
-    out = ChannelsFirstHead(
-        head.filters,
-        input_channels=channels,
-        kernel_size=tuple(head.kernel_size),
-        name=OUTPUT_NAME,
-    )
-    model = keras.Model(inputs, out(x), name=f"{trained.name}_fast")
-    for fast_layer, trained_layer in [*pairs, (out, head)]:
+    outs = []
+    for head in heads:
+        out = ChannelsFirstHead(
+            head.filters,
+            input_channels=channels,
+            kernel_size=tuple(head.kernel_size),
+            # the blend head's two convolutions keep their names; a lone head is next_frame
+            name=OUTPUT_NAME if blend is None else head.name,
+        )
+        outs.append(out(x))
+        pairs.append((out, head))
+    y = outs[0]
+    if blend is not None:
+        y = LastFrameBlend(last_step=True, carry=blend.carry, dtype="float32", name=BLEND_NAME)(
+            [inputs, *outs]
+        )
+    model = keras.Model(inputs, y, name=f"{trained.name}_fast")
+    for fast_layer, trained_layer in pairs:
         fast_layer.set_weights(trained_layer.get_weights())
     return model

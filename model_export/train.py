@@ -9,16 +9,34 @@ which returns only the frame after the last step.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
 
 from model_export import data
 from model_export.host import describe_machine
-from model_export.model import Variant, build, to_inference
+from model_export.model import Head, Variant, build, copy_weights_by_name, to_inference
+
+Loss = Literal["bce", "mse", "l1"]
+LOSSES: tuple[Loss, ...] = ("bce", "mse", "l1")
+Schedule = Literal["plateau", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = ("plateau", "cosine")
+# Keras' names for the losses; binary cross-entropy on [0, 1] pixels is the original recipe.
+_KERAS_LOSS = {
+    "bce": "binary_crossentropy",
+    "mse": "mean_squared_error",
+    "l1": "mean_absolute_error",
+}
+# The cosine schedule ends at this fraction of the starting rate, not at zero: the last
+# batches still move the weights.
+COSINE_FLOOR = 0.05
+# Batches between the resumable checkpoints (work/NAME.last.keras).
+LAST_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,15 @@ class TrainConfig:
     max_minutes: float | None = None
     out_dir: Path = Path("models")
     every_step: bool = True
+    head: Head = "sigmoid"
+    loss: Loss = "bce"
+    schedule: Schedule = "plateau"
+    # Start from these weights (any .keras of the variant: the inference model, the
+    # every-step checkpoint, with the other head); layers it lacks start fresh.
+    init_from: Path | None = None
+    # Train on the split's sequences after the first ``train_skip``: a run warm-started
+    # from a checkpoint trained on the first N sees N..N+train_samples, all new to it.
+    train_skip: int = 0
 
 
 class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -71,27 +98,43 @@ def fit_with_checkpoints(
     patience: int,
     max_minutes: float | None,
     verbose: int | str = "auto",
+    loss: Loss = "bce",
+    schedule: Schedule = "plateau",
 ) -> tuple[keras.Model, keras.callbacks.History, TrainingClock, float]:
-    """The one training loop of every recipe: Adam on binary cross-entropy, the best
-    validation epoch saved as ``work/NAME.best.keras``, early stopping, learning rate
-    halved on plateaus, a CSV log and the wall-clock budget. Returns the best model
+    """The one training loop of every recipe: Adam on ``loss`` (binary cross-entropy
+    unless told), the best validation epoch saved as ``work/NAME.best.keras``, early
+    stopping, the learning rate halved on plateaus or decayed along a cosine over the
+    planned batches, a CSV log and the wall-clock budget. Returns the best model
     (reloaded from its checkpoint), the history, the clock and the seconds spent."""
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
+    if schedule == "cosine":
+        steps = math.ceil(len(train_xy[0]) / batch_size) * epochs
+        rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(steps, 1), alpha=COSINE_FLOOR
+        )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="binary_crossentropy",
+        optimizer=keras.optimizers.Adam(learning_rate=rate),
+        loss=_KERAS_LOSS[loss],
         metrics=["mse"],
     )
     best = work / f"{name}.best.keras"
     clock = TrainingClock(max_minutes)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
+        # Every LAST_EVERY batches, whatever the validation says: a run stopped from
+        # outside (a closed session, a killed job) resumes from here with --resume.
+        keras.callbacks.ModelCheckpoint(work / f"{name}.last.keras", save_freq=LAST_EVERY),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience, restore_best_weights=True
         ),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
         keras.callbacks.CSVLogger(work / f"{name}.log.csv"),
         clock,
     ]
+    if schedule == "plateau":
+        # A schedule owns the rate; the plateau rule may only set a plain one.
+        callbacks.insert(
+            3, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+        )
     start = time.monotonic()
     history = model.fit(
         *train_xy,
@@ -122,12 +165,17 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     work = cfg.out_dir / "training"
     work.mkdir(exist_ok=True)
 
-    train_seq = data.generate_split(cfg.train_samples, "train")
+    train_seq = data.generate(
+        cfg.train_samples, seed=data.SPLIT_SEEDS["train"], split="train", skip=cfg.train_skip
+    )
     val_seq = data.generate_split(cfg.validation_samples, "validation")
     x_train, y_train = data.inputs_and_targets(train_seq, every_step=cfg.every_step)
     x_val, y_val = data.inputs_and_targets(val_seq, every_step=cfg.every_step)
 
-    model = build(cfg.variant, every_step=cfg.every_step)
+    model = build(cfg.variant, every_step=cfg.every_step, head=cfg.head)
+    warm_started: list[str] = []
+    if cfg.init_from is not None:
+        warm_started = copy_weights_by_name(keras.models.load_model(cfg.init_from), model)
     model, history, clock, seconds = fit_with_checkpoints(
         model,
         (x_train, y_train),
@@ -139,6 +187,8 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         epochs=cfg.epochs,
         patience=cfg.patience,
         max_minutes=cfg.max_minutes,
+        loss=cfg.loss,
+        schedule=cfg.schedule,
     )
 
     keras.mixed_precision.set_global_policy("float32")
@@ -150,6 +200,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     sequences_seen = min(clock.batches * cfg.batch_size, cfg.train_samples * epochs_run)
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "warm_started_layers": warm_started,
         "epochs_run": epochs_run,
         "stopped_by_budget": clock.stopped_early,
         "wall_seconds": round(seconds, 1),

@@ -23,6 +23,7 @@ def test_summary_prints_both_tables() -> None:
     assert out.returncode == 0, out.stderr
     for text in ("convlstm:", "cnn_lstm:", "35,760", "144,200", "237,840", "327,880", "745,680"):
         assert text in out.stdout
+    assert "next_frame_keep" in out.stdout and "1,262" in out.stdout  # the carry head
 
 
 def test_unknown_variant_is_refused_with_a_message() -> None:

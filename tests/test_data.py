@@ -84,3 +84,10 @@ def test_inputs_and_targets() -> None:
 def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="digits"):
         data.generate(1, seed=0, digits=(0, 2))
+
+
+def test_skip_returns_the_sequences_after_the_first_n() -> None:
+    whole = data.generate(6, seed=4)
+    np.testing.assert_array_equal(data.generate(2, seed=4, skip=4), whole[4:])
+    with pytest.raises(ValueError, match="skip >= 0"):
+        data.generate(2, seed=4, skip=-1)

@@ -141,8 +141,43 @@ def test_cnn_lstm_is_exported_plain_only(tmp_path: Path) -> None:
 def test_fast_graph_of_the_committed_checkpoint() -> None:
     trained = keras.models.load_model(CHECKPOINT)
     fast = build_fast_convlstm(trained)
-    body = sum(layer.count_params() for layer in fast.layers if layer.name != "next_frame")
-    assert (body, fast.get_layer("next_frame").count_params()) == (745_680, 1_893)
+    head = [layer for layer in fast.layers if layer.name.startswith("next_frame")]
+    body = fast.count_params() - sum(layer.count_params() for layer in head)
+    # the carry head: intensity and keep gate, 3·3·70·1 + 1 each
+    assert (body, [layer.count_params() for layer in head]) == (745_680, [631, 631, 0])
     onnx_bytes = to_onnx_bytes(fast)
     assert "Loop" not in op_types(onnx_bytes)
     assert parity(trained, onnx_bytes, parity_inputs(trained)) <= 1e-4
+
+
+@pytest.mark.parametrize("head", ["blend", "carry"])
+def test_blend_and_carry_heads_export_as_fast_graphs_with_the_served_contract(
+    head: str, tmp_path: Path
+) -> None:
+    keras.utils.set_random_seed(6)
+    model = build_convlstm(filters=(4, 6), head=head)  # type: ignore[arg-type]
+    keep = model.get_layer("next_frame_keep")
+    kernel, bias = keep.get_weights()
+    keep.set_weights([kernel, np.full_like(bias, -0.5)])  # the gate about half open
+    checkpoint = tmp_path / "convlstm.keras"
+    model.save(checkpoint)
+    result = export(checkpoint)
+    assert result.max_abs_diff <= 1e-4
+    onnx_bytes = result.onnx_path.read_bytes()
+    assert "Loop" not in op_types(onnx_bytes)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.shape) == ("frames", ["N", 15, 40, 40, 3])
+    assert (out.name, out.shape) == ("next_frame", ["N", 40, 40, 3])
+    x = parity_inputs(model)
+    (y,) = session.run(["next_frame"], {"frames": x})
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    assert parity(model, onnx_bytes, x) <= 1e-4
+    card = read_card(result.card_path)
+    assert card.graph is not None and card.graph.kind == "fast"
+    assert card.parameters is not None
+    drawn = 3 if head == "blend" else 1
+    assert (card.parameters.head, card.parameters.total) == (
+        2 * (3 * 3 * 6 * drawn + drawn),
+        card.parameters.body + 2 * (3 * 3 * 6 * drawn + drawn),
+    )

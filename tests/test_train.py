@@ -1,9 +1,11 @@
 """Training smoke runs: a few real steps of each variant, saved and reloaded."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from model_export.train import TrainConfig, checkpoint_path, train
@@ -66,3 +68,35 @@ def test_last_step_supervision_trains_the_same_inference_model(tmp_path: Path) -
     assert record["config"]["every_step"] is False  # type: ignore[index]
     model = keras.models.load_model(checkpoint_path(tmp_path, "cnn_lstm"))
     assert tuple(model.output.shape) == (None, 40, 40, 3)
+
+
+def test_recipe_options_and_warm_start_from_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("model_export.train.LAST_EVERY", 1)
+    first = TrainConfig(train_samples=2, validation_samples=2, epochs=1, batch_size=2)
+    train(replace(first, out_dir=tmp_path / "a"))
+    start = keras.models.load_model(checkpoint_path(tmp_path / "a", "convlstm"))
+    cfg = replace(
+        first,
+        out_dir=tmp_path / "b",
+        head="blend",
+        loss="l1",
+        schedule="cosine",
+        init_from=checkpoint_path(tmp_path / "a", "convlstm"),
+        train_skip=2,
+        learning_rate=1e-9,  # the copied weights stay as they were, to within rounding
+    )
+    record = train(cfg)
+    assert record["warm_started_layers"] == [f"convlstm_{i}" for i in range(1, 5)] + ["next_frame"]
+    assert record["config"]["head"] == "blend"  # type: ignore[index]
+    model = keras.models.load_model(checkpoint_path(tmp_path / "b", "convlstm"))
+    assert model.get_layer("next_frame_keep").count_params() == 1_893
+    # the resumable checkpoint, written every LAST_EVERY batches
+    last = keras.models.load_model(tmp_path / "b" / "training" / "convlstm.last.keras")
+    assert last.count_params() == model.count_params()
+    for name in ("convlstm_1", "next_frame"):
+        for a, b in zip(
+            start.get_layer(name).get_weights(), model.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_allclose(a, b, atol=1e-3)
