@@ -11,7 +11,9 @@ It is rebuilt in Keras ops from the trained weights, as ``model_export.fast`` re
 the windowed graph (channels first, one convolution per layer over the concatenated
 ``[x_t, h]`` with the kernel ``[W; U]``, gates in Keras' order input, forget, cell
 candidate, output; ``keras/src/layers/rnn/conv_lstm.py``), then converted by tf2onnx like
-every other graph here rather than written node by node. The frame and the prediction
+every other graph here rather than written node by node. The head is the trained one:
+a Conv2D, or the blend/carry head (``model_export.model.LastFrameBlend``), whose "last
+input frame" is, in one step, the frame just given. The frame and the prediction
 are channels last, as the served graph's; the states channels first (N, F, H, W), the
 layout the convolutions use, so a step transposes only the frame and the prediction.
 
@@ -39,8 +41,8 @@ from numpy.typing import NDArray
 from convlstm_card import GraphFile, StreamSpec, TensorSpec, card_path, read_card, sha256_of
 from convlstm_card import write_card as write_model_card
 from model_export import data
-from model_export.fast import GATES, ChannelsFirstHead, fast_graph_refusal
-from model_export.model import OUTPUT_NAME
+from model_export.fast import GATES, ChannelsFirstHead, _split_head, fast_graph_refusal
+from model_export.model import BLEND_NAME, OUTPUT_NAME, LastFrameBlend
 
 STEP_INPUT = "frame"
 STEP_PARITY_TOLERANCE = 1e-5
@@ -149,9 +151,9 @@ def build_step_model(trained: keras.Model) -> tuple[keras.Model, StateLayout]:
     reason = fast_graph_refusal(trained)
     if reason is not None:
         raise ValueError(f"{trained.name}: no step graph: {reason}")
-    *recurrent, head = [
-        layer for layer in trained.layers if not isinstance(layer, layers.InputLayer)
-    ]
+    recurrent, heads, blend = _split_head(
+        [layer for layer in trained.layers if not isinstance(layer, layers.InputLayer)]
+    )
     _, height, width, channels = (int(d) for d in trained.input.shape[1:])
     layout = StateLayout(tuple(int(layer.filters) for layer in recurrent), height, width)
     frame = keras.Input(shape=(height, width, channels), name=STEP_INPUT)
@@ -172,14 +174,26 @@ def build_step_model(trained: keras.Model) -> tuple[keras.Model, StateLayout]:
         outputs += [x, c]
         pairs.append((step, layer))
         in_channels = int(layer.filters)
-    out = ChannelsFirstHead(
-        int(head.filters),
-        input_channels=in_channels,
-        kernel_size=tuple(head.kernel_size),
-        name=OUTPUT_NAME,
-    )
-    model = keras.Model([frame, *states.values()], [out(x), *outputs], name=f"{trained.name}_step")
-    for step_layer, trained_layer in [*pairs, (out, head)]:
+    # The head as in model_export.fast: one Conv2D, or the blend/carry head's two Conv2D
+    # and its LastFrameBlend, whose "last input frame" is this step's frame.
+    drawn: list[Any] = []
+    for head in heads:
+        out = ChannelsFirstHead(
+            int(head.filters),
+            input_channels=in_channels,
+            kernel_size=tuple(head.kernel_size),
+            name=OUTPUT_NAME if blend is None else head.name,
+        )
+        drawn.append(out(x))
+        pairs.append((out, head))
+    y = drawn[0]
+    if blend is not None:
+        blended = LastFrameBlend(
+            last_step=True, carry=blend.carry, dtype="float32", name=BLEND_NAME
+        )
+        y = blended([ops.expand_dims(frame, 1), *drawn])
+    model = keras.Model([frame, *states.values()], [y, *outputs], name=f"{trained.name}_step")
+    for step_layer, trained_layer in pairs:
         step_layer.set_weights(trained_layer.get_weights())
     return model, layout
 

@@ -107,3 +107,27 @@ def test_check_covers_the_step_graph(tmp_path: Path) -> None:
     step.write_bytes(step.read_bytes() + b"\0")
     with pytest.raises(ParityError, match="sha256"):
         check_graphs(ckpt)
+
+
+@pytest.mark.parametrize("head", ["blend", "carry"])
+def test_gated_heads_step_with_this_frame_as_the_last_input_frame(
+    tmp_path: Path, head: str
+) -> None:
+    # The blend and carry heads mix in the last input frame: in the step graph that is
+    # the frame just given, so 15 steps must still equal the windowed graph.
+    import keras
+
+    path = tmp_path / f"{head}.keras"
+    build_convlstm(filters=FILTERS, head=head).save(path)
+    onnx_path = export(path).onnx_path
+    card = read_card(onnx_path.with_suffix(".json"))
+    assert card.stream is not None and card.stream.parity is not None
+    assert card.stream.parity["max_abs_diff"] <= 1e-5
+    _, layout = build_step_model(keras.models.load_model(path))
+    x = frames()
+    stepped = run_steps(step_path(onnx_path), layout, x)
+    np.testing.assert_allclose(stepped, onnx_predict(onnx_path, x), atol=1e-5)
+    # ... and the frame matters: other last frames give other predictions.
+    other = x.copy()
+    other[:, -1] = 1.0 - other[:, -1]
+    assert np.abs(run_steps(step_path(onnx_path), layout, other) - stepped).max() > 1e-3
