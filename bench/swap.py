@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -247,7 +248,8 @@ def measure(
     swap_p99 = p99_ms([a.seconds for a in during])
     versions = Counter(a.version for a in swapping.answers)
     return {
-        "machine": {**describe(), "note": "2-core CPU shared with other jobs"},
+        # Whether other work shared the machine: the 1-minute load average at the end.
+        "machine": {**describe(), "load_average_1min": round(os.getloadavg()[0], 2)},
         "graph": str(graph.relative_to(REPO) if graph.is_relative_to(REPO) else graph),
         "concurrency": concurrency,
         "malloc_arena_max": arena_max or "glibc default",
@@ -277,8 +279,9 @@ def markdown(report: dict[str, Any]) -> str:
     cycles = report["rss_mb_per_cycle"]
     return (
         f"Swap under load: {len(report['swaps'])} version swaps of `{report['graph']}` at "
-        f"concurrency {report['concurrency']}, on {m['cpu']} ({m['cores']} cores, shared "
-        f"with other jobs), {m['provider']}, MALLOC_ARENA_MAX {report['malloc_arena_max']}.\n\n"
+        f"concurrency {report['concurrency']}, on {m['cpu']} ({m['cores']} cores, 1-minute "
+        f"load average {m['load_average_1min']} at the end), {m['provider']}, "
+        f"MALLOC_ARENA_MAX {report['malloc_arena_max']}.\n\n"
         "| | requests | statuses | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- |\n"
         f"| without a swap | {b['requests']} | {b['statuses']} | {b['p50_ms']} | {b['p99_ms']} |\n"
         f"| overlapping a swap | {d['requests']} | {d['statuses']} | {d['p50_ms']} | "
