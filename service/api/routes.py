@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import DefaultModelDep, RegistryDep, require_api_key, require_json
 from service.api.error_responses import error_response
 from service.api.examples import predict_examples
+from service.api.frames import frame_source, next_frame_response
 from service.api.lifecycle import until_client_leaves
 from service.api.schemas import (
     ErrorResponse,
@@ -20,7 +21,6 @@ from service.api.schemas import (
     ModelSummary,
     NextFrameRequest,
     NextFrameResponse,
-    PredictedTensor,
     PredictSpec,
     ReadyResponse,
 )
@@ -28,7 +28,6 @@ from service.errors import InvalidInput
 from service.registry import ModelRegistry, ServedModel
 from service.streams.service import StreamService
 from service.tasks import NextFrameTask
-from service.tasks.next_frame import FramesInput, TensorInput
 
 router = APIRouter()
 
@@ -188,13 +187,7 @@ async def predict(
             f"/v2/models/{model.info.name}/infer",
             location="model",
         )
-    source: FramesInput | TensorInput
-    if request.frames is not None:
-        source = FramesInput(request.frames)
-    else:
-        assert request.tensor is not None  # the schema allows exactly one
-        t = request.tensor
-        source = TensorInput(t.data, t.dtype, t.shape)
+    source = frame_source(request.frames, request.tensor)
     streams: StreamService = http.app.state.streams
     if streams.rolls_out_from_state(model.info.name, request.horizon, request.rollout):
         work = streams.predict(
@@ -205,16 +198,4 @@ async def predict(
             model.runner, source, horizon=request.horizon, return_tensor=request.return_tensor
         )
     result = await until_client_leaves(http, work)
-    info = model.info
-    return NextFrameResponse(
-        model=info.name,
-        model_version=info.version,
-        provider=info.provider,
-        horizon=request.horizon,
-        frames=result.png_frames,
-        frame_shape=result.shape[1:],
-        inference_ms=round(result.inference_seconds * 1000.0, 3),
-        tensor=PredictedTensor(data=result.tensor, shape=result.shape)
-        if result.tensor is not None
-        else None,
-    )
+    return next_frame_response(model.info, request.horizon, result)

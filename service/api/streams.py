@@ -16,11 +16,11 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import require_api_key, require_json
+from service.api.frames import frame_source, next_frame_response
 from service.api.lifecycle import until_client_leaves
-from service.api.schemas import ErrorResponse, NextFrameResponse, PredictedTensor, TensorData
+from service.api.schemas import ErrorResponse, NextFrameResponse, TensorData
 from service.streams.service import StreamService
 from service.streams.table import Stream
-from service.tasks.next_frame import FramesInput, TensorInput
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
@@ -142,13 +142,7 @@ async def open_stream(
 async def step_stream(
     stream_id: str, request: StreamStepRequest, streams: StreamsDep, http: Request
 ) -> NextFrameResponse:
-    source: FramesInput | TensorInput
-    if request.frames is not None:
-        source = FramesInput(request.frames)
-    else:
-        assert request.tensor is not None  # the schema allows exactly one
-        t = request.tensor
-        source = TensorInput(t.data, t.dtype, t.shape)
+    source = frame_source(request.frames, request.tensor)
     stream, result = await until_client_leaves(
         http,
         streams.step(
@@ -156,18 +150,7 @@ async def step_stream(
         ),
     )
     served = streams.registry.lookup(stream.model).info
-    return NextFrameResponse(
-        model=served.name,
-        model_version=served.version,
-        provider=served.provider,
-        horizon=request.horizon,
-        frames=result.png_frames,
-        frame_shape=result.shape[1:],
-        inference_ms=round(result.inference_seconds * 1000.0, 3),
-        tensor=PredictedTensor(data=result.tensor, shape=result.shape)
-        if result.tensor is not None
-        else None,
-    )
+    return next_frame_response(served, request.horizon, result)
 
 
 @router.get(
