@@ -58,28 +58,23 @@ GRAPH_DESCRIPTION = (
 GATES = 4
 
 
-class UnrolledConvLSTM2D(layers.Layer):  # type: ignore[misc]
-    """``ConvLSTM2D`` (same padding, tanh and sigmoid) over a list of channels-first frames.
-
-    Takes one ``(N, C, H, W)`` tensor per step and returns the hidden state
-    after every step, or only after the last. Its weights have the shapes and
-    order of the trained layer's: ``set_weights`` takes ``ConvLSTM2D.get_weights()``
-    as is.
-    """
+class ConvLSTMWeights(layers.Layer):  # type: ignore[misc]
+    """The weights of a ``ConvLSTM2D`` (same padding, tanh and sigmoid), channels first,
+    and its gates: what the unrolled layer here and ``model_export.step_graph``'s one-step
+    layer share. The weights have the shapes and order of the trained layer's:
+    ``set_weights`` takes ``ConvLSTM2D.get_weights()`` as is."""
 
     def __init__(
         self,
         filters: int,
         *,
         input_channels: int,
-        return_sequences: bool,
         kernel_size: tuple[int, int] = (KERNEL, KERNEL),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.filters = filters
         self.input_channels = input_channels
-        self.return_sequences = return_sequences
         self.kernel_size = kernel_size
 
     def build(self, input_shape: Any) -> None:
@@ -92,10 +87,38 @@ class UnrolledConvLSTM2D(layers.Layer):  # type: ignore[misc]
         )
         self.bias = self.add_weight(shape=(GATES * f,), name="bias")
 
+    def fused_kernel(self) -> Any:
+        """conv([x, h], [W; U]) == conv(x, W) + conv(h, U): one convolution per step."""
+        return ops.concatenate([self.kernel, self.recurrent_kernel], axis=2)
+
+    def gates(self, z: Any) -> tuple[Any, Any, Any, Any]:
+        """The activated gates from the convolution plus bias, in Keras' order i, f, g, o."""
+        i, f, g, o = ops.split(z, GATES, axis=1)
+        return ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+
+
+class UnrolledConvLSTM2D(ConvLSTMWeights):
+    """``ConvLSTM2D`` (same padding, tanh and sigmoid) over a list of channels-first frames.
+
+    Takes one ``(N, C, H, W)`` tensor per step and returns the hidden state
+    after every step, or only after the last.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        *,
+        input_channels: int,
+        return_sequences: bool,
+        kernel_size: tuple[int, int] = (KERNEL, KERNEL),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(filters, input_channels=input_channels, kernel_size=kernel_size, **kwargs)
+        self.return_sequences = return_sequences
+
     def call(self, frames: list[Any]) -> Any:
         conv: dict[str, Any] = {"padding": "same", "data_format": "channels_first"}
-        # conv([x, h], [W; U]) == conv(x, W) + conv(h, U): one convolution per step.
-        fused = ops.concatenate([self.kernel, self.recurrent_kernel], axis=2)
+        fused = self.fused_kernel()
         bias = ops.reshape(self.bias, (GATES * self.filters, 1, 1))
         hidden: list[Any] = []
         h: Any = None
@@ -105,8 +128,7 @@ class UnrolledConvLSTM2D(layers.Layer):  # type: ignore[misc]
                 z = ops.conv(x, self.kernel, **conv) + bias
             else:
                 z = ops.conv(ops.concatenate([x, h], axis=1), fused, **conv) + bias
-            i, f, g, o = ops.split(z, GATES, axis=1)
-            i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+            i, f, g, o = self.gates(z)
             c = i * g if c is None else f * c + i * g
             h = o * ops.tanh(c)
             hidden.append(h)

@@ -41,7 +41,13 @@ from numpy.typing import NDArray
 from convlstm_card import GraphFile, StreamSpec, TensorSpec, card_path, read_card, sha256_of
 from convlstm_card import write_card as write_model_card
 from model_export import data
-from model_export.fast import GATES, ChannelsFirstHead, _split_head, fast_graph_refusal
+from model_export.fast import (
+    GATES,
+    ChannelsFirstHead,
+    ConvLSTMWeights,
+    _split_head,
+    fast_graph_refusal,
+)
 from model_export.model import BLEND_NAME, OUTPUT_NAME, LastFrameBlend
 
 STEP_INPUT = "frame"
@@ -77,42 +83,24 @@ def next_state_name(name: str) -> str:
     return f"next_{name}"
 
 
-class ConvLSTMStep(layers.Layer):  # type: ignore[misc]
-    """One step of ``ConvLSTM2D`` (same padding, tanh and sigmoid), channels first.
+class ConvLSTMStep(ConvLSTMWeights):
+    """One step of ``ConvLSTM2D`` (same padding, tanh and sigmoid), channels first: the
+    weights and gates of ``model_export.fast``'s unrolled layer, for one frame.
 
-    Takes ``[x, h, c]`` and returns ``[h', c']``. Its weights have the trained layer's
-    shapes and order, so ``set_weights`` takes ``ConvLSTM2D.get_weights()`` as is.
+    Takes ``[x, h, c]`` and returns ``[h', c']``.
     """
-
-    def __init__(
-        self, filters: int, *, input_channels: int, kernel_size: tuple[int, int], **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.filters = filters
-        self.input_channels = input_channels
-        self.kernel_size = kernel_size
-
-    def build(self, input_shape: Any) -> None:
-        f = self.filters
-        self.kernel = self.add_weight(
-            shape=(*self.kernel_size, self.input_channels, GATES * f), name="kernel"
-        )
-        self.recurrent_kernel = self.add_weight(
-            shape=(*self.kernel_size, f, GATES * f), name="recurrent_kernel"
-        )
-        self.bias = self.add_weight(shape=(GATES * f,), name="bias")
 
     def call(self, inputs: list[Any]) -> list[Any]:
         x, h, c = inputs
-        # conv([x, h], [W; U]) == conv(x, W) + conv(h, U): one convolution per step.
-        fused = ops.concatenate([self.kernel, self.recurrent_kernel], axis=2)
         z = ops.conv(
-            ops.concatenate([x, h], axis=1), fused, padding="same", data_format="channels_first"
+            ops.concatenate([x, h], axis=1),
+            self.fused_kernel(),
+            padding="same",
+            data_format="channels_first",
         )
-        z = z + ops.reshape(self.bias, (GATES * self.filters, 1, 1))
-        i, f, g, o = ops.split(z, GATES, axis=1)
-        c_next = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
-        h_next = ops.sigmoid(o) * ops.tanh(c_next)
+        i, f, g, o = self.gates(z + ops.reshape(self.bias, (GATES * self.filters, 1, 1)))
+        c_next = f * c + i * g
+        h_next = o * ops.tanh(c_next)
         return [h_next, c_next]
 
 
