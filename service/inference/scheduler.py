@@ -150,14 +150,7 @@ class Scheduler:
             raise
 
     async def _collect(self) -> list[Job]:
-        batch = [await self._queue.get()]
-        while len(batch) < self._max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if len(batch) < self._max_batch and self._max_wait > 0:
-            with anyio.move_on_after(self._max_wait):
-                while len(batch) < self._max_batch:
-                    batch.append(await self._queue.get())
-        return batch
+        return await collect_batch(self._queue, self._max_batch, self._max_wait)
 
     async def _work(self, index: int) -> None:
         thread = self._threads[index]
@@ -211,3 +204,22 @@ async def _finish(run: asyncio.Future[_T]) -> _T:
     except asyncio.CancelledError:
         await asyncio.wait([run])
         raise
+
+
+_Item = TypeVar("_Item")
+
+
+async def collect_batch(
+    queue: asyncio.Queue[_Item], max_batch: int, max_wait_s: float
+) -> list[_Item]:
+    """The next batch from ``queue``: wait for one item, take what is already queued, then
+    wait up to ``max_wait_s`` for more, never past ``max_batch`` (the model scheduler's and
+    the streams' batcher's shared rule)."""
+    batch = [await queue.get()]
+    while len(batch) < max_batch and not queue.empty():
+        batch.append(queue.get_nowait())
+    if len(batch) < max_batch and max_wait_s > 0:
+        with anyio.move_on_after(max_wait_s):
+            while len(batch) < max_batch:
+                batch.append(await queue.get())
+    return batch

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from service.inference.scheduler import collect_batch
 from service.streams.session import State
 
 log = logging.getLogger(__name__)
@@ -176,14 +177,7 @@ class StepBatcher:
             raise
 
     async def _collect(self) -> list[StepJob]:
-        batch = [await self._queue.get()]
-        while len(batch) < self._max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if len(batch) < self._max_batch and self._max_wait > 0:
-            with anyio.move_on_after(self._max_wait):
-                while len(batch) < self._max_batch:
-                    batch.append(await self._queue.get())
-        return batch
+        return await collect_batch(self._queue, self._max_batch, self._max_wait)
 
     async def _work(self) -> None:
         while True:
