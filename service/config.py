@@ -10,10 +10,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from convlstm_card import card_path
 
-Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
+Provider = Literal["auto", "cuda", "tensorrt", "cpu", "simulated"]
+ConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
 PadBatches = Literal["auto", "on", "off"]
 ModelControl = Literal["none", "explicit", "poll"]
 VersionPolicy = Literal["latest", "all"]
+
+
+MAX_BUCKETS = 16
+"""Batch buckets one graph may have: each is a session with its own weights and plans."""
 
 
 class Settings(BaseSettings):
@@ -69,7 +74,32 @@ class Settings(BaseSettings):
 
     provider: Provider = "auto"
     """Execution provider: ``auto`` and ``cuda`` prefer CUDA and fall back to the CPU;
-    ``tensorrt`` prefers TensorRT, then CUDA, then the CPU; ``cpu`` uses the CPU only."""
+    ``tensorrt`` prefers TensorRT, then CUDA, then the CPU; ``cpu`` uses the CPU only.
+    ``simulated`` runs no model: every run sleeps as a fast accelerator would
+    (``simulated_*`` below) and answers fixed outputs of the model's shapes, to measure
+    and test the serving path. Its answers are not predictions."""
+
+    simulated_batch_ms: float = Field(default=80.0, ge=0.0, le=60_000.0)
+    """With ``provider=simulated``: milliseconds every model run takes, whatever its size."""
+
+    simulated_item_ms: float = Field(default=2.0, ge=0.0, le=60_000.0)
+    """With ``provider=simulated``: milliseconds a run takes per item of its batch, on top
+    of ``simulated_batch_ms``."""
+
+    simulated_shape_change_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
+    """With ``provider=simulated``: milliseconds a simulated session pays, under a lock of
+    its own, before a run whose input shape differs from its previous run's: what
+    onnxruntime's CUDA provider pays to rebuild its convolution plans."""
+
+    simulated_allowed: bool = True
+    """Whether ``provider=simulated`` may start. The runtime images set it false, so that
+    a production container never answers with simulated outputs unless asked for
+    explicitly (``CONVLSTM_SIMULATED_ALLOWED=true``)."""
+
+    cudnn_conv_algo_search: ConvAlgoSearch = "EXHAUSTIVE"
+    """cuDNN's search for a convolution algorithm when the CUDA provider builds a Conv
+    plan (onnxruntime's ``cudnn_conv_algo_search``; ``EXHAUSTIVE`` is its default). With
+    a session per batch bucket a plan is built once per bucket, at warm-up."""
 
     cuda_tf32: bool = True
     """Let the CUDA provider use TF32 for float32 convolutions (onnxruntime's default):
@@ -101,9 +131,24 @@ class Settings(BaseSettings):
     model run. 1 turns batching off."""
 
     pad_batches: PadBatches = "auto"
-    """Pad each batch up to the next power of two (or ``max_batch_size``) and warm every
-    such size before ready. ``auto`` pads on a GPU provider, where each new input shape
-    costs a cuDNN algorithm search, and never on the CPU, where padding is only work."""
+    """Pad each batch up to the smallest of ``batch_buckets`` that holds it, and run each
+    bucket on an onnxruntime session of its own, warmed before ready. ``auto`` does so on
+    a GPU provider and the simulated device, where a session rebuilds every convolution
+    plan when its input shape changes, and never on the CPU, where padding is only work;
+    ``on`` everywhere; ``off`` never. Streams' step graphs follow the same rule."""
+
+    batch_buckets: list[int] | None = None
+    """The batch sizes of ``pad_batches``, ascending, none above ``max_batch_size``, at
+    most 16, e.g. ``[1,4,16]``. Default: the powers of two below ``max_batch_size`` and
+    ``max_batch_size``. A batch larger than the largest is split."""
+
+    batch_cohort_wait: float = Field(default=0.25, ge=0.0, le=1.0)
+    """How long a worker waits, as a fraction of its last model run's time (and never
+    past ``request_timeout_s``), for as many requests as its last batch had before it
+    starts the next. Clients answered together come back together, a few milliseconds
+    apart; starting on the first arrival splits them into small alternating batches
+    (at most half the device's rate). 0 turns it off; ``max_batch_wait_ms`` still
+    applies."""
 
     max_batch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """How long a worker waits for more requests to fill a batch; a lone request never
@@ -152,9 +197,45 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _gpu_requirement_needs_gpu_provider(self) -> Settings:
-        if self.require_gpu and self.provider == "cpu":
-            raise ValueError("require_gpu=true contradicts provider=cpu")
+        if self.require_gpu and self.provider in ("cpu", "simulated"):
+            raise ValueError(f"require_gpu=true contradicts provider={self.provider}")
+        if self.provider == "simulated" and not self.simulated_allowed:
+            raise ValueError(
+                "provider=simulated answers with simulated outputs, not predictions, and "
+                "this installation refuses it (CONVLSTM_SIMULATED_ALLOWED=false, as the "
+                "runtime images set); set CONVLSTM_SIMULATED_ALLOWED=true to ask for it"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _buckets_fit_the_batch(self) -> Settings:
+        sizes = self.batch_buckets
+        if sizes is None:
+            return self
+        where = f"batch_buckets={sizes}"
+        if not sizes:
+            raise ValueError(f"{where}: give at least one batch size, or leave it unset")
+        if any(b < 1 for b in sizes) or sizes != sorted(set(sizes)):
+            raise ValueError(f"{where}: sizes must be positive and strictly ascending")
+        if sizes[-1] > self.max_batch_size:
+            raise ValueError(f"{where}: {sizes[-1]} exceeds max_batch_size={self.max_batch_size}")
+        if len(sizes) > MAX_BUCKETS:
+            raise ValueError(
+                f"{where}: {len(sizes)} sizes, at most {MAX_BUCKETS} (each is a session)"
+            )
+        return self
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes ``pad_batches`` pads to."""
+        if self.batch_buckets is not None:
+            return tuple(self.batch_buckets)
+        sizes = {self.max_batch_size}
+        size = 1
+        while size < self.max_batch_size:
+            sizes.add(size)
+            size *= 2
+        return tuple(sorted(sizes))
 
     @property
     def card_path(self) -> Path:

@@ -69,6 +69,14 @@ class Overloaded(ServiceError):
     error_type = "overloaded"
 
 
+class ModelRunFailed(ServiceError):
+    """The device failed a batch (out of memory, a lost device): the requests in it get
+    503 and may be retried; the process and the other models carry on."""
+
+    status_code = 503
+    error_type = "model_run_failed"
+
+
 class DeadlineExceeded(ServiceError):
     status_code = 504
     error_type = "deadline_exceeded"

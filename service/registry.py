@@ -41,7 +41,7 @@ from service.errors import (
 )
 from service.inference.card import served_card
 from service.inference.runner import ModelInfo, ModelRunner
-from service.inference.session import OnnxSession
+from service.inference.session import GraphOptions, OnnxSession
 from service.metrics import Metrics
 from service.model_repository import ModelSource, scan, version_order
 from service.tasks import TaskAdapter, adapter_for
@@ -89,16 +89,7 @@ def load_model(
     """Load the model at ``path`` and its card, check them against each other, pick its
     task adapter, warm up. The model is served as ``name`` (its file stem by default),
     version ``version`` (its card's by default)."""
-    session = OnnxSession(
-        path,
-        provider=settings.provider,
-        intra_op_threads=settings.intra_op_threads,
-        intra_op_spinning=settings.intra_op_spinning,
-        require_gpu=settings.require_gpu,
-        pad_batches=settings.pad_batches,
-        max_batch=settings.max_batch_size,
-        cuda_tf32=settings.cuda_tf32,
-    )
+    session = OnnxSession(path, GraphOptions.from_settings(settings))
     sha = sha256_of(path)
     card = served_card(
         path,

@@ -53,6 +53,7 @@ class ModelRunner:
             max_queue=settings.max_queue,
             max_batch=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000.0,
+            cohort_wait=settings.batch_cohort_wait,
             on_batch=self._observe_batch,
         )
 

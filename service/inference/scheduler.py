@@ -74,9 +74,11 @@ class Scheduler:
         max_queue: int,
         max_batch: int,
         max_wait_s: float,
+        cohort_wait: float = 0.0,
         on_batch: Callable[[BatchStats], None] = lambda stats: None,
     ) -> None:
         self._run_batch = run_batch
+        self._cohort_wait = cohort_wait
         self._rollout = rollout
         self._workers = workers
         self._max_batch = max_batch
@@ -149,13 +151,11 @@ class Scheduler:
             job.abandoned = True
             raise
 
-    async def _collect(self) -> list[Job]:
-        return await collect_batch(self._queue, self._max_batch, self._max_wait)
-
     async def _work(self, index: int) -> None:
         thread = self._threads[index]
+        cohort = Cohort(self._cohort_wait) if self._cohort_wait > 0 else None
         while True:
-            batch = await self._collect()
+            batch = await collect_batch(self._queue, self._max_batch, self._max_wait, cohort)
             now = time.monotonic()
             live, abandoned, expired = [], 0, 0
             for job in batch:
@@ -184,6 +184,8 @@ class Scheduler:
                     for job, out in zip(live, outputs, strict=True):
                         if not job.future.done():
                             job.future.set_result((out, seconds))
+                    if cohort is not None:
+                        cohort.answered(len(live), seconds)
                 finally:
                     self._running -= len(live)
             self._on_batch(BatchStats(sizes, abandoned, expired))
@@ -209,15 +211,48 @@ async def _finish(run: asyncio.Future[_T]) -> _T:
 _Item = TypeVar("_Item")
 
 
+@dataclass
+class Cohort:
+    """The batch a worker answered last: how many it held, and until when the worker
+    waits for that many to be queued again before it starts its next run.
+
+    Closed-loop clients answered together come back together, but a few milliseconds
+    apart (each answer is encoded and sent, each next request read and decoded, one at a
+    time on the event loop). A worker that starts on the first to return runs it nearly
+    alone, and the rest queue up behind that run: the cohort splits into small
+    alternating batches, at most half the device's rate, and on a GPU every run then
+    changes the batch size. Waiting for the cohort, for a bounded fraction of the last
+    run's time, keeps it whole."""
+
+    fraction: float
+    size: int = 0
+    until: float = 0.0
+
+    def answered(self, size: int, run_seconds: float) -> None:
+        self.size = size
+        self.until = time.monotonic() + self.fraction * run_seconds
+
+
 async def collect_batch(
-    queue: asyncio.Queue[_Item], max_batch: int, max_wait_s: float
+    queue: asyncio.Queue[_Item],
+    max_batch: int,
+    max_wait_s: float,
+    cohort: Cohort | None = None,
 ) -> list[_Item]:
-    """The next batch from ``queue``: wait for one item, take what is already queued, then
-    wait up to ``max_wait_s`` for more, never past ``max_batch`` (the model scheduler's and
-    the streams' batcher's shared rule)."""
+    """The next batch from ``queue``: wait for one item, take what is already queued, wait
+    for the rest of the last ``cohort`` while its bound lasts, then up to ``max_wait_s``
+    for more, never past ``max_batch`` (the model scheduler's and the streams' batcher's
+    shared rule)."""
     batch = [await queue.get()]
     while len(batch) < max_batch and not queue.empty():
         batch.append(queue.get_nowait())
+    if cohort is not None:
+        want = min(cohort.size, max_batch)
+        left = cohort.until - time.monotonic()
+        if len(batch) < want and left > 0:
+            with anyio.move_on_after(left):
+                while len(batch) < want:
+                    batch.append(await queue.get())
     if len(batch) < max_batch and max_wait_s > 0:
         with anyio.move_on_after(max_wait_s):
             while len(batch) < max_batch:

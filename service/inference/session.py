@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from service.config import PadBatches, Provider
-from service.errors import ModelLoadError, ShuttingDown
+from service.config import ConvAlgoSearch, PadBatches, Provider, Settings
+from service.errors import ModelLoadError
+from service.inference.graph import (
+    SIMULATED,
+    BucketedGraph,
+    GraphSpec,
+    SimulatedDevice,
+    open_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +33,10 @@ _PREFERENCES: dict[str, tuple[str, ...]] = {
     "cuda": (CUDA, CPU),
     "tensorrt": (TENSORRT, CUDA, CPU),
     "cpu": (CPU,),
+    # The simulated device reads the graph's shapes and one set of real outputs from a
+    # CPU session; it runs nothing else.
+    "simulated": (CPU,),
 }
-
-
-def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """Powers of two up to ``max_batch``, and ``max_batch`` itself."""
-    sizes = {max_batch}
-    size = 1
-    while size < max_batch:
-        sizes.add(size)
-        size *= 2
-    return tuple(sorted(sizes))
 
 
 def gpu_fallback_reason(requested: str) -> str:
@@ -56,12 +57,15 @@ def gpu_fallback_reason(requested: str) -> str:
 
 
 def provider_options(
-    requested: list[str], *, cuda_tf32: bool
+    requested: list[str], *, cuda_tf32: bool, conv_algo_search: str = "EXHAUSTIVE"
 ) -> list[str | tuple[str, dict[str, str]]]:
     """The providers with the options onnxruntime takes for each. TF32 (on by default
     from Ampere on) rounds convolution inputs to 10 mantissa bits: on an H100 the served
-    graph then differed from the CPU by 2.2e-4 instead of 5.7e-7 (bench/results/gpu/)."""
-    options: dict[str, dict[str, str]] = {CUDA: {"use_tf32": "1" if cuda_tf32 else "0"}}
+    graph then differed from the CPU by 2.2e-4 instead of 5.7e-7 (bench/results/gpu/).
+    ``conv_algo_search`` is cuDNN's algorithm search for each Conv plan it builds."""
+    options: dict[str, dict[str, str]] = {
+        CUDA: {"use_tf32": "1" if cuda_tf32 else "0", "cudnn_conv_algo_search": conv_algo_search}
+    }
     return [(p, options[p]) if p in options else p for p in requested]
 
 
@@ -71,104 +75,144 @@ def choose_providers(preference: Provider, available: list[str]) -> list[str]:
     return chosen or [CPU]
 
 
-class OnnxSession:
-    """One model file in one onnxruntime session; safe to ``run`` from several threads."""
+@dataclass(frozen=True)
+class GraphOptions:
+    """How a graph is opened: the settings that shape a session, in one place, for the
+    model's graph and its step graph alike."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        provider: Provider = "auto",
-        intra_op_threads: int = 0,
-        intra_op_spinning: bool = False,
-        require_gpu: bool = False,
-        pad_batches: PadBatches = "auto",
-        max_batch: int = 1,
-        cuda_tf32: bool = True,
-    ) -> None:
+    provider: Provider = "auto"
+    intra_op_threads: int = 0
+    intra_op_spinning: bool = False
+    require_gpu: bool = False
+    cuda_tf32: bool = True
+    conv_algo_search: ConvAlgoSearch = "EXHAUSTIVE"
+    pad_batches: PadBatches = "auto"
+    buckets: tuple[int, ...] = (1,)
+    simulated: SimulatedDevice = SimulatedDevice()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GraphOptions:
+        return cls(
+            provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads,
+            intra_op_spinning=settings.intra_op_spinning,
+            require_gpu=settings.require_gpu,
+            cuda_tf32=settings.cuda_tf32,
+            conv_algo_search=settings.cudnn_conv_algo_search,
+            pad_batches=settings.pad_batches,
+            buckets=settings.buckets,
+            simulated=SimulatedDevice(
+                settings.simulated_batch_ms,
+                settings.simulated_item_ms,
+                settings.simulated_shape_change_ms,
+            ),
+        )
+
+
+class LoadedGraph:
+    """One graph file opened as ``options`` say: the provider really in use (and why it
+    is not the one asked for), the inputs and outputs, and the bucketed graph that runs
+    it."""
+
+    def __init__(self, path: Path, options: GraphOptions, *, what: str = "model file") -> None:
         if not path.is_file():
-            raise ModelLoadError(f"model file {path} does not exist")
+            raise ModelLoadError(f"{what} {path} does not exist")
         self.path = path
-        """The graph file, whose card may name files beside it (a step graph)."""
         available = ort.get_available_providers()
-        requested = choose_providers(provider, available)
+        simulated = options.provider == "simulated"
+        requested = choose_providers(options.provider, available)
         if any(p in GPU_PROVIDERS for p in requested) and hasattr(ort, "preload_dlls"):
             # The GPU wheel finds CUDA and cuDNN from the nvidia-* pip packages this way.
             ort.preload_dlls()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if intra_op_spinning else "0"
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if options.intra_op_spinning else "0"
         )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        spec = GraphSpec(
+            str(path),
+            provider_options(
+                requested,
+                cuda_tf32=options.cuda_tf32,
+                conv_algo_search=options.conv_algo_search,
+            ),
+            session_options,
+            options.simulated if simulated else None,
+        )
         start = time.perf_counter()
-        try:
-            self._session = ort.InferenceSession(
-                str(path),
-                sess_options=options,
-                providers=provider_options(requested, cuda_tf32=cuda_tf32),
-            )
-        except Exception as err:  # onnxruntime raises its own unexported classes
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise ModelLoadError(f"model file {path} cannot be loaded: {first_line}") from None
-        self.load_seconds = time.perf_counter() - start
-        self.requested = requested
+        first = open_session(spec)
+        self.requested = [SIMULATED] if simulated else requested
         self.available = available
         # onnxruntime falls back silently when a GPU provider fails to initialise:
         # the providers it reports are the truth, the request is only a wish.
-        self.provider = self._session.get_providers()[0]
+        self.provider = SIMULATED if simulated else first.get_providers()[0]
         self.fallback_reason: str | None = None
         if requested[0] in GPU_PROVIDERS and self.provider != requested[0]:
             self.fallback_reason = gpu_fallback_reason(requested[0])
-        if require_gpu and self.provider not in GPU_PROVIDERS:
+        if options.require_gpu and self.provider not in GPU_PROVIDERS:
             why = self.fallback_reason or f"no GPU provider is installed ({available})"
             raise ModelLoadError(f"a GPU provider is required but {self.provider} is in use: {why}")
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        self.inputs = first.get_inputs()
+        self.outputs = first.get_outputs()
+        # Fixed shapes per session where the device rebuilds its plans on a change of
+        # shape (module docstring of service.inference.graph); a graph with a fixed batch
+        # size has one shape already.
+        dynamic_batch = all(not isinstance(i.shape[0], int) for i in self.inputs)
+        shape_bound = self.provider in GPU_PROVIDERS or simulated
+        pad = options.pad_batches == "on" or (options.pad_batches == "auto" and shape_bound)
+        self.graph = BucketedGraph(
+            first,
+            spec,
+            buckets=options.buckets if pad and dynamic_batch else (),
+        )
+        self.load_seconds = time.perf_counter() - start
+
+
+class OnnxSession:
+    """A model's graph: one input, one output; safe to ``run`` from several threads."""
+
+    def __init__(self, path: Path, options: GraphOptions | None = None) -> None:
+        loaded = LoadedGraph(path, options or GraphOptions())
+        self.path = path
+        """The graph file, whose card may name files beside it (a step graph)."""
+        self.provider = loaded.provider
+        self.requested = loaded.requested
+        self.available = loaded.available
+        self.fallback_reason = loaded.fallback_reason
+        self.load_seconds = loaded.load_seconds
+        self.graph = loaded.graph
+        inputs, outputs = loaded.inputs, loaded.outputs
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelLoadError(
                 f"model file {path} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                "a next-frame model has one of each"
+                "a served model has one of each"
             )
         self.input_name: str = inputs[0].name
         self.output_name: str = outputs[0].name
         self.input_shape: list[int | str] = list(inputs[0].shape)
         self.output_shape: list[int | str] = list(outputs[0].shape)
-        # cuDNN chooses convolution algorithms per input shape (an exhaustive search by
-        # default), so on a GPU every new batch size the scheduler forms costs a search.
-        # Padding each batch up to a few fixed sizes, all warmed before ready, keeps the
-        # set of shapes small (and is what CUDA graphs need). On the CPU padding would
-        # only add work, so "auto" pads on GPU providers only.
-        dynamic_batch = not isinstance(self.input_shape[0], int)
-        pad = pad_batches == "on" or (pad_batches == "auto" and self.provider in GPU_PROVIDERS)
-        self.buckets: tuple[int, ...] = batch_buckets(max_batch) if pad and dynamic_batch else ()
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes runs are padded to, each on a session of its own; empty when
+        runs go through at their own size."""
+        return self.graph.buckets
 
     def close(self) -> None:
-        """Let go of the onnxruntime session, and so of its memory, now: not whenever the
-        cycle collector reaches this object's owners (a full collection stops the event
-        loop for 100 ms and more). ``run`` is refused afterwards."""
-        self._session = None
+        """Let go of the onnxruntime sessions, and so of their memory, now: not whenever
+        the cycle collector reaches this object's owners (a full collection stops the
+        event loop for 100 ms and more). ``run`` is refused afterwards."""
+        self.graph.close()
 
     def run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        if self._session is None:
-            raise ShuttingDown("this model version was unloaded")
-        n = len(batch)
-        size = next((b for b in self.buckets if b >= n), n)
-        if size > n:
-            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
-        out: NDArray[np.float32] = self._session.run([self.output_name], {self.input_name: batch})[
-            0
-        ]
-        return out[:n]
+        out: NDArray[np.float32] = self.graph.run({self.input_name: batch})[0]
+        return out
 
     def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1,)) -> float:
-        """Run ``runs`` zero batches of each size so that real requests pay no
-        allocation or kernel-selection cost. Warming the largest batch the scheduler
-        can form grows onnxruntime's memory arena to its working size before serving,
-        instead of in steps under load. Returns the seconds spent."""
-        start = time.perf_counter()
-        for size in sorted(set(batch_sizes) | set(self.buckets)):
-            dims = [d if isinstance(d, int) else size for d in self.input_shape]
-            dummy = np.zeros(dims, dtype=np.float32)
-            for _ in range(runs):
-                self.run(dummy)
-        return time.perf_counter() - start
+        """Run ``runs`` zero batches on every bucket (or of each of ``batch_sizes`` where
+        there are no buckets) so that real requests pay no allocation or plan-building
+        cost. Warming the largest batch the scheduler can form grows onnxruntime's memory
+        arena to its working size before serving, instead of in steps under load.
+        Returns the seconds spent."""
+        return self.graph.warm_up(runs, batch_sizes)

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
-from service.inference.scheduler import collect_batch
+from service.inference.scheduler import Cohort, collect_batch
 from service.streams.session import State
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,10 @@ class StepBatcher:
         max_queue: int,
         max_batch: int,
         max_wait_s: float,
+        cohort_wait: float = 0.0,
         on_batch: Callable[[list[int]], None] = lambda sizes: None,
     ) -> None:
+        self._cohort = Cohort(cohort_wait) if cohort_wait > 0 else None
         self._run_step = run_step
         self._max_batch = max_batch
         self._max_wait = max_wait_s
@@ -177,7 +179,7 @@ class StepBatcher:
             raise
 
     async def _collect(self) -> list[StepJob]:
-        return await collect_batch(self._queue, self._max_batch, self._max_wait)
+        return await collect_batch(self._queue, self._max_batch, self._max_wait, self._cohort)
 
     async def _work(self) -> None:
         while True:
@@ -212,6 +214,8 @@ class StepBatcher:
             for job, result in zip(live, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
+            if self._cohort is not None:
+                self._cohort.answered(len(live), results[0].seconds)
             self._on_batch(sizes)
 
 

@@ -115,6 +115,7 @@ class StreamService:
                 max_queue=self.settings.max_queue,
                 max_batch=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+                cohort_wait=self.settings.batch_cohort_wait,
                 on_batch=self._observe(name),
             )
             batcher.start()

@@ -3,17 +3,15 @@ in, the prediction and the new states out."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from convlstm_card import StreamSpec, sha256_of
 from service.config import Settings
 from service.errors import ModelLoadError
-from service.inference.session import choose_providers, provider_options
+from service.inference.session import GraphOptions, LoadedGraph
 
 State = dict[str, NDArray[np.float32]]
 """Every state tensor by name: (N, F, H, W) for a batch, (F, H, W) for one stream."""
@@ -36,24 +34,10 @@ class StepSession:
             raise ModelLoadError(
                 f"step graph {path}: sha256 {sha} but the card records {spec.step_graph.sha256}"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.intra_op_threads
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
-        )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        requested = choose_providers(settings.provider, ort.get_available_providers())
-        start = time.perf_counter()
-        try:
-            self._session = ort.InferenceSession(
-                str(path),
-                sess_options=options,
-                providers=provider_options(requested, cuda_tf32=settings.cuda_tf32),
-            )
-        except Exception as err:  # onnxruntime raises its own unexported classes
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise ModelLoadError(f"step graph {path} cannot be loaded: {first}") from None
-        self.load_seconds = time.perf_counter() - start
+        loaded = LoadedGraph(path, GraphOptions.from_settings(settings), what="step graph")
+        self.graph = loaded.graph
+        self.provider = loaded.provider
+        self.load_seconds = loaded.load_seconds
         self.path = path
         self.spec = spec
         self.frame_name = spec.frame.name
@@ -61,8 +45,8 @@ class StepSession:
         self.state_shapes = {
             s.name: tuple(int(d) for d in s.shape[1:] if isinstance(d, int)) for s in spec.state
         }
-        inputs = [i.name for i in self._session.get_inputs()]
-        outputs = [o.name for o in self._session.get_outputs()]
+        inputs = [i.name for i in loaded.inputs]
+        outputs = [o.name for o in loaded.outputs]
         expected_in = [self.frame_name, *self.state_names]
         expected_out = [spec.prediction.name, *(f"next_{n}" for n in self.state_names)]
         if inputs != expected_in or outputs != expected_out:
@@ -80,14 +64,10 @@ class StepSession:
     def run(self, frames: NDArray[np.float32], state: State) -> tuple[NDArray[np.float32], State]:
         """One step of a batch: frames (N, H, W, C) and states (N, F, H, W) -> the
         predicted frames (N, H, W, C) and the new states."""
-        out = self._session.run(None, {self.frame_name: frames, **state})
+        out = self.graph.run({self.frame_name: frames, **state})
         return out[0], dict(zip(self.state_names, out[1:], strict=True))
 
     def warm_up(self, runs: int) -> float:
-        """``runs`` steps of a zero frame at batch 1; the seconds spent."""
-        start = time.perf_counter()
-        frame = np.zeros((1, *self.frame_shape), np.float32)
-        state = {n: s[None] for n, s in self.zero_state().items()}
-        for _ in range(runs):
-            self.run(frame, state)
-        return time.perf_counter() - start
+        """``runs`` steps of zero frames on every bucket (at batch 1 where there are no
+        buckets); the seconds spent."""
+        return self.graph.warm_up(runs)

@@ -6,7 +6,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.inference.session import CPU, CUDA, TENSORRT, OnnxSession, choose_providers
+from service.inference.session import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    GraphOptions,
+    OnnxSession,
+    choose_providers,
+)
 from tests.service.conftest import COMMITTED_MODEL
 
 ALL = [TENSORRT, CUDA, CPU]
@@ -39,7 +46,7 @@ def test_committed_model_loads_on_an_installed_provider() -> None:
 
 
 def test_cpu_preference_uses_the_cpu() -> None:
-    assert OnnxSession(COMMITTED_MODEL, provider="cpu").provider == CPU
+    assert OnnxSession(COMMITTED_MODEL, GraphOptions(provider="cpu")).provider == CPU
 
 
 @pytest.mark.skipif(
@@ -47,9 +54,9 @@ def test_cpu_preference_uses_the_cpu() -> None:
     reason="needs an NVIDIA GPU and the onnxruntime-gpu package (CUDA provider not installed)",
 )
 def test_cuda_provider_is_used_when_present() -> None:
-    session = OnnxSession(COMMITTED_MODEL, provider="cuda", require_gpu=True)
+    session = OnnxSession(COMMITTED_MODEL, GraphOptions(provider="cuda", require_gpu=True))
     assert session.provider == CUDA
-    cpu = OnnxSession(COMMITTED_MODEL, provider="cpu")
+    cpu = OnnxSession(COMMITTED_MODEL, GraphOptions(provider="cpu"))
     x = np.random.default_rng(0).random((2, 15, 40, 40, 3), dtype=np.float32)
     np.testing.assert_allclose(session.run(x), cpu.run(x), atol=1e-4)
 
@@ -59,11 +66,11 @@ def test_cuda_options_carry_the_tf32_choice() -> None:
 
     requested = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert provider_options(requested, cuda_tf32=False) == [
-        ("CUDAExecutionProvider", {"use_tf32": "0"}),
+        ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}),
         "CPUExecutionProvider",
     ]
     assert provider_options(requested, cuda_tf32=True)[0] == (
         "CUDAExecutionProvider",
-        {"use_tf32": "1"},
+        {"use_tf32": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"},
     )
     assert provider_options(["CPUExecutionProvider"], cuda_tf32=False) == ["CPUExecutionProvider"]
