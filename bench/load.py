@@ -20,6 +20,8 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     transport_errors: int = 0
+    fixed_percentiles: dict[float, float] = field(default_factory=dict)
+    """Percentiles a generator reported itself (wrk keeps no list of latencies)."""
 
     @property
     def ok(self) -> int:
@@ -31,6 +33,8 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
+        if q in self.fixed_percentiles:
+            return self.fixed_percentiles[q]
         if not self.latencies_ms:
             return float("nan")
         if len(self.latencies_ms) == 1:

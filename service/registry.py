@@ -40,6 +40,7 @@ from service.errors import (
     UnknownModel,
 )
 from service.inference.card import served_card
+from service.inference.graph import SIMULATED
 from service.inference.runner import ModelInfo, ModelRunner
 from service.inference.session import GraphOptions, OnnxSession
 from service.metrics import Metrics
@@ -127,6 +128,12 @@ def load_model(
         settings.warmup_runs,
         warmup,
     )
+    if session.provider == SIMULATED:
+        log.warning(
+            "model %s runs on the simulated device (CONVLSTM_PROVIDER=simulated): its "
+            "answers are not predictions, only outputs of the model's shapes",
+            info.name,
+        )
     if session.fallback_reason is not None:
         log.warning("model %s runs on %s: %s", info.name, session.provider, session.fallback_reason)
     return ServedModel(runner, task)

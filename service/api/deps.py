@@ -11,7 +11,7 @@ from service.errors import Unauthorized, UnsupportedMediaType
 from service.registry import ModelRegistry, ServedModel
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
@@ -19,7 +19,7 @@ def get_registry(request: Request) -> ModelRegistry:
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
-def get_default_model(registry: RegistryDep) -> ServedModel:
+async def get_default_model(registry: RegistryDep) -> ServedModel:
     # Not `registry.ready`: a request accepted before a drain began is still served.
     # New ones are refused earlier, by the middleware.
     return registry.lookup(None)
@@ -28,7 +28,7 @@ def get_default_model(registry: RegistryDep) -> ServedModel:
 DefaultModelDep = Annotated[ServedModel, Depends(get_default_model)]
 
 
-def require_api_key(request: Request, registry: RegistryDep) -> None:
+async def require_api_key(request: Request, registry: RegistryDep) -> None:
     key = registry.settings.api_key
     if key is None:
         return
@@ -45,7 +45,7 @@ def require_api_key(request: Request, registry: RegistryDep) -> None:
         )
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media != "application/json":

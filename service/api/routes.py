@@ -94,6 +94,7 @@ def model_summary(model: ServedModel) -> ModelSummary:
         input_shape=info.input_shape,
         output_name=info.output_name,
         output_shape=info.output_shape,
+        batch_buckets=list(model.runner.session.buckets),
         predict=PredictSpec.model_validate(task.describe())
         if isinstance(task, NextFrameTask)
         else None,

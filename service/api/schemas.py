@@ -129,6 +129,11 @@ class ModelSummary(BaseModel):
     input_shape: list[int | str]
     output_name: str
     output_shape: list[int | str]
+    batch_buckets: list[int] = Field(
+        default=[],
+        description="the batch sizes runs are padded to, each on a session of its own "
+        "(CONVLSTM_PAD_BATCHES); empty where runs go through at their own size",
+    )
     predict: PredictSpec | None = Field(
         default=None,
         description="what /predict takes and gives; null for a model served only over "

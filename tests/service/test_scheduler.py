@@ -9,7 +9,9 @@ test_registry.py and the server tests.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
+import time
 from collections.abc import Callable
 
 import anyio
@@ -238,3 +240,44 @@ async def test_a_one_run_rollout_runs_the_batch_once() -> None:
     assert model.batches == [3]
     for i, (out, _) in enumerate(results):
         assert out.shape == SHAPE[1:] and out[0, 0, 0] == i + 1
+
+
+class SlowModel(Model):
+    """A model run that takes ``seconds`` (the GIL released, as a device run)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().__call__(windows)
+
+
+async def closed_loop_batches(cohort_wait: float) -> list[int]:
+    """Eight clients, each back 1 to 8 ms after its answer (the time an answer and the next
+    request take on the event loop), for 12 rounds; the batch sizes the model saw."""
+    model = SlowModel(0.04)
+    s = scheduler(model, max_batch=8, cohort_wait=cohort_wait)
+    s.start()
+
+    async def client(i: int) -> None:
+        for _ in range(12):
+            await s.submit(sequence(i), 1, 10)
+            await asyncio.sleep(0.001 * (1 + i))
+
+    try:
+        await asyncio.gather(*(client(i) for i in range(8)))
+    finally:
+        await s.stop()
+    return model.batches
+
+
+async def test_waiting_for_the_cohort_keeps_closed_loop_clients_in_one_batch() -> None:
+    split = await closed_loop_batches(0.0)
+    whole = await closed_loop_batches(0.5)
+    # Without the wait the first client back runs (nearly) alone and the cohort splits;
+    # with it, the clients answered together run together again.
+    assert statistics.mean(whole) >= 7.0, whole
+    assert statistics.mean(split) <= 5.0, split
+    assert len(whole) < len(split)
