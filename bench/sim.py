@@ -252,6 +252,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"Device: {BATCH_MS:g} ms + {ITEM_MS:g} ms per item per run, max batch {MAX_BATCH}; "
         "figures are the server's share, the device's time is known.",
         "",
+        *(
+            ["**SMOKE RUN: one-second points; the figures mean nothing.**", ""]
+            if results["smoke"]
+            else []
+        ),
         "## Against the ideal (one worker)",
         "",
         "| path | clients | req/s | ideal | of ideal | p50 ms | p99 ms |",

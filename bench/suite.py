@@ -10,6 +10,9 @@
    server with the opt-in int8 graph as its model, at the lowest and highest of those
    concurrencies, beside raw onnxruntime on the int8 graph.
 3. Start-up time to ready and the server's resident memory.
+4. ``sim``: the serving path against the simulated device (``bench/sim.py``): the
+   server's share of a fast accelerator's ideal rate, and what a costly change of batch
+   size does with and without sessions per bucket.
 
 Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
 at a size that takes seconds, for CI: its figures mean nothing.
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import sim
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
@@ -368,6 +372,7 @@ def run(plan: Plan, smoke: bool) -> dict[str, Any]:
         ends = (plan.concurrency[0], plan.concurrency[-1])
         results["load_int8"] = load(plan, batching=True, model=INT8_PATH, concurrency=ends)
     results["verdicts"] = verdicts(results)
+    results["sim"] = sim.run(sim.SMOKE if smoke else sim.FULL, smoke)
     return results
 
 
@@ -381,7 +386,10 @@ def main() -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(results))
     plot(results, args.out / "results.png")
+    (args.out / "sim.json").write_text(json.dumps(results["sim"], indent=2) + "\n")
+    (args.out / "sim.md").write_text(sim.markdown(results["sim"]))
     print(markdown(results))
+    print(sim.markdown(results["sim"]))
     return 0
 
 

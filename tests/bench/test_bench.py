@@ -32,7 +32,7 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
@@ -56,6 +56,18 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     assert "SMOKE RUN" in markdown and "opt-in int8 graph as its model" in markdown
     with Image.open(tmp_path / "results.png") as img:
         assert img.format == "PNG" and img.width > 100
+    # The sim section: every point answered, every ratio beside its baseline.
+    sim = json.loads((tmp_path / "sim.json").read_text())
+    assert sim["smoke"] is True and sim["generator"]
+    rows = sim["against_ideal"]["rows"]
+    assert {(r["path"], r["clients"]) for r in rows} == {
+        (p, c) for p in ("oip_binary", "predict_png") for c in (1, 4)
+    }
+    assert all(r["ok"] == r["requests"] > 0 and r["of_ideal"] > 0 for r in rows), rows
+    ratios = sim["change_cost"]["ratios"]
+    assert {r["path"] for r in ratios} == {"oip_binary", "predict_horizon3", "streams"}
+    assert all(r["no_change_rps"] > 0 and r["change_rps"] > 0 for r in ratios), ratios
+    assert "simulated device" in (tmp_path / "sim.md").read_text()
 
 
 def test_soak_smoke_reports_windows_and_memory() -> None:
