@@ -17,8 +17,8 @@ from bench.load import LoadResult, closed_loop
 from bench.workload import oip_binary_request
 from tests.service.conftest import COMMITTED_MODEL, run_server, start_failure
 
-BATCH_MS, ITEM_MS, MAX_BATCH, CLIENTS = 40.0, 1.0, 8, 8
-IDEAL_RPS = CLIENTS / ((BATCH_MS + ITEM_MS * MAX_BATCH) / 1000.0)  # 166.7
+BATCH_MS, ITEM_MS, MAX_BATCH, CLIENTS = 80.0, 2.0, 8, 8
+IDEAL_RPS = CLIENTS / ((BATCH_MS + ITEM_MS * MAX_BATCH) / 1000.0)  # 83.3
 SECONDS = 4.0
 
 
@@ -79,12 +79,13 @@ def test_the_server_keeps_the_simulated_device_busy(with_buckets: dict[str, obje
 
 
 def test_one_session_collapses_where_buckets_do_not() -> None:
-    # 12 clients over a max batch of 8 run as batches of 8 and 4 in turn: every run
-    # changes the batch size, which costs one session 300 ms under its lock each time,
-    # and costs a session per bucket nothing.
+    # 12 clients over a max batch of 8, with no wait for the cohort, run as batches of
+    # 8 and 4 in turn: every run changes the batch size, which costs one session 300 ms
+    # under its lock each time, and costs a session per bucket nothing.
     rates = {}
     for pad in ("auto", "off"):
-        with run_server(COMMITTED_MODEL, env=env(300.0, pad=pad), ready_within=120) as server:
+        settings = {**env(300.0, pad=pad), "CONVLSTM_BATCH_COHORT_WAIT": "0"}
+        with run_server(COMMITTED_MODEL, env=settings, ready_within=120) as server:
             buckets = server.client().get("/readyz").json()["served"][0]["batch_buckets"]
             assert buckets == ([] if pad == "off" else [1, 2, 4, 8])
             rates[pad] = load(server.url, 12)
