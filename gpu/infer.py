@@ -79,10 +79,11 @@ class Plan:
 class Record:
     out: Path
     data: dict[str, Any] = field(default_factory=dict)
+    file: str = "infer.json"
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "infer.json").write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        (self.out / self.file).write_text(json.dumps(self.data, indent=2, default=str) + "\n")
 
     @contextmanager
     def section(self, name: str) -> Iterator[dict[str, Any]]:

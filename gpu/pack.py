@@ -80,7 +80,9 @@ PRESENT_THERE = {
     "flatbuffers",
 }
 # The fp16 conversion the infer job uses (onnxruntime's float16 guide names it).
-INFER_EXTRA = ["onnxconverter-common==1.16.0"]
+# The diagnose job: py-spy dumps the server's threads under load, nvidia-ml-py samples
+# GPU utilisation through NVML.
+INFER_EXTRA = ["onnxconverter-common==1.16.0", "py-spy==0.4.3", "nvidia-ml-py==13.615.71"]
 TRAIN_EXTRA = ["namex", "optree"]
 
 
@@ -200,7 +202,9 @@ def call_plan(manifest: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         command = "bash gpu/run.sh receive"
         if i == len(parts) - 1:
             carry.append(f"{rel}/infer")
-            command = "bash gpu/run.sh infer"
+            # The diagnosis of the collapse under concurrency comes first on any GPU;
+            # the infer and train jobs follow in calls of their own (docs/gpu.md).
+            command = "bash gpu/run.sh diagnose"
         plan.append({"carry": carry, "command": command})
     return plan
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One device call on the GPU machine (docs/gpu.md): bash gpu/run.sh receive|infer|train [ARGS]
+# One device call on the GPU machine (docs/gpu.md): bash gpu/run.sh receive|diagnose|infer|train [ARGS]
 # receive: keep the part this call carried; infer/train: install, then run the job.
 set -uo pipefail
-job=${1:?receive, infer or train}
+job=${1:?receive, diagnose, infer or train}
 shift
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}
@@ -11,6 +11,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=
 case "$job" in
 receive)
     python3 -m gpu.receive
+    ;;
+diagnose)
+    python3 -m gpu.receive --install infer || exit 1
+    export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
+    python3 -m gpu.diagnose --out "$OUT" "$@" 2>&1 | tee "$OUT/diagnose.log"
     ;;
 infer)
     python3 -m gpu.receive --install infer || exit 1

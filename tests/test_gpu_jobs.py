@@ -75,7 +75,7 @@ def test_pack_splits_into_parts_and_plans_one_call_each(packed: Path) -> None:
     for p in parts:
         assert receive.sha256_of(packed / p["file"]) == p["sha256"]
     assert len(manifest["calls"]) == len(parts)
-    assert manifest["calls"][-1]["command"] == "bash gpu/run.sh infer"
+    assert manifest["calls"][-1]["command"] == "bash gpu/run.sh diagnose"
     infer = {w["file"].split("-")[0] for w in manifest["infer"]}
     assert {"fastapi", "uvicorn", "pydantic_core", "onnxconverter_common"} <= infer
     assert "numpy" not in infer and "onnxruntime_gpu" not in infer
@@ -151,6 +151,39 @@ def test_infer_dry_run_runs_every_section(tmp_path: Path) -> None:
     )
     report = (tmp_path / "infer.md").read_text()
     assert "DRY RUN" in report and "one suspect removed" in report
+
+
+@pytest.mark.slow
+def test_diagnose_dry_run_runs_every_section(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpu.diagnose", "--dry-run", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "diagnose.json").read_text())
+    failed = {k: v["error"] for k, v in record.items() if isinstance(v, dict) and "error" in v}
+    assert not failed, failed
+    raw = record["raw"]
+    assert raw["provider"] == "CPUExecutionProvider" and raw["turns_over_fixed"] > 0
+    assert {"1 and 2 in turn, a session per size", "two threads on one session, two sizes"} <= set(
+        raw
+    )
+    assert record["profile"]["conv_nodes"] > 0 and record["profile"]["conv_ms_per_run"] > 0
+    server = record["server"]
+    assert {"as served", "one session (pad off)", "max batch 1"} <= set(server)
+    for label, v in server.items():
+        if isinstance(v, dict) and "load" in v:
+            assert all(set(r["statuses"]) == {"200"} for r in v["load"]), (label, v)
+    assert server["as served"]["batch_buckets"] == [1, 2]
+    assert server["one session (pad off)"]["batch_buckets"] == []
+    assert (tmp_path / "py-spy one session (pad off).txt").read_text().strip()
+    assert (tmp_path / "metrics as served.txt").read_text().startswith("#")
+    assert record["sim"]["provider"] == "simulated"
+    report = (tmp_path / "diagnose.md").read_text()
+    assert "DRY RUN" in report and "simulated device" in report
 
 
 @pytest.mark.slow
