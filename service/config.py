@@ -13,6 +13,7 @@ from convlstm_card import card_path
 Provider = Literal["auto", "cuda", "tensorrt", "cpu", "simulated"]
 ConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
 PadBatches = Literal["auto", "on", "off"]
+IoBinding = Literal["auto", "on", "off"]
 ModelControl = Literal["none", "explicit", "poll"]
 VersionPolicy = Literal["latest", "all"]
 
@@ -136,6 +137,18 @@ class Settings(BaseSettings):
     a GPU provider and the simulated device, where a session rebuilds every convolution
     plan when its input shape changes, and never on the CPU, where padding is only work;
     ``on`` everywhere; ``off`` never. Streams' step graphs follow the same rule."""
+
+    io_binding: IoBinding = "auto"
+    """Run each bucket's session through onnxruntime's IO binding: every input copied once
+    into a buffer bound on the device, the outputs read from buffers bound there (no
+    allocation per run). ``auto``: on the CUDA provider; ``on`` on the CPU too; ``off``
+    never. Applies where batches are padded to buckets (fixed shapes)."""
+
+    cuda_graphs: bool = False
+    """Capture a CUDA graph per batch bucket and replay it on every run (onnxruntime's
+    ``enable_cuda_graph``): the CPU's launch cost per kernel goes, at the price of fixed
+    shapes (buckets) and IO binding. A graph that cannot be captured (a Loop, a node on
+    the CPU) runs without, with a warning. Off by default until measured on a GPU."""
 
     batch_buckets: list[int] | None = None
     """The batch sizes of ``pad_batches``, ascending, none above ``max_batch_size``, at

@@ -11,9 +11,11 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from service.config import ConvAlgoSearch, PadBatches, Provider, Settings
+from service.config import ConvAlgoSearch, IoBinding, PadBatches, Provider, Settings
 from service.errors import ModelLoadError
 from service.inference.graph import (
+    CPU,
+    CUDA,
     SIMULATED,
     BucketedGraph,
     GraphSpec,
@@ -23,8 +25,6 @@ from service.inference.graph import (
 
 log = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
 
@@ -88,6 +88,8 @@ class GraphOptions:
     conv_algo_search: ConvAlgoSearch = "EXHAUSTIVE"
     pad_batches: PadBatches = "auto"
     buckets: tuple[int, ...] = (1,)
+    io_binding: IoBinding = "auto"
+    cuda_graphs: bool = False
     simulated: SimulatedDevice = SimulatedDevice()
 
     @classmethod
@@ -101,6 +103,8 @@ class GraphOptions:
             conv_algo_search=settings.cudnn_conv_algo_search,
             pad_batches=settings.pad_batches,
             buckets=settings.buckets,
+            io_binding=settings.io_binding,
+            cuda_graphs=settings.cuda_graphs,
             simulated=SimulatedDevice(
                 settings.simulated_batch_ms,
                 settings.simulated_item_ms,
@@ -124,12 +128,6 @@ class LoadedGraph:
         if any(p in GPU_PROVIDERS for p in requested) and hasattr(ort, "preload_dlls"):
             # The GPU wheel finds CUDA and cuDNN from the nvidia-* pip packages this way.
             ort.preload_dlls()
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
-        session_options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if options.intra_op_spinning else "0"
-        )
-        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         spec = GraphSpec(
             str(path),
             provider_options(
@@ -137,8 +135,11 @@ class LoadedGraph:
                 cuda_tf32=options.cuda_tf32,
                 conv_algo_search=options.conv_algo_search,
             ),
-            session_options,
-            options.simulated if simulated else None,
+            intra_op_threads=options.intra_op_threads,
+            intra_op_spinning=options.intra_op_spinning,
+            simulated=options.simulated if simulated else None,
+            io_binding=options.io_binding,
+            cuda_graphs=options.cuda_graphs,
         )
         start = time.perf_counter()
         first = open_session(spec)

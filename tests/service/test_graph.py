@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from convlstm_card import read_card
 from service.config import Settings
 from service.errors import ModelRunFailed, ShuttingDown
-from service.inference.graph import SIMULATED, OrtGraph, SimulatedDevice, SimulatedGraph
+from service.inference.graph import (
+    SIMULATED,
+    BoundGraph,
+    OrtGraph,
+    SimulatedDevice,
+    SimulatedGraph,
+)
 from service.inference.session import CPU, GraphOptions, OnnxSession
 from service.streams.session import StepSession
 from tests.service.conftest import COMMITTED_MODEL
@@ -199,3 +205,51 @@ def test_default_buckets_are_powers_of_two_and_the_max() -> None:
     assert Settings(max_batch_size=12).buckets == (1, 2, 4, 8, 12)
     assert Settings(max_batch_size=1).buckets == (1,)
     assert Settings(max_batch_size=16, batch_buckets=[4, 16]).buckets == (4, 16)
+
+
+def test_io_binding_answers_as_plain_runs_and_takes_turns(plain: OnnxSession) -> None:
+    bound = OnnxSession(
+        COMMITTED_MODEL,
+        GraphOptions(
+            provider="cpu", pad_batches="on", io_binding="on", cuda_graphs=True, buckets=(1, 4)
+        ),
+    )
+    assert bound.graph.cuda_graphs is False  # CUDA graphs are for the CUDA provider only
+    assert all(isinstance(g, BoundGraph) for g in bound.graph._graphs.values())
+    expected = plain.run(SEQUENCES)
+    results: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:  # two threads on one bucket share its bound buffers
+        results[i] = bound.run(SEQUENCES[i : i + 3])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, got in results.items():
+        np.testing.assert_allclose(got, expected[i : i + 3], atol=1e-5)
+    # The answer is a copy: the next run does not overwrite it.
+    first = bound.run(SEQUENCES[:1])
+    kept = first.copy()
+    bound.run(SEQUENCES[1:2])
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_the_step_graph_runs_bound_with_every_state() -> None:
+    spec = read_card(COMMITTED_MODEL.with_suffix(".json")).stream
+    assert spec is not None
+    base = {"model_path": COMMITTED_MODEL, "provider": "cpu", "max_batch_size": 2}
+    plain = StepSession(COMMITTED_MODEL, spec, Settings(**base))  # type: ignore[arg-type]
+    bound = StepSession(
+        COMMITTED_MODEL,
+        spec,
+        Settings(**base, pad_batches="on", io_binding="on"),  # type: ignore[arg-type]
+    )
+    frames = SEQUENCES[:1, 0]
+    state = {n: RNG.random((1, *s), dtype=np.float32) for n, s in plain.state_shapes.items()}
+    want_frame, want_state = plain.run(frames, state)
+    got_frame, got_state = bound.run(frames, state)
+    np.testing.assert_allclose(got_frame, want_frame, atol=1e-5)
+    for name in want_state:
+        np.testing.assert_allclose(got_state[name], want_state[name], atol=1e-5)
