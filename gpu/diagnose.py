@@ -16,8 +16,9 @@ soon as it ends, so a cut-off lease still brings back what it measured:
 2. ``profile``: onnxruntime's own profile (``enable_profiling``) of runs taking turns
    between two sizes: Conv node time per run, and the rest.
 3. ``server``: the real server at 16 clients (OIP binary): as served now (a session per
-   bucket), with ``CONVLSTM_PAD_BATCHES=off`` (one session: the old serving path), and
-   with ``CONVLSTM_MAX_BATCH_SIZE=1``; then as served at 1 and 64 clients. Beside each
+   bucket, IO binding), with ``CONVLSTM_PAD_BATCHES=off`` (one session: the old serving
+   path), with ``CONVLSTM_MAX_BATCH_SIZE=1``, and with CUDA graphs per bucket; as served
+   and with CUDA graphs also at 1 client, as served at 64. GPU memory of each server. Beside each
    point: ``/metrics`` after it, GPU utilisation (NVML, else ``nvidia-smi``) sampled
    during it, and a ``py-spy dump`` of the server's threads in the middle of the 16-client
    point of the one-session server.
@@ -261,6 +262,23 @@ class GpuSampler:
         }
 
 
+def gpu_memory_mb(pid: int) -> float | None:
+    """GPU memory the process holds (its sessions, arenas, plans), from ``nvidia-smi``."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    r = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    for line in r.stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid):
+            return float(fields[1])
+    return None
+
+
 def py_spy_dump(pid: int, delay: float, out_file: Path) -> threading.Thread:
     """``py-spy dump`` of ``pid`` after ``delay`` seconds, into ``out_file``."""
 
@@ -306,6 +324,7 @@ def server_point(
         result["ready_s"] = round(server.ready_seconds, 2)
         result["provider"] = ready.get("provider")
         result["batch_buckets"] = ready.get("served", [{}])[0].get("batch_buckets")
+        result["gpu_memory_mb"] = gpu_memory_mb(server.process.pid)
         simulated = env.get("CONVLSTM_PROVIDER") == "simulated"
         wanted = "simulated" if simulated else plan.provider
         if ready.get("provider") != wanted and not plan.allow_cpu:
@@ -347,8 +366,9 @@ def base_env(plan: Plan) -> dict[str, str]:
     }
     if plan.provider != CPU:
         env["CONVLSTM_REQUIRE_GPU"] = "1"
-    else:  # the dry run: the bucket path, on the CPU provider
+    else:  # the dry run: the bucket path, bound, on the CPU provider
         env["CONVLSTM_PAD_BATCHES"] = "on"
+        env["CONVLSTM_IO_BINDING"] = "on"
     return env
 
 
@@ -363,6 +383,7 @@ def servers(rec: Record, plan: Plan, path: Path, card: dict[str, Any], out_dir: 
             [plan.clients],
             False,
         ),
+        ("cuda graphs", {"CONVLSTM_CUDA_GRAPHS": "true"}, [plan.clients, 1], False),
     ]
     with rec.section("server") as out:
         for label, change, clients, dump in variants:

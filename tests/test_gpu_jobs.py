@@ -173,7 +173,7 @@ def test_diagnose_dry_run_runs_every_section(tmp_path: Path) -> None:
     )
     assert record["profile"]["conv_nodes"] > 0 and record["profile"]["conv_ms_per_run"] > 0
     server = record["server"]
-    assert {"as served", "one session (pad off)", "max batch 1"} <= set(server)
+    assert {"as served", "one session (pad off)", "max batch 1", "cuda graphs"} <= set(server)
     for label, v in server.items():
         if isinstance(v, dict) and "load" in v:
             assert all(set(r["statuses"]) == {"200"} for r in v["load"]), (label, v)
