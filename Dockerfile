@@ -57,12 +57,15 @@ LABEL org.opencontainers.image.title="convlstm-serve (CPU)" \
 # The server reads every setting from CONVLSTM_* variables; it must listen on all interfaces
 # to be reachable through a published port. MALLOC_ARENA_MAX=2: each model load starts
 # threads that would otherwise keep glibc arenas alive, growing RSS over load/unload cycles.
+# CONVLSTM_SIMULATED_ALLOWED=false: an image built for production never answers with the
+# simulated device's outputs unless the deployment asks for it explicitly.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CONVLSTM_HOST=0.0.0.0 \
     CONVLSTM_PORT=8000 \
     CONVLSTM_PROVIDER=cpu \
+    CONVLSTM_SIMULATED_ALLOWED=false \
     MALLOC_ARENA_MAX=2
 
 RUN groupadd --gid 10001 convlstm \
@@ -117,6 +120,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     CONVLSTM_HOST=0.0.0.0 \
     CONVLSTM_PORT=8000 \
+    CONVLSTM_SIMULATED_ALLOWED=false \
     MALLOC_ARENA_MAX=2
 
 # Ubuntu 24.04's Python is 3.12 (the project supports 3.11 and 3.12). Its packages are not

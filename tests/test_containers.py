@@ -293,6 +293,12 @@ def test_runtime_serves_from_the_environment_as_a_user(
     assert s.env()["CONVLSTM_HOST"] == "0.0.0.0"
     assert int(s.env().get("CONVLSTM_PORT", settings.port)) == settings.port
     assert s.all("USER")[-1].split(":")[0] not in {"root", "0"}
+    # A production image refuses the simulated device unless a deployment asks for it.
+    assert s.env()["CONVLSTM_SIMULATED_ALLOWED"] == "false"
+    from service.config import Settings
+
+    with pytest.raises(ValueError, match="CONVLSTM_SIMULATED_ALLOWED"):
+        Settings(provider="simulated", simulated_allowed=s.env()["CONVLSTM_SIMULATED_ALLOWED"])
 
 
 @pytest.mark.parametrize("stage", RUNTIME_STAGES)
