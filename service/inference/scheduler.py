@@ -185,7 +185,7 @@ class Scheduler:
                         if not job.future.done():
                             job.future.set_result((out, seconds))
                     if cohort is not None:
-                        cohort.answered(len(live), seconds)
+                        cohort.answered(len(live) + self._queue.qsize(), seconds)
                 finally:
                     self._running -= len(live)
             self._on_batch(BatchStats(sizes, abandoned, expired))
@@ -213,16 +213,17 @@ _Item = TypeVar("_Item")
 
 @dataclass
 class Cohort:
-    """The batch a worker answered last: how many it held, and until when the worker
-    waits for that many to be queued again before it starts its next run.
+    """The clients a worker last saw: those it has just answered plus those already
+    queued then, and until when it waits for that many to be queued before its next run.
 
     Closed-loop clients answered together come back together, but a few milliseconds
     apart (each answer is encoded and sent, each next request read and decoded, one at a
     time on the event loop). A worker that starts on the first to return runs it nearly
     alone, and the rest queue up behind that run: the cohort splits into small
     alternating batches, at most half the device's rate, and on a GPU every run then
-    changes the batch size. Waiting for the cohort, for a bounded fraction of the last
-    run's time, keeps it whole."""
+    changes the batch size. Counting those already queued too rejoins a cohort that has
+    split (the half that waited during the run, and the half just answered). The wait is
+    bounded by a fraction of the last run's time."""
 
     fraction: float
     size: int = 0

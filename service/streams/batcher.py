@@ -215,7 +215,7 @@ class StepBatcher:
                 if not job.future.done():
                     job.future.set_result(result)
             if self._cohort is not None:
-                self._cohort.answered(len(live), results[0].seconds)
+                self._cohort.answered(len(live) + self._queue.qsize(), results[0].seconds)
             self._on_batch(sizes)
 
 

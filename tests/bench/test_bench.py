@@ -67,6 +67,8 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     ratios = sim["change_cost"]["ratios"]
     assert {r["path"] for r in ratios} == {"oip_binary", "predict_horizon3", "streams"}
     assert all(r["no_change_rps"] > 0 and r["change_rps"] > 0 for r in ratios), ratios
+    controls = sim["change_cost"]["controls"]
+    assert len(controls) == 4 and all(r["ok"] == r["requests"] > 0 for r in controls), controls
     assert "simulated device" in (tmp_path / "sim.md").read_text()
 
 

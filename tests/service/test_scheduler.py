@@ -281,3 +281,31 @@ async def test_waiting_for_the_cohort_keeps_closed_loop_clients_in_one_batch() -
     assert statistics.mean(whole) >= 7.0, whole
     assert statistics.mean(split) <= 5.0, split
     assert len(whole) < len(split)
+
+
+async def split_cohort_batches(cohort_wait: float) -> list[int]:
+    """Two groups of four clients, the second arriving while the first runs."""
+    model = SlowModel(0.04)
+    s = scheduler(model, max_batch=8, cohort_wait=cohort_wait)
+    s.start()
+
+    async def client(i: int, start: float) -> None:
+        await asyncio.sleep(start)
+        for _ in range(10):
+            await s.submit(sequence(i), 1, 10)
+            await asyncio.sleep(0.002)
+
+    try:
+        await asyncio.gather(*(client(i, 0.0 if i < 4 else 0.02) for i in range(8)))
+    finally:
+        await s.stop()
+    return model.batches
+
+
+async def test_a_split_cohort_is_rejoined() -> None:
+    # The groups alternate for good unless the worker, when it answers one, counts the
+    # other (queued meanwhile) as part of the cohort it waits for.
+    alternating = await split_cohort_batches(0.0)
+    rejoined = await split_cohort_batches(0.5)
+    assert statistics.mean(alternating) <= 5.0, alternating
+    assert rejoined[0] == 4 and statistics.mean(rejoined[1:-1]) >= 7.0, rejoined
