@@ -17,6 +17,9 @@ PORT ?= 8000
 # The default model; MODEL=models/int8/convlstm_int8.onnx serves the opt-in int8 graph.
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The fast graph's channels-first convolutions need TensorFlow's oneDNN kernels, which it
+# turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 
 .PHONY: run check test browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
