@@ -129,9 +129,13 @@ class Settings(BaseSettings):
     """A stream without a request for this many seconds is dropped; its id then answers
     404 saying it expired."""
 
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_body_bytes: int | None = Field(default=None, ge=1024)
     """Request bodies above this many bytes are refused with 413 before being read whole.
-    A 15-frame float32 tensor is 384 kB in base64; 15 PNG frames are far less."""
+    Unset (the default), the limit follows the served models: the largest valid request,
+    ``max_batch_size`` sequences of the largest model input sent as Open Inference
+    Protocol JSON (32 bytes a value, the longest float a JSON encoder writes with its
+    separator and brackets), and never below 2 MiB; 18.5 MB for the committed model at
+    batch 8. ``/readyz`` shows the limit in force. A value set here wins."""
 
     api_key: SecretStr | None = None
     """When set, ``/predict`` and ``/v1/model`` need ``Authorization: Bearer <key>`` or
