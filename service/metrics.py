@@ -54,8 +54,21 @@ class Metrics:
         )
         self.rejected = Counter(
             "convlstm_rejected_requests",
-            "Requests refused without queueing: overloaded, shutting_down, unauthorized.",
+            "Requests refused without queueing: overloaded, shutting_down, unauthorized, "
+            "too_many_requests.",
             ["reason"],
+            registry=r,
+        )
+        self.connections_cut = Counter(
+            "convlstm_connections_cut",
+            "Connections the server closed for a limit: header_timeout, body_idle_timeout, "
+            "body_timeout, send_timeout, headers_too_large, too_many_connections.",
+            ["reason"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "convlstm_open_connections",
+            "HTTP connections open now (served by python -m service; 0 elsewhere).",
             registry=r,
         )
         self.queue_depth = Gauge(

@@ -111,6 +111,21 @@ class RequestObserver:
             request_id.reset(token)
             return
         metrics = self.registry.metrics
+        limit = self.registry.settings.max_in_flight
+        if observed and self.registry.in_flight >= limit:
+            # Here, not uvicorn's limit_concurrency: that one counts open connections
+            # too (idle keep-alive ones included) and answers a bare text 503.
+            metrics.rejected.labels("too_many_requests").inc()
+            await send_error(
+                tagged_send,
+                path,
+                503,
+                "overloaded",
+                f"{limit} requests in flight (CONVLSTM_MAX_IN_FLIGHT); retry shortly",
+                retry_after=True,
+            )
+            request_id.reset(token)
+            return
         start = time.perf_counter()
         epoch = 0
         if observed:
