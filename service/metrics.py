@@ -98,6 +98,13 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.model_load_failures = Counter(
+            "convlstm_model_load_failures",
+            "Model loads that failed, by model (the reason is on /readyz, /v1/models and "
+            "the repository index).",
+            ["model"],
+            registry=r,
+        )
         self.model_load_seconds = Histogram(
             "convlstm_model_load_duration_seconds",
             "Time to load and warm up one model version, by model.",
