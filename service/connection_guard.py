@@ -205,6 +205,11 @@ class _GuardedProtocol(_Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A pipelined request, parsed while the last one ran, starts now.
+            self._headers_done = self._last_read = time.monotonic()
+            return
         self._awaiting_headers = True
         self._request_began = None
 
@@ -219,6 +224,10 @@ class _GuardedProtocol(_Protocol):
     def check(self, now: float) -> None:
         """Cut this connection if it is past a limit at ``now``."""
         if self._cut or self.transport.is_closing():
+            return
+        if self.transport.get_protocol() is not self:
+            # Upgraded (a WebSocket): the connection is another protocol's from now on.
+            self.guard.connections.discard(self)
             return
         limits = self.guard.limits
         if self._awaiting_headers:
