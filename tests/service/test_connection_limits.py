@@ -10,10 +10,12 @@ import selectors
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 
+from bench.server import free_port
 from service.api.examples import moving_square_frames
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
 from tests.service.test_server import value
@@ -256,3 +258,65 @@ def test_requests_past_the_in_flight_cap_get_503() -> None:
             assert client.post("/predict", json={"frames": FRAMES}).status_code == 200
             text = client.get("/metrics").text
         assert value(text, "convlstm_rejected_requests_total", reason="too_many_requests") == 1
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_the_guard_holds_on_either_parser(http: Literal["h11", "httptools"]) -> None:
+    """uvicorn with the guarded protocol on each parser (the server picks httptools when
+    installed, h11 otherwise), serving a bare ASGI app: a stalled body and stalled
+    headers are cut, an ordinary request is answered."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from service.connection_guard import ConnectionGuard, ConnectionLimits
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    cuts: list[str] = []
+    limits = ConnectionLimits(
+        header_timeout_s=0.5,
+        body_idle_timeout_s=0.5,
+        body_timeout_s=5.0,
+        send_timeout_s=5.0,
+        max_connections=100,
+        max_header_bytes=4096,
+    )
+    guard = ConnectionGuard(limits, on_cut=cuts.append)
+    port = free_port()
+    config = uvicorn.Config(
+        app, port=port, http=guard.protocol_class(http), log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        where = ("127.0.0.1", port)
+        body = socket.create_connection(where, timeout=5)
+        body.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nx")
+        head = socket.create_connection(where, timeout=5)
+        head.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        big = socket.create_connection(where, timeout=5)
+        big.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 8192)
+        with socket.create_connection(where, timeout=5) as ok:
+            ok.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert ok.recv(100).startswith(b"HTTP/1.1 200 ")
+        closed = wait_closed([body, head, big], within_s=3)
+        answers = sorted(answer.split(b" ", 2)[1] for answer in closed.values())
+        # h11 refuses the oversized headers itself, with its own 431.
+        assert answers == [b"408", b"408", b"431"], closed
+        expected = {"body_idle_timeout", "header_timeout"}
+        assert expected <= set(cuts) <= expected | {"headers_too_large"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
