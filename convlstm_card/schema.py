@@ -24,6 +24,11 @@ OutputKind = Literal["next_frame", "frame_per_step", "tensor"]
 """What the output is: ``next_frame`` one frame (N, H, W, C) after the sequence;
 ``frame_per_step`` one frame per input step (N, T, H, W, C); ``tensor`` anything else."""
 
+InputKind = Literal["image", "tensor"]
+"""What an input's values are: ``image`` pixels scaled to [0, 1] (frames of 1, 3 or 4
+channels, which clients may send as PNGs or 8-bit pixels); ``tensor`` plain numbers, in
+no range unless the card's ``range`` states one."""
+
 Dim = int | str
 """A fixed size, or a name (``"N"``) for an axis of any size."""
 
@@ -39,8 +44,12 @@ class TensorSpec(BaseModel):
     shape: list[Dim]
     """Sizes, the batch axis first."""
     dtype: str = "float32"
+    kind: InputKind | None = None
+    """For an input: ``image`` or ``tensor``. Cards written before it existed leave it
+    out; ``ModelCard.input_kind`` reads theirs from the task."""
     range: tuple[float, float] | None = None
-    """The lowest and highest value the model takes or gives, where the card states it."""
+    """The lowest and highest value the model takes or gives, where the card states it;
+    the service refuses input values outside it. ``None``: any finite value."""
 
 
 class Format(BaseModel):
@@ -250,6 +259,14 @@ class ModelCard(BaseModel):
         if not self.inputs:
             raise LookupError(f"the card of {self.name} states no inputs")
         return self.inputs[0]
+
+    @property
+    def input_kind(self) -> InputKind:
+        """The input's stated kind; for a card from before ``kind``, ``image`` for a
+        next-frame model (its frames are pixels) and ``tensor`` for any other."""
+        if self.input.kind is not None:
+            return self.input.kind
+        return "image" if self.task == "next_frame" else "tensor"
 
     @property
     def output(self) -> TensorSpec:

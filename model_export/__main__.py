@@ -166,7 +166,7 @@ def _export_keras(args: argparse.Namespace) -> int:
             name=args.name,
             models_dir=args.models,
             task=args.task,
-            value_range=tuple(args.range),
+            value_range=None if args.range is None else tuple(args.range),
             data=args.data,
             series=_series_options(args),
         )
@@ -174,6 +174,7 @@ def _export_keras(args: argparse.Namespace) -> int:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
     card = result.card
+    print(result.input_choice)
     graph = card.graph.kind if card.graph else "?"
     parity = card.parity or {}
     print(
@@ -397,15 +398,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--task",
         choices=["next_frame", "tensor", "series"],
-        help="with --keras: what the model does (default: next_frame for a 5-D input)",
+        help="with --keras: what the model does (default: next_frame for a 5-D input, "
+        "tensor for any other)",
     )
     e.add_argument(
         "--range",
         type=float,
         nargs=2,
         metavar=("LOW", "HIGH"),
-        default=(0.0, 1.0),
-        help="with --keras: the input values the model takes (parity inputs are drawn in it)",
+        help="with --keras: the input values the model takes, refused outside them by the "
+        "service (parity inputs are drawn in it); default: [0, 1] for frames of 1, 3 or 4 "
+        "channels (an image), none for any other input (a tensor)",
     )
     e.add_argument(
         "--data",

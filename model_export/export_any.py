@@ -6,12 +6,14 @@ writes ``DIR/NAME.onnx`` and ``DIR/NAME.json``. The steps, in order:
 - load the file; a ``Sequential`` model is rebuilt as a functional one over the
   same layers (tf2onnx cannot convert ``Sequential``, tf2onnx issue #2448);
 - the task: stated (``--task``), or ``next_frame`` for a 5-D (N, T, H, W, C)
-  input and ``tensor`` for the 4-D (N, T, W, C) input of a ConvLSTM1D stack;
-  any other input needs ``--task``;
+  input and ``tensor`` for any other;
+- the input's kind and range: ``image`` (pixels in [0, 1]) for frames of 1, 3 or 4
+  channels, else ``tensor``, in no range unless ``--range`` states one (a series model
+  over standardised values takes negative ones); the CLI prints the choice;
 - the graph: the fast rebuild (``model_export.fast``) where the stack fits its
   rules, else the plain tf2onnx export; the card says which and why;
-- parity: Keras against onnxruntime on seeded random inputs in the declared
-  range, and on ``--data`` sequences when given;
+- parity: Keras against onnxruntime on seeded random inputs (in the range, or
+  standard normal for a tensor without one), and on ``--data`` sequences when given;
 - only then the two files, each written to a temporary name and moved into place.
 
 Every refusal is an ``ExportError`` with a one-line message; nothing is written.
@@ -34,6 +36,7 @@ from numpy.typing import NDArray
 from convlstm_card import (
     Format,
     Graph,
+    InputKind,
     Layer,
     ModelCard,
     OutputKind,
@@ -86,6 +89,13 @@ class SeriesOptions:
 class ExportedModel:
     onnx_path: Path
     card: ModelCard
+    input_choice: str = ""
+    """What the input was taken to be, and why (the CLI prints it)."""
+
+
+IMAGE_CHANNELS = (1, 3, 4)
+"""Channel counts an image holds (L, RGB, RGBA): frames of these are pixels."""
+UNIT_RANGE: Range = (0.0, 1.0)
 
 
 def load_keras(path: Path) -> keras.Model:
@@ -134,7 +144,8 @@ def _functional(model: keras.Sequential, path: Path) -> keras.Model:
 
 
 def resolve_task(model: keras.Model, stated: Task | None) -> Task:
-    """The stated task, checked against the input; or the one the input implies."""
+    """The stated task, checked against the input; or the one the input implies:
+    ``next_frame`` for a sequence of frames (N, T, H, W, C), else ``tensor``."""
     rank = len(model.input.shape)
     if stated == "next_frame" and rank != 5:
         raise ExportError(
@@ -142,14 +153,42 @@ def resolve_task(model: keras.Model, stated: Task | None) -> Task:
         )
     if stated is not None:
         return stated
-    if rank == 5:
-        return "next_frame"
-    if rank == 4 and any(isinstance(layer, keras.layers.ConvLSTM1D) for layer in model.layers):
-        return "tensor"
-    raise ExportError(
-        f"input {_shape(model.input)} is not a sequence of frames (N, T, H, W, C); "
-        "say what the model does with --task tensor or --task series"
+    return "next_frame" if rank == 5 else "tensor"
+
+
+def input_kind(
+    model: keras.Model, task: Task, stated_range: Range | None
+) -> tuple[InputKind, Range | None, str]:
+    """The input's kind, the range the card states, and a sentence saying why. Frames of
+    1, 3 or 4 channels are an image: pixels in [0, 1]. Anything else is a tensor, in the
+    range given or in none: a range nobody declared would refuse a model's real inputs
+    (standardised values are negative half of the time)."""
+    shape = "(" + ", ".join(str(d) for d in _shape(model.input)) + ")"
+    channels = int(model.input.shape[-1])
+    if task == "next_frame":
+        if stated_range is not None and stated_range != UNIT_RANGE:
+            low, high = stated_range
+            raise ExportError(
+                f"--range {low:g} {high:g}: a next_frame model takes pixel values in [0, 1]; "
+                "export it with --task tensor to state another range"
+            )
+        if channels in IMAGE_CHANNELS:
+            why = f"input {shape}: frames of {channels} channel(s), an image: pixels in [0, 1]"
+            return "image", UNIT_RANGE, why
+        # The next-frame adapter scales 8-bit frames by 1/255 and takes floats in [0, 1]
+        # only, whatever the channels hold.
+        why = (
+            f"input {shape}: frames of {channels} channels, which no image holds, so a "
+            "tensor; the next_frame task takes values in [0, 1]"
+        )
+        return "tensor", UNIT_RANGE, why
+    reason = (
+        f"input {shape}: not frames of 1, 3 or 4 channels" if task == "tensor" else f"task {task}"
     )
+    if stated_range is None:
+        return "tensor", None, f"{reason}, so a tensor, in no range (--range LOW HIGH states one)"
+    low, high = stated_range
+    return "tensor", stated_range, f"{reason}, so a tensor, in [{low:g}, {high:g}] as --range says"
 
 
 def output_kind(input_shape: list[int], output_shape: list[int]) -> OutputKind:
@@ -163,16 +202,21 @@ def output_kind(input_shape: list[int], output_shape: list[int]) -> OutputKind:
 
 
 def parity_inputs(
-    model: keras.Model, value_range: Range, data: Path | None
+    model: keras.Model, value_range: Range | None, data: Path | None
 ) -> list[tuple[str, NDArray[np.float32]]]:
-    """Seeded uniform inputs in ``value_range``, and the sequences in ``data`` if given."""
+    """Seeded random inputs, uniform in ``value_range`` (standard normal where there is
+    none), and the sequences in ``data`` if given."""
     shape = tuple(int(d) for d in model.input.shape[1:])
     rng = np.random.default_rng(PARITY_SEED)
-    low, high = value_range
-    random = rng.uniform(low, high, size=(PARITY_SEQUENCES, *shape)).astype(np.float32)
-    sets = [
-        (f"{PARITY_SEQUENCES} uniform random in [{low:g}, {high:g}], seed {PARITY_SEED}", random)
-    ]
+    size = (PARITY_SEQUENCES, *shape)
+    if value_range is None:
+        random = rng.standard_normal(size=size).astype(np.float32)
+        name = f"{PARITY_SEQUENCES} standard normal, seed {PARITY_SEED}"
+    else:
+        low, high = value_range
+        random = rng.uniform(low, high, size=size).astype(np.float32)
+        name = f"{PARITY_SEQUENCES} uniform random in [{low:g}, {high:g}], seed {PARITY_SEED}"
+    sets = [(name, random)]
     if data is not None:
         sets.append((f"{data}", load_sequences(data, shape)))
     return sets
@@ -261,24 +305,22 @@ def export_keras(
     name: str,
     models_dir: Path,
     task: Task | None = None,
-    value_range: Range = (0.0, 1.0),
+    value_range: Range | None = None,
     data: Path | None = None,
     tolerance: float = PARITY_TOLERANCE,
     series: SeriesOptions | None = None,
 ) -> ExportedModel:
-    """Export ``keras_path`` as ``models_dir/name.onnx`` with its card, or raise ``ExportError``."""
+    """Export ``keras_path`` as ``models_dir/name.onnx`` with its card, or raise
+    ``ExportError``. ``value_range``: the input values the model takes, where the user
+    states them; ``None`` leaves a tensor input unbounded (an image's is [0, 1])."""
     if not NAME_PATTERN.fullmatch(name):
         raise ExportError(f"--name {name!r}: use letters, digits, _ and - (no dots or slashes)")
-    low, high = value_range
-    if not low < high:
+    if value_range is not None and not value_range[0] < value_range[1]:
+        low, high = value_range
         raise ExportError(f"--range {low:g} {high:g}: the low end must be below the high end")
     model = load_keras(keras_path)
     task = resolve_task(model, task)
-    if task == "next_frame" and value_range != (0.0, 1.0):
-        raise ExportError(
-            f"--range {low:g} {high:g}: a next_frame model takes pixel values in [0, 1]; "
-            "export it with --task tensor to state another range"
-        )
+    kind_of_input, value_range, input_choice = input_kind(model, task, value_range)
     in_shape = [int(d) for d in model.input.shape[1:]]
     out_shape = [int(d) for d in model.output.shape[1:]]
     if series is not None and task != "series":
@@ -304,7 +346,13 @@ def export_keras(
         format=Format(onnx_opset=OPSET, producer="tf2onnx"),
         graph=graph,
         inputs=[
-            TensorSpec(name=input_name, shape=["N", *in_shape], dtype="float32", range=value_range)
+            TensorSpec(
+                name=input_name,
+                shape=["N", *in_shape],
+                dtype="float32",
+                kind=kind_of_input,
+                range=value_range,
+            )
         ],
         outputs=[TensorSpec(name=output_name, shape=["N", *out_shape], dtype="float32")],
         layers=[Layer.model_validate(asdict(r)) for r in rows],
@@ -326,7 +374,7 @@ def export_keras(
         card.series = framing
     card = with_training_record(card, keras_path)
     _write(onnx_path, onnx_bytes, card)
-    return ExportedModel(onnx_path, card)
+    return ExportedModel(onnx_path, card, input_choice)
 
 
 def series_spec(

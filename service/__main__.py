@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import uvicorn
 from pydantic import ValidationError
@@ -22,6 +23,8 @@ from pydantic import ValidationError
 from service import logs
 from service.app import create_app
 from service.config import Settings
+from service.connection_guard import ConnectionGuard, ConnectionLimits
+from service.metrics import Metrics
 from service.registry import ModelRegistry
 
 log = logging.getLogger("service")
@@ -83,12 +86,32 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def loop_and_parser() -> tuple[str, str]:
+def loop_and_parser() -> tuple[str, Literal["h11", "httptools"]]:
     """uvloop and httptools when installed (the ``serve`` extra pins them), else
     asyncio and h11: the C event loop and HTTP parser cut the server's CPU per request."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    http: Literal["h11", "httptools"] = (
+        "httptools" if importlib.util.find_spec("httptools") else "h11"
+    )
     return loop, http
+
+
+def connection_guard(settings: Settings, metrics: Metrics) -> ConnectionGuard:
+    """The limits uvicorn does not enforce itself (``service.connection_guard`` says
+    which), counted in the app's metrics."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+        max_connections=settings.max_connections,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    guard = ConnectionGuard(
+        limits, on_cut=lambda reason: metrics.connections_cut.labels(reason).inc()
+    )
+    metrics.open_connections.set_function(lambda: guard.open_connections)
+    return guard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
+    registry: ModelRegistry = app.state.registry
     loop, http = loop_and_parser()
+    guard = connection_guard(settings, registry.metrics)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -113,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         lifespan="on",
         loop=loop,
-        http=http,
+        http=guard.protocol_class(http),
+        # uvicorn types it as int; its timer takes any number of seconds.
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        # h11 has its own header limit (the guard's counts for httptools too).
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
-    server = DrainingServer(config, app.state.registry)
+    server = DrainingServer(config, registry)
     server.run()
     return 0 if server.started else 1
 

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(timeseries_router)
     mount_web(app)
     follow_default_model(app, registry)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, registry=registry)
     app.add_middleware(RequestObserver, registry=registry)
     add_error_handlers(app)
     return app

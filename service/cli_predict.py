@@ -5,12 +5,16 @@ Sends a sequence to a running service and writes what it predicts. FRAMES is one
 
 - 15 PNG or JPEG files, oldest first, in the order given (a shell glob sorts them);
 - one animated GIF: its first 15 frames (later ones are ignored, as on the demo page);
-- one ``.npy`` array, (T, H, W, 3) for one sequence or (N, T, H, W, 3) for N sequences,
-  uint8 in 0-255 or floating point in [0, 1].
+- one ``.npy`` array, (T, H, W, C) for one sequence or (N, T, H, W, C) for N sequences,
+  C = 1, 3 or 4, uint8 in 0-255 or floating point in [0, 1].
 
-For each sequence it writes ``pred_01.png``, ``pred_02.png``, ... and ``sequence.gif``
-(the inputs, then the prediction) under DIR, or under ``DIR/seq_000/``, ``DIR/seq_001/``,
-... for an (N, T, H, W, 3) array, and shows progress on stderr while a batch runs.
+Images are converted to the model's channels as the server converts PNGs: greyscale (L)
+for a 1-channel model, RGB for 3, RGBA for 4 (an image without alpha made opaque).
+
+For each sequence it writes ``pred_01.png``, ``pred_02.png``, ... (L, RGB or RGBA, as the
+model predicts) and ``sequence.gif`` (the inputs, then the prediction) under DIR, or under
+``DIR/seq_000/``, ``DIR/seq_001/``, ... for an (N, T, H, W, C) array, and shows progress
+on stderr while a batch runs.
 
 With ``--csv``, it forecasts instead: the named column (or columns, one row per time
 step, for a multivariate model) of FILE is sent to the series model ``--model`` over
@@ -50,14 +54,19 @@ class InputError(Exception):
     """The command line or an input file cannot be used: exit status 2."""
 
 
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+"""The PIL mode of a frame of each channel count the service takes."""
+
+
 @dataclass
 class Inputs:
-    """Every sequence to send, (N, T, H, W, 3), uint8 or float32 in [0, 1]."""
+    """Every sequence to send, (N, T, H, W, C), uint8 or float32 in [0, 1]."""
 
     sequences: NDArray[Any]
     batched: bool
     source: str
     trim_to_model: bool = False  # a GIF: keep only as many frames as the model takes
+    images: bool = False  # read from image files: converted to the model's channels
 
 
 def parser() -> argparse.ArgumentParser:
@@ -130,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = load_inputs(args.frames)
         with NextFrameClient(args.url, args.api_key, timeout=args.timeout) as client:
-            if args.stream:
-                return stream_all(client, inputs, args.horizon, args.model, args.out)
             ready = client.ready()
-            # /readyz describes the default model; another one is left to the server to check.
-            check_against_model(inputs, ready, strict=args.model in (None, ready.model))
+            if args.stream:
+                # Any number of frames, one at a time: only their channels must fit.
+                check_against_model(inputs, ready, args.model, frame_count=False)
+                return stream_all(client, inputs, args.horizon, args.model, args.out)
+            check_against_model(inputs, ready, args.model)
             return predict_all(client, inputs, args.horizon, args.model, args.out)
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -196,35 +206,61 @@ def load_inputs(paths: list[Path]) -> Inputs:
         frames = _gif_frames(paths[0])
         return Inputs(frames[np.newaxis], batched=False, source=str(paths[0]), trim_to_model=True)
     images = [_read_image(p) for p in paths]
-    first = images[0].shape
+    first = images[0].shape[:2]
     for path, image in zip(paths, images, strict=True):
-        if image.shape != first:
+        if image.shape[:2] != first:
             raise InputError(f"{path}: {_size(image)}, but {paths[0]} is {_size(images[0])}")
-    return Inputs(np.stack(images)[np.newaxis], batched=False, source=f"{len(paths)} images")
+    # Files of different modes (a greyscale frame among colour ones) share the widest.
+    channels = max(image.shape[2] for image in images)
+    images = [to_channels(image, channels) for image in images]
+    return Inputs(
+        np.stack(images)[np.newaxis], batched=False, source=f"{len(paths)} images", images=True
+    )
 
 
-def check_against_model(inputs: Inputs, ready: ReadyInfo, *, strict: bool = True) -> None:
-    """Cut a GIF to the model's frame count; when ``strict``, catch a wrong frame count or
-    size here, naming the input, before any prediction is asked for."""
-    spec = ready.frame_shape
+def to_channels(frames: NDArray[np.uint8], channels: int) -> NDArray[np.uint8]:
+    """uint8 frames (..., H, W, C) as ``channels`` channels, converted by PIL as the server
+    converts a PNG: L by luminance, RGB by repeating grey, alpha dropped or made opaque."""
+    if frames.shape[-1] == channels:
+        return frames
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    converted = [
+        np.asarray(_image(frame).convert(MODES[channels])).reshape(*frame.shape[:2], channels)
+        for frame in flat
+    ]
+    return np.stack(converted).reshape(*frames.shape[:-1], channels)
+
+
+def check_against_model(
+    inputs: Inputs, ready: ReadyInfo, model: str | None = None, *, frame_count: bool = True
+) -> None:
+    """Cut a GIF to the model's frame count and convert images to its channels; catch a
+    wrong frame count or size here, naming the input, before any prediction is asked
+    for. A model the server does not describe is left to the server to check."""
+    spec = ready.frame_shape_of(model)
     if spec is None:
         return
+    name = model or ready.model
     frames, height, width, channels = spec
     got = inputs.sequences.shape[1]
     if inputs.trim_to_model and got > frames:
         print(f"{inputs.source}: {got} frames, using the first {frames}", file=sys.stderr)
         inputs.sequences = inputs.sequences[:, :frames]
-    if not strict:
-        return
-    shape = inputs.sequences.shape[1:]
-    if shape[0] != frames:
-        raise InputError(
-            f"{inputs.source}: {shape[0]} frames, but model {ready.model} needs {frames}"
+    have = inputs.sequences.shape[-1]
+    if inputs.images and have != channels and channels in MODES:
+        print(
+            f"{inputs.source}: {MODES.get(have, have)} converted to {MODES[channels]} "
+            f"for model {name}",
+            file=sys.stderr,
         )
+        inputs.sequences = to_channels(inputs.sequences, channels)
+    shape = inputs.sequences.shape[1:]
+    if frame_count and shape[0] != frames:
+        raise InputError(f"{inputs.source}: {shape[0]} frames, but model {name} needs {frames}")
     if shape[1:] != (height, width, channels):
         raise InputError(
             f"{inputs.source}: frames are {list(shape[1:])} (height, width, channels), "
-            f"but model {ready.model} needs {[height, width, channels]}"
+            f"but model {name} needs {[height, width, channels]}"
         )
 
 
@@ -254,7 +290,7 @@ def stream_all(
 ) -> int:
     """One sequence, a frame at a time, through a stream; every frame of a GIF is fed."""
     if inputs.batched:
-        raise InputError(f"{inputs.source}: --stream takes one sequence, not (N, T, H, W, 3)")
+        raise InputError(f"{inputs.source}: --stream takes one sequence, not (N, T, H, W, C)")
     sequence = inputs.sequences[0]
     out.mkdir(parents=True, exist_ok=True)
     last: Prediction | None = None
@@ -263,7 +299,7 @@ def stream_all(
             last = stream.send(
                 sequence[t : t + 1], horizon=horizon if t == len(sequence) - 1 else 1
             )
-            Image.fromarray(to_uint8(last.frames)[0]).save(out / f"next_{t + 1:03d}.png")
+            _image(to_uint8(last.frames)[0]).save(out / f"next_{t + 1:03d}.png")
     assert last is not None
     write_outputs(out, sequence, last.frames)
     print(
@@ -279,8 +315,8 @@ def write_outputs(directory: Path, inputs: NDArray[Any], predicted: NDArray[np.f
     directory.mkdir(parents=True, exist_ok=True)
     predicted_u8 = to_uint8(predicted)
     for i, frame in enumerate(predicted_u8, start=1):
-        Image.fromarray(frame).save(directory / f"pred_{i:02d}.png")
-    images = [Image.fromarray(f) for f in np.concatenate([to_uint8(inputs), predicted_u8])]
+        _image(frame).save(directory / f"pred_{i:02d}.png")
+    images = [_image(f) for f in np.concatenate([to_uint8(inputs), predicted_u8])]
     images[0].save(
         directory / "sequence.gif",
         save_all=True,
@@ -324,9 +360,10 @@ def _load_npy(path: Path) -> Inputs:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a NumPy .npy array ({err})") from None
-    if array.ndim not in (4, 5) or array.shape[-1] != 3:
+    if array.ndim not in (4, 5) or array.shape[-1] not in MODES:
         raise InputError(
-            f"{path}: shape {list(array.shape)}; expected (T, H, W, 3) or (N, T, H, W, 3)"
+            f"{path}: shape {list(array.shape)}; expected (T, H, W, C) or (N, T, H, W, C) "
+            "with C = 1, 3 or 4"
         )
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
@@ -349,11 +386,27 @@ def _gif_frames(path: Path) -> NDArray[np.uint8]:
 
 
 def _read_image(path: Path) -> NDArray[np.uint8]:
+    """The image as (H, W, C): L, RGB and RGBA as they are; another mode as RGBA where it
+    has transparency, L where it is greyscale (16-bit, 1-bit), else RGB."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            image: Image.Image = img
+            if img.mode not in MODES.values():
+                if "A" in img.getbands() or "transparency" in img.info:
+                    image = img.convert("RGBA")
+                elif img.mode in ("1", "I", "I;16", "F"):
+                    image = img.convert("L")
+                else:
+                    image = img.convert("RGB")
+            array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable image ({err})") from None
+    return array[..., np.newaxis] if array.ndim == 2 else array
+
+
+def _image(frame: NDArray[np.uint8]) -> Image.Image:
+    """A (H, W, C) uint8 frame as a PIL image of its mode (L for one channel)."""
+    return Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
 
 
 def _size(image: NDArray[Any]) -> str:

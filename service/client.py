@@ -19,7 +19,7 @@ import io
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
@@ -63,7 +63,7 @@ class ClientError(Exception):
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted frames, float32 in [0, 1], shape (horizon, H, W, 3), unrounded."""
+    """The predicted frames, float32 in [0, 1], shape (horizon, H, W, C), unrounded."""
 
     frames: NDArray[np.float32]
     model: str
@@ -82,15 +82,29 @@ class ReadyInfo:
     input_shape: list[int | str]
     models: list[str]
     """Every served model; ``model`` is the default (only ``model`` on older servers)."""
+    input_shapes: dict[str, list[int | str]] = field(default_factory=dict)
+    """Every served model's input shape, by name (empty from older servers)."""
 
     @property
     def frame_shape(self) -> tuple[int, int, int, int] | None:
         """(T, H, W, C) one sequence must have, when the model fixes all four."""
-        dims = self.input_shape[1:]
-        if len(dims) != 4 or not all(isinstance(d, int) for d in dims):
-            return None
-        t, h, w, c = (int(d) for d in dims)
-        return (t, h, w, c)
+        return _frame_shape(self.input_shape)
+
+    def frame_shape_of(self, model: str | None) -> tuple[int, int, int, int] | None:
+        """As ``frame_shape``, for the served model ``model`` (the default for None);
+        None where the server does not say."""
+        if model is None or model == self.model:
+            return self.frame_shape
+        shape = self.input_shapes.get(model)
+        return None if shape is None else _frame_shape(shape)
+
+
+def _frame_shape(shape: list[int | str]) -> tuple[int, int, int, int] | None:
+    dims = shape[1:]
+    if len(dims) != 4 or not all(isinstance(d, int) for d in dims):
+        return None
+    t, h, w, c = (int(d) for d in dims)
+    return (t, h, w, c)
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,7 @@ class NextFrameClient:
             provider=str(body["provider"]),
             input_shape=list(body["input_shape"]),
             models=[str(m) for m in body.get("models", [body["model"]])],
+            input_shapes={str(m["name"]): list(m["input_shape"]) for m in body.get("served", [])},
         )
 
     def predict(self, frames: FramesLike, horizon: int = 1, model: str | None = None) -> Prediction:

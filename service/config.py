@@ -187,9 +187,50 @@ class Settings(BaseSettings):
     """A stream without a request for this many seconds is dropped; its id then answers
     404 saying it expired."""
 
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_body_bytes: int | None = Field(default=None, ge=1024)
     """Request bodies above this many bytes are refused with 413 before being read whole.
-    A 15-frame float32 tensor is 384 kB in base64; 15 PNG frames are far less."""
+    Unset (the default), the limit follows the served models: the largest valid request,
+    ``max_batch_size`` sequences of the largest model input sent as Open Inference
+    Protocol JSON (32 bytes a value, the longest float a JSON encoder writes with its
+    separator and brackets), and never below 2 MiB; 18.5 MB for the committed model at
+    batch 8. ``/readyz`` shows the limit in force. A value set here wins."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """A request whose headers are not complete this many seconds after its first byte
+    (after the connection opened, for its first request) is cut with 408 and its
+    connection closed. nginx's ``client_header_timeout`` is 60 s; with no proxy in front,
+    a shorter one frees the sockets of clients that stall on purpose sooner."""
+
+    body_idle_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """A request body with no bytes arriving for this many seconds is cut with 408
+    (nginx's ``client_body_timeout``, between two reads)."""
+
+    body_timeout_s: float = Field(default=120.0, gt=0.0, le=86_400.0)
+    """A request body not complete this many seconds after its headers is cut with 408,
+    however steadily it trickles in: 120 s admits the largest default body (18.5 MB for
+    the committed model) at 160 kB/s, and 1 MB at 9 kB/s."""
+
+    keep_alive_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """An idle keep-alive connection (a response sent, no byte of the next request) is
+    closed after this many seconds (uvicorn's ``timeout_keep_alive``)."""
+
+    send_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    """A client that reads nothing of its answer for this many seconds while the server's
+    send buffer is full has its connection closed (nginx's ``send_timeout``)."""
+
+    max_connections: int = Field(default=512, ge=1, le=1_000_000)
+    """Connections open at once; one more is answered 503 and closed at once, so idle
+    sockets cannot exhaust the process's file descriptors (keep it below
+    ``ulimit -n``, 1024 on many systems, less the model files and logs)."""
+
+    max_header_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
+    """Request line and headers of one request; more is answered 431 and closed (nginx
+    allows 4 x 8 kB; httptools, uvicorn's C parser, would take any length)."""
+
+    max_in_flight: int = Field(default=128, ge=1, le=100_000)
+    """Requests being handled at once, their bodies being read included (health,
+    readiness and metrics routes excluded); one more gets 503 with ``Retry-After``. With
+    the body limit it bounds the memory bodies can hold: 128 x 18.5 MB at most."""
 
     api_key: SecretStr | None = None
     """When set, ``/predict`` and ``/v1/model`` need ``Authorization: Bearer <key>`` or

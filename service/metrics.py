@@ -54,8 +54,21 @@ class Metrics:
         )
         self.rejected = Counter(
             "convlstm_rejected_requests",
-            "Requests refused without queueing: overloaded, shutting_down, unauthorized.",
+            "Requests refused without queueing: overloaded, shutting_down, unauthorized, "
+            "too_many_requests.",
             ["reason"],
+            registry=r,
+        )
+        self.connections_cut = Counter(
+            "convlstm_connections_cut",
+            "Connections the server closed for a limit: header_timeout, body_idle_timeout, "
+            "body_timeout, send_timeout, headers_too_large, too_many_connections.",
+            ["reason"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "convlstm_open_connections",
+            "HTTP connections open now (served by python -m service; 0 elsewhere).",
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -83,6 +96,13 @@ class Metrics:
             "convlstm_model_loads",
             "Model versions loaded, failed to load, or unloaded, by model and outcome.",
             ["model", "outcome"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "convlstm_model_load_failures",
+            "Model loads that failed, by model (the reason is on /readyz, /v1/models and "
+            "the repository index).",
+            ["model"],
             registry=r,
         )
         self.model_load_seconds = Histogram(

@@ -519,6 +519,7 @@ class ModelRegistry:
         # refuses) is named here.
         reason = err.message if isinstance(err, ModelLoadError) else f"{file}: {err!r}"
         self.metrics.model_loads.labels(name, "failed").inc()
+        self.metrics.model_load_failures.labels(name).inc()
         self.load_errors[(name, version)] = reason
         if name not in self.versions:
             self.failed[name] = FailedModel(name, file, reason)

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Send
 
 from service.errors import ServiceError
@@ -180,6 +181,16 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(
             request.url.path, exc.status_code, error_type, message, headers=exc.headers
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went (or the server cut it: a body timeout) before its body was
+        # read: nothing to answer and no fault of the server's, so one line, not a
+        # traceback. The response is never delivered.
+        log.info(
+            "%s %s: the client left before its body was read", request.method, request.url.path
+        )
+        return error_response(request.url.path, 400, "client_disconnected", "the client left")
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

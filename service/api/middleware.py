@@ -14,6 +14,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.body_limit import BodyLimit, body_limit
 from service.api.error_responses import send_error
 from service.logs import request_id
 from service.registry import ModelRegistry
@@ -34,26 +35,28 @@ UNOBSERVED_PREFIX = "/web/"
 class BodyTooLarge(HTTPException):
     """An HTTPException so that FastAPI's body reader lets it through unchanged."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is larger than the limit of {limit} bytes")
+    def __init__(self, limit: BodyLimit) -> None:
+        super().__init__(413, limit.refusal())
 
 
 class BodySizeLimit:
-    """Refuse bodies over ``max_bytes``: at once when Content-Length says so, else as
-    soon as the streamed body passes the limit, so a large body is never read whole."""
+    """Refuse bodies over the limit in force (``body_limit``): at once when
+    Content-Length says so, else as soon as the streamed body passes the limit, so a
+    large body is never read whole."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, registry: ModelRegistry) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.registry = registry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Read per request: a model loaded or unloaded while serving moves the limit.
+        limit = body_limit(self.registry)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            detail = BodyTooLarge(self.max_bytes).detail
-            await send_error(send, scope["path"], 413, "payload_too_large", detail)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit.bytes):
+            await send_error(send, scope["path"], 413, "payload_too_large", limit.refusal())
             return
         received = 0
 
@@ -62,8 +65,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit.bytes:
+                    raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -108,6 +111,21 @@ class RequestObserver:
             request_id.reset(token)
             return
         metrics = self.registry.metrics
+        limit = self.registry.settings.max_in_flight
+        if observed and self.registry.in_flight >= limit:
+            # Here, not uvicorn's limit_concurrency: that one counts open connections
+            # too (idle keep-alive ones included) and answers a bare text 503.
+            metrics.rejected.labels("too_many_requests").inc()
+            await send_error(
+                tagged_send,
+                path,
+                503,
+                "overloaded",
+                f"{limit} requests in flight (CONVLSTM_MAX_IN_FLIGHT); retry shortly",
+                retry_after=True,
+            )
+            request_id.reset(token)
+            return
         start = time.perf_counter()
         epoch = 0
         if observed:

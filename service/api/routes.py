@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api.body_limit import body_limit
 from service.api.deps import DefaultModelDep, RegistryDep, require_api_key, require_json
 from service.api.error_responses import error_response
 from service.api.examples import predict_examples
@@ -64,6 +65,7 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
     if not registry.fully_ready or model is None:
         return error_response(http.url.path, 503, "not_ready", registry.readiness_problem)
     info, runner = model.info, model.runner
+    limit = body_limit(registry)
     return ReadyResponse(
         model=info.name,
         model_version=info.version,
@@ -77,6 +79,8 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
         models=list(registry.models),
         served=[model_summary(m) for m in registry.models.values()],
         failed=_failed(registry),
+        max_body_bytes=limit.bytes,
+        max_body_bytes_source=limit.source,
     )
 
 

@@ -170,6 +170,13 @@ class ReadyResponse(BaseModel):
         default_factory=list,
         description="models in the directory that could not be served, and why",
     )
+    max_body_bytes: int = Field(
+        description="request bodies above this many bytes get 413 (CONVLSTM_MAX_BODY_BYTES)"
+    )
+    max_body_bytes_source: Literal["setting", "models"] = Field(
+        description="`setting`: CONVLSTM_MAX_BODY_BYTES; `models`: the largest valid "
+        "request of the served models at max_batch_size, as JSON"
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -44,7 +44,11 @@ class TimeSeriesInput(BaseModel):
         "time step (multivariate); checked value by value, so an error names the index"
     )
     frequency: str = Field(description="KServe's frequency: second/S ... year/Y")
-    start_timestamp: str | None = Field(None, description="ISO 8601 time of series[0]")
+    start_timestamp: str | None = Field(
+        None,
+        description="ISO 8601 time of series[0]; without it, series[0] is taken at the Unix "
+        "epoch (1970-01-01T00:00:00), so the answer's start_timestamp counts steps from it",
+    )
 
 
 class ForecastOptions(BaseModel):
@@ -70,8 +74,9 @@ class TimeSeriesForecast(BaseModel):
     name: str
     mean_forecast: list[float] | list[list[float]]
     frequency: str
-    start_timestamp: str | None = Field(
-        description="ISO 8601 time of the first forecast step; null when the input gave none"
+    start_timestamp: str = Field(
+        description="ISO 8601 time of the first forecast step: the input's start plus its "
+        "length in steps (from the Unix epoch when the input gave no start)"
     )
     quantiles: dict[str, list[float] | list[list[float]]] | None = None
 
@@ -156,8 +161,7 @@ async def forecast(
         check_frequency(series.frequency, spec.frequency, f"{where}.frequency")
         kind = "univariate" if series.type == "univariate_time_series" else "multivariate"
         windows.append(task.window(series.series, kind, f"{where}.series"))
-        if series.start_timestamp is not None:
-            forecast_start(series, f"{where}.start_timestamp")  # checked before the model runs
+        forecast_start(series, f"{where}.start_timestamp")  # checked before the model runs
     outputs, _ = await until_client_leaves(request, model.runner.run(np.stack(windows), runs))
     answers = []
     for series, output in zip(body.inputs, outputs, strict=True):
@@ -170,7 +174,7 @@ async def forecast(
             name=series.name,
             mean_forecast=_listed(mean),
             frequency=series.frequency,
-            start_timestamp=forecast_start(series, "") if series.start_timestamp else None,
+            start_timestamp=forecast_start(series, ""),
             quantiles={q: _listed(v) for q, v in quantiles.items()} if quantiles else None,
         )
         if note is not None:
@@ -207,15 +211,20 @@ def check_frequency(given: str, model: str | None, where: str) -> None:
         )
 
 
+SERIES_START_UNSTATED = "1970-01-01T00:00:00"
+"""Where a series with no ``start_timestamp`` is taken to start: KServe's
+``ForecastResponse`` requires every forecast's start, and a fixed, plainly artificial one
+says how many steps on the forecast lies without claiming a calendar date."""
+
+
 def forecast_start(series: TimeSeriesInput, where: str) -> str:
-    """The time of the step after the series' last: its start plus len(series) steps."""
-    assert series.start_timestamp is not None
+    """The time of the step after the series' last: its start (``SERIES_START_UNSTATED``
+    when it gave none) plus len(series) steps."""
+    given = series.start_timestamp or SERIES_START_UNSTATED
     try:
-        start = datetime.fromisoformat(series.start_timestamp)
+        start = datetime.fromisoformat(given)
     except ValueError:
-        raise InvalidInput(
-            f"{where}: {series.start_timestamp!r} is not an ISO 8601 time", location=where
-        ) from None
+        raise InvalidInput(f"{where}: {given!r} is not an ISO 8601 time", location=where) from None
     word = frequency_word(series.frequency)
     steps = len(series.series)
     try:

@@ -248,6 +248,11 @@ async def test_broken_model_is_reported_and_the_others_serve(client: httpx.Async
     assert [f["name"] for f in models["failed"]] == ["broken"]
     error = error_of(await client.post("/predict", json={"model": "broken", "frames": []}), 404)
     assert "failed to load" in error["message"]
+    metrics = (await client.get("/metrics")).text
+    assert 'convlstm_model_load_failures_total{model="broken"} 1.0' in metrics
+    index = (await client.post("/v2/repository/index", json={})).json()
+    (row,) = [r for r in index if r["name"] == "broken"]
+    assert row["state"] == "UNAVAILABLE" and "cannot be loaded" in row["reason"]
     card = (await client.get("/v1/models/grey")).json()
     assert card["served"]["predict"]["frame_shape"] == [24, 48, 1]
 

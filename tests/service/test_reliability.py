@@ -214,7 +214,8 @@ HOSTILE: dict[str, tuple[bytes, dict[str, str], int]] = {
     ),
     "JSON nested 100000 deep": (b"[" * 100_000 + b"]" * 100_000, {}, 400),
     "JSON nested 20000 deep": (b"[" * 20_000 + b"]" * 20_000, {}, 400),
-    "3 MB body": (b'{"frames": ["' + b"A" * 3_000_000 + b'"]}', {}, 413),
+    # Past the limit derived from the committed model (18.5 MB at batch 8).
+    "19 MB body": (b'{"frames": ["' + b"A" * 19_000_000 + b'"]}', {}, 413),
     "5000 frames": (json.dumps({"frames": ["AAAA"] * 5000}).encode(), {}, 422),
     "latin-1 bytes": ('{"frames": ["é"]}'.encode("latin-1"), {}, 400),
     "null body": (b"null", {}, 422),
@@ -243,7 +244,7 @@ def test_slow_streamed_body_still_counts_against_the_limit(server: RunningServer
     stop = threading.Event()
 
     def chunks():  # type: ignore[no-untyped-def]
-        for _ in range(100):
+        for _ in range(300):  # 19.7 MB, past the derived limit
             if stop.is_set():
                 return
             yield b" " * 65536

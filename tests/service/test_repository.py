@@ -184,6 +184,7 @@ async def test_a_bad_version_never_replaces_a_serving_one(
         assert words in rows[1]["reason"]
         assert (await client.get(f"/v2/models/{SEQ}/versions/2/ready")).status_code == 503
         assert metric(app, "convlstm_model_loads_total", model=SEQ, outcome="failed") == 1
+        assert metric(app, "convlstm_model_load_failures_total", model=SEQ) == 1
         # Fixed on disk, the same version loads.
         shutil.rmtree(repo / SEQ / "2")
         add_version(repo, SEQ, 2)
@@ -282,6 +283,7 @@ async def test_poll_follows_the_directory(repo: Path, quick_poll: Settings) -> N
         await until(lambda rows: any(r["version"] == "3" for r in rows))
         await asyncio.sleep(0.3)  # several polls: a failed version is not retried
         assert metric(app, "convlstm_model_loads_total", model=SEQ, outcome="failed") == 1
+        assert metric(app, "convlstm_model_load_failures_total", model=SEQ) == 1
         assert (await infer(client, f"/v2/models/{SEQ}/infer")).json()["model_version"] == "2"
         shutil.rmtree(repo / "other")
         await until(lambda rows: all(r["name"] != "other" for r in rows))

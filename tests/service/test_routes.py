@@ -24,6 +24,8 @@ from tests.service.conftest import COMMITTED_MODEL, REPO, asgi_client, running_a
 
 pytestmark = pytest.mark.anyio
 FRAMES = moving_square_frames()
+# 8 sequences of 15x40x40x3 values, 32 bytes each, and 64 kB: the derived body limit.
+DERIVED_LIMIT = 8 * 15 * 40 * 40 * 3 * 32 + 64 * 1024
 
 
 def error_of(response: httpx.Response, status: int) -> dict[str, str]:
@@ -158,16 +160,19 @@ async def test_wrong_content_type_gets_415(app_client: httpx.AsyncClient) -> Non
 
 async def test_oversized_body_gets_413_by_declared_length(app_client: httpx.AsyncClient) -> None:
     r = await app_client.post(
-        "/predict", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
+        "/predict", content=b"x" * (DERIVED_LIMIT + 1), headers={"content-type": "application/json"}
     )
-    assert "larger than the limit of 2097152 bytes" in error_of(r, 413)["message"]
+    assert error_of(r, 413)["message"] == (
+        f"request body is larger than the limit of {DERIVED_LIMIT} bytes "
+        "(derived from the served models; set CONVLSTM_MAX_BODY_BYTES)"
+    )
 
 
 async def test_oversized_streamed_body_gets_413_without_length(
     app_client: httpx.AsyncClient,
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(64):
+        for _ in range(DERIVED_LIMIT // 65536 + 1):
             yield b"x" * 65536
 
     r = await app_client.post(
@@ -275,7 +280,7 @@ async def test_errors_before_any_route_take_the_protocols_shape(
 ) -> None:
     """The middleware and the router answer these, not a route; the shape still follows
     the path."""
-    big = b"x" * (3 * 1024 * 1024)
+    big = b"x" * (DERIVED_LIMIT + 1)
     json_type = {"content-type": "application/json"}
     native = error_of(await app_client.post("/predict", content=big, headers=json_type), 413)
     oip = oip_error_of(await app_client.post(INFER, content=big, headers=json_type), 413)
@@ -283,7 +288,7 @@ async def test_errors_before_any_route_take_the_protocols_shape(
     assert "larger than the limit" in oip
 
     async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(64):
+        for _ in range(DERIVED_LIMIT // 65536 + 1):
             yield b"x" * 65536
 
     assert "larger than the limit" in oip_error_of(

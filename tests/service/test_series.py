@@ -104,6 +104,8 @@ def test_multivariate_conv2d_answers_as_keras(
     with server.client() as c:
         short = c.post("/v1/timeseries/forecast", json=forecast_body("conv2d", rows.tolist(), 2))
     assert short.json()["outputs"][0]["content"][0]["mean_forecast"] == content["mean_forecast"][:2]
+    # No start given: KServe's ForecastResponse still needs one; 15 weeks after the epoch.
+    assert short.json()["outputs"][0]["content"][0]["start_timestamp"] == "1970-04-16T00:00:00"
 
 
 def test_scaled_conv1d_forecasts_its_target_in_client_units(

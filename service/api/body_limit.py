@@ -1,0 +1,63 @@
+"""The request body limit: the one ``CONVLSTM_MAX_BODY_BYTES`` sets, or else the size of
+the largest valid request the served models take.
+
+A fixed default cannot fit every model: 2 MiB refused a single sequence of the committed
+model sent as Open Inference Protocol JSON, and any default large enough for a big model
+lets a small one be sent megabytes it would refuse after reading them. So the default
+follows the cards: ``max_batch_size`` sequences of the largest input, as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from service.registry import ModelRegistry
+
+SETTING = "CONVLSTM_MAX_BODY_BYTES"
+JSON_BYTES_PER_VALUE = 32
+"""A float32 value as a client's JSON encoder writes it: Python's ``repr`` of the float64
+it becomes takes up to 24 characters (``-1.2345678901234567e-05``), the separator
+``", "`` two more; the rest covers the brackets of nested lists. The binary tensor
+extension (4 bytes a value) and ``/predict``'s base64 tensor (5.4) are far smaller."""
+ENVELOPE_BYTES = 64 * 1024
+"""The request around the values: names, shapes, parameters, a binary header."""
+FLOOR_BYTES = 2 * 1024 * 1024
+"""The limit is never below the fixed default it replaced: a series model's client may
+send a long history, of which the model reads only the last window."""
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    bytes: int
+    source: Literal["setting", "models"]
+
+    def refusal(self) -> str:
+        """The 413 message: the limit and the setting that moves it."""
+        where = "set by" if self.source == "setting" else "derived from the served models; set"
+        return f"request body is larger than the limit of {self.bytes} bytes ({where} {SETTING})"
+
+
+def largest_request_bytes(input_shapes: Iterable[list[int | str]], max_batch: int) -> int:
+    """The JSON size of ``max_batch`` sequences of the largest of ``input_shapes`` (each
+    with its batch axis first), at least ``FLOOR_BYTES``. A named axis other than the
+    batch counts as 1: the served tasks take fixed shapes only."""
+    values = max(
+        (math.prod(d if isinstance(d, int) else 1 for d in shape[1:]) for shape in input_shapes),
+        default=0,
+    )
+    return max(FLOOR_BYTES, max_batch * values * JSON_BYTES_PER_VALUE + ENVELOPE_BYTES)
+
+
+def body_limit(registry: ModelRegistry) -> BodyLimit:
+    """The limit in force now: the setting, or the served models' largest request. It
+    follows loads and unloads, as it is computed from what the registry serves."""
+    settings = registry.settings
+    if settings.max_body_bytes is not None:
+        return BodyLimit(settings.max_body_bytes, "setting")
+    shapes = (
+        m.info.input_shape for versions in registry.versions.values() for m in versions.values()
+    )
+    return BodyLimit(largest_request_bytes(shapes, settings.max_batch_size), "models")
