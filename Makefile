@@ -18,7 +18,7 @@ PORT ?= 8000
 MODEL ?= models/convlstm.onnx
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run check test browser bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test docs docs-strict browser bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,22 @@ check: $(STAMP)
 	$(PY) -m model_export check
 	$(PY) -m model_export evaluate --samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
 
-test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck browser
+test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck docs-strict browser
 	$(PY) -m pytest
+
+# The documentation site (mkdocs.yml), into site/. The settings table, the HTTP
+# operations and the results tables are generated at build time (docs_build/hooks.py);
+# `python -m docs_build openapi` rewrites the committed docs/openapi.json.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+docs: $(STAMP)
+	$(DOCS_ENV) $(PY) -m mkdocs build
+
+# In `make test`: a broken link, a page left out of the nav or a generated table that
+# fails stops the build.
+docs-strict: $(STAMP)
+	$(DOCS_ENV) $(PY) -m mkdocs build --strict --site-dir $(CURDIR)/.site-check
+	rm -rf $(CURDIR)/.site-check
 
 # The browser tests drive Debian's Chromium (no browser download works here). As root,
 # install it when missing; otherwise those tests skip and say why.
@@ -83,8 +97,8 @@ compose-test: $(STAMP) container-tools
 	$(COMPOSE_ENV) COMPOSE_TEST=1 $(PY) -m pytest tests/containers -q -s -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests
-	$(PY) -m ruff format --check convlstm_card model_export service bench gpu examples tests
+	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests docs_build
+	$(PY) -m ruff format --check convlstm_card model_export service bench gpu examples tests docs_build
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -142,4 +156,4 @@ soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) .pytest_cache .mypy_cache .ruff_cache site .site-check
