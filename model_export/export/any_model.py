@@ -8,7 +8,7 @@ writes ``DIR/NAME.onnx`` and ``DIR/NAME.json``. The steps, in order:
 - the task: stated (``--task``), or ``next_frame`` for a 5-D (N, T, H, W, C)
   input and ``tensor`` for the 4-D (N, T, W, C) input of a ConvLSTM1D stack;
   any other input needs ``--task``;
-- the graph: the fast rebuild (``model_export.fast``) where the stack fits its
+- the graph: the fast rebuild (``model_export.export.fast``) where the stack fits its
   rules, else the plain tf2onnx export; the card says which and why;
 - parity: Keras against onnxruntime on seeded random inputs in the declared
   range, and on ``--data`` sequences when given;
@@ -49,7 +49,8 @@ from convlstm_card import (
     sha256_of,
     write_card,
 )
-from model_export.export import (
+from model_export.export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, fast_graph_refusal
+from model_export.export.keras_to_onnx import (
     MODEL_VERSION,
     OPSET,
     PARITY_SEQUENCES,
@@ -58,8 +59,7 @@ from model_export.export import (
     to_onnx_bytes,
     tool_versions,
 )
-from model_export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, fast_graph_refusal
-from model_export.model import INPUT_NAME, OUTPUT_NAME, parameter_table
+from model_export.frames.model import INPUT_NAME, OUTPUT_NAME, parameter_table
 
 PARITY_SEED = 0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -362,7 +362,7 @@ def with_training_record(card: ModelCard, keras_path: Path) -> ModelCard:
     very file (its sha256); else ``card`` as it is."""
     import json
 
-    from model_export.train_data import record_path
+    from model_export.frames.train_data import record_path
 
     path = record_path(keras_path)
     if not path.is_file():
