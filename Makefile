@@ -21,7 +21,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +60,7 @@ check: $(STAMP)
 	$(PY) -m model_export check
 	$(PY) -m model_export evaluate --samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
 
-test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck browser load-tools
+test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck docs-strict browser load-tools
 	$(PY) -m pytest
 
 # wrk (Debian's), the C load generator of bench.sim and the simulated-device tests: the
@@ -69,6 +69,20 @@ test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck browser load-tools
 # to the Python generator and say so.
 load-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } || echo "no wrk and not root: the load tests use the Python generator"
+
+# The documentation site (mkdocs.yml), into site/. The settings table, the HTTP
+# operations and the results tables are generated at build time (docs_build/hooks.py);
+# `python -m docs_build openapi` rewrites the committed docs/openapi.json.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+docs: $(STAMP)
+	$(DOCS_ENV) $(PY) -m mkdocs build
+
+# In `make test`: a broken link, a page left out of the nav or a generated table that
+# fails stops the build.
+docs-strict: $(STAMP)
+	$(DOCS_ENV) $(PY) -m mkdocs build --strict --site-dir $(CURDIR)/.site-check
+	rm -rf $(CURDIR)/.site-check
 
 # The browser tests drive Debian's Chromium (no browser download works here). As root,
 # install it when missing; otherwise those tests skip and say why.
@@ -93,8 +107,8 @@ compose-test: $(STAMP) container-tools
 	$(COMPOSE_ENV) COMPOSE_TEST=1 $(PY) -m pytest tests/containers -q -s -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests
-	$(PY) -m ruff format --check convlstm_card model_export service bench gpu examples tests
+	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests docs_build
+	$(PY) -m ruff format --check convlstm_card model_export service bench gpu examples tests docs_build
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -152,4 +166,4 @@ soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) .pytest_cache .mypy_cache .ruff_cache site .site-check

@@ -32,7 +32,7 @@ import numpy as np
 from bench.machine import describe
 from bench.server import Server, serve
 from convlstm_card import read_card
-from model_export import data
+from model_export.frames import data
 
 SERVER_ENV = {
     "CONVLSTM_SERVE_MODEL_DIR": "false",

@@ -99,7 +99,7 @@ def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 def keras_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import keras
 
-    import model_export.model  # noqa: F401 - registers the carry and blend heads' layer
+    import model_export.frames.model  # noqa: F401 - registers the carry and blend heads' layer
 
     model = keras.models.load_model(path)
     return lambda x: np.asarray(model.predict(x, batch_size=len(x), verbose=0))

@@ -69,7 +69,7 @@ def oip_binary_request(
 def test_sequence(model: Path) -> NDArray[np.float32]:
     """One real input for ``model``, a batch of 1: the first sequence of the held-out
     test split (moving digits), cut to the number of frames its card asks for."""
-    from model_export.data import generate_split, inputs_and_targets
+    from model_export.frames.data import generate_split, inputs_and_targets
 
     shape = sequence_shape(read_card(card_path(model)))
     x, _ = inputs_and_targets(generate_split(1, "test"), every_step=False)

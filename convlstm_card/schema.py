@@ -87,7 +87,7 @@ class Graph(BaseModel):
 
 class StreamSpec(BaseModel):
     """The step graph of a ConvLSTM stack, which streams run one frame at a time with the
-    state kept on the server (``model_export.step_graph`` writes it)."""
+    state kept on the server (``model_export.export.step_graph`` writes it)."""
 
     model_config = _OPEN
 

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model_export import data
+from model_export.frames import data
 
 ROOT = Path(__file__).resolve().parent.parent
 HORIZON = 3

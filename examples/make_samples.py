@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model_export import data
+from model_export.frames import data
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT / "service" / "web" / "samples"
@@ -57,7 +57,7 @@ def main() -> None:
             }
         )
     source = {
-        "generator": "model_export.data.generate",
+        "generator": "model_export.frames.data.generate",
         "split": "test",
         "seed": data.SPLIT_SEEDS["test"],
         "frames": LENGTH,

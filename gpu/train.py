@@ -2,7 +2,7 @@
 
 Runs after ``gpu.receive --install train`` (``bash gpu/run.sh train``) with Keras on
 the PyTorch backend (``KERAS_BACKEND=torch``: the machine has PyTorch, no TensorFlow).
-It calls the same ``model_export.train.train`` as the CPU recipe, with a wall-clock
+It calls the same ``model_export.frames.train.train`` as the CPU recipe, with a wall-clock
 budget, and leaves in ``--out`` what comes back to the CPU machine:
 ``convlstm.keras`` (the inference checkpoint; ``.keras`` files are backend-independent),
 ``convlstm.log.csv`` (per epoch), ``train.json`` (the record: GPU, backend, wall time,
@@ -42,8 +42,8 @@ def device_facts() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     # Keras reads KERAS_BACKEND when first imported: here, not when this module is.
-    from model_export.model import HEADS, RELEASE_HEAD
-    from model_export.train import LOSSES, SCHEDULES, TrainConfig, train
+    from model_export.frames.model import HEADS, RELEASE_HEAD
+    from model_export.frames.train import LOSSES, SCHEDULES, TrainConfig, train
 
     p = argparse.ArgumentParser(prog="python -m gpu.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_export.model import HEADS, VARIANTS
-from model_export.train import LOSSES, SCHEDULES
+from model_export.frames.model import HEADS, VARIANTS
+from model_export.frames.train import LOSSES, SCHEDULES
 
 if TYPE_CHECKING:
-    from model_export.export_any import SeriesOptions
+    from model_export.export.any_model import SeriesOptions
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -22,7 +22,7 @@ EVALUATED = (*VARIANTS, "convlstm_int8")
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from model_export.model import RELEASE_HEAD, build, format_table
+    from model_export.frames.model import RELEASE_HEAD, build, format_table
 
     for variant in VARIANTS:
         head = RELEASE_HEAD if variant == "convlstm" else "sigmoid"
@@ -43,8 +43,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.head not in (None, "sigmoid") and args.variant != "convlstm":
         print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
         return 2
-    from model_export.model import RELEASE_HEAD
-    from model_export.train import TrainConfig, train
+    from model_export.frames.model import RELEASE_HEAD
+    from model_export.frames.train import TrainConfig, train
 
     head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
 
@@ -73,9 +73,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_on_data(args: argparse.Namespace) -> int:
-    from model_export import user_data
-    from model_export.model import CONVLSTM_FILTERS
-    from model_export.train_data import DataTrainConfig, checkpoint_path, record_path, train_on_data
+    from model_export.frames import user_data
+    from model_export.frames.model import CONVLSTM_FILTERS
+    from model_export.frames.train_data import (
+        DataTrainConfig,
+        checkpoint_path,
+        record_path,
+        train_on_data,
+    )
 
     recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
     recipe["--schedule"] = args.schedule != "plateau"
@@ -134,7 +139,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.name is not None or args.task is not None or args.data is not None:
         print("export: --name, --task and --data go with --keras", file=sys.stderr)
         return 2
-    from model_export.export import ParityError, export
+    from model_export.export.frame_models import ParityError, export
 
     for variant in args.variant:
         try:
@@ -155,7 +160,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_keras(args: argparse.Namespace) -> int:
-    from model_export.export_any import ExportError, export_keras
+    from model_export.export.any_model import ExportError, export_keras
 
     if args.name is None:
         print("export: --keras needs --name (the ONNX file's name in --models)", file=sys.stderr)
@@ -187,7 +192,7 @@ def _export_keras(args: argparse.Namespace) -> int:
 def _series_options(args: argparse.Namespace) -> SeriesOptions | None:
     """The series flags as ``SeriesOptions``; ``None`` when none was given."""
     from convlstm_card import SeriesScaling
-    from model_export.export_any import ExportError, SeriesOptions
+    from model_export.export.any_model import ExportError, SeriesOptions
 
     given = [args.frequency, args.target, args.feature_names, args.offset, args.scale]
     if all(v is None for v in given):
@@ -206,7 +211,7 @@ def _series_options(args: argparse.Namespace) -> SeriesOptions | None:
 
 
 def _series(args: argparse.Namespace) -> int:
-    from model_export.series_train import TrainConfig, run
+    from model_export.series.train import TrainConfig, run
 
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
     rows = run(args.data, args.models, cfg, args.samples)
@@ -221,7 +226,8 @@ def _series(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from model_export.quantize import QuantizationError, int8_path, quantize
+    from model_export.export.quantize import QuantizationError, quantize
+    from model_export.files import int8_path
 
     source = args.models / "convlstm.onnx"
     try:
@@ -238,7 +244,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _step_graph(args: argparse.Namespace) -> int:
-    from model_export.step_graph import StepGraphError, export_step_graph
+    from model_export.export.step_graph import StepGraphError, export_step_graph
 
     try:
         result = export_step_graph(args.keras, args.onnx)
@@ -253,14 +259,15 @@ def _step_graph(args: argparse.Namespace) -> int:
 
 
 def _rollouts(args: argparse.Namespace) -> int:
-    from model_export.rollouts import main
+    from model_export.frames.rollouts import main
 
     return main(args.onnx, args.samples, args.horizon, args.out)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from model_export.export import ParityError, check_graphs
-    from model_export.quantize import QuantizationError, check_int8, int8_path
+    from model_export.export.frame_models import ParityError, check_graphs
+    from model_export.export.quantize import QuantizationError, check_int8
+    from model_export.files import int8_path
 
     failed = 0
     for variant in args.variant:
@@ -282,7 +289,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model_export.evaluate import evaluate
+    from model_export.frames.evaluate import evaluate
 
     report = evaluate(
         args.models,
@@ -443,7 +450,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_export)
 
-    from model_export.series_data import DATASETS
+    from model_export.series.data import DATASETS
 
     r = sub.add_parser(
         "series",

@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 
 from convlstm_card import read_card, sha256_of
-from model_export.export import check
-from model_export.model import VARIANTS
+from model_export.export.frame_models import check
+from model_export.frames.model import VARIANTS
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from model_export.export import export
-from model_export.model import build_convlstm
+from model_export.export.frame_models import export
+from model_export.frames.model import build_convlstm
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

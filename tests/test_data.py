@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model_export import data
+from model_export.frames import data
 
 
 def test_shape_dtype_and_range() -> None:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from convlstm_card import read_card
-from model_export import data
-from model_export.evaluate import (
+from model_export.export.frame_models import export
+from model_export.frames import data
+from model_export.frames.evaluate import (
     BASELINE,
     evaluate,
     horizon_scores,
@@ -16,8 +17,7 @@ from model_export.evaluate import (
     scores,
     tint_error,
 )
-from model_export.export import export
-from model_export.model import build_convlstm
+from model_export.frames.model import build_convlstm
 
 
 def test_metrics_on_known_values() -> None:

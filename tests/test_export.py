@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 
 from convlstm_card import read_card, sha256_of
-from model_export.export import ParityError, check, export, parity, to_onnx_bytes
-from model_export.model import build_convlstm
+from model_export.export.frame_models import ParityError, check, export, parity
+from model_export.export.keras_to_onnx import to_onnx_bytes
+from model_export.frames.model import build_convlstm
 
 pytestmark = pytest.mark.slow
 

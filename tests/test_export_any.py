@@ -13,7 +13,7 @@ from keras import layers
 
 from convlstm_card import read_card, sha256_of
 from model_export.__main__ import main
-from model_export.fast import fast_graph_refusal
+from model_export.export.fast import fast_graph_refusal
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,7 @@ def test_a_next_frame_model_takes_pixel_values_in_0_1(
 
 
 def test_failed_parity_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from model_export.export_any import ExportError, export_keras
+    from model_export.export.any_model import ExportError, export_keras
 
     source = tmp_path / "m.keras"
     sequential_convlstm2d().save(source)

@@ -10,16 +10,16 @@ import onnxruntime as ort
 import pytest
 
 from convlstm_card import read_card, sha256_of
-from model_export.export import (
+from model_export.export.fast import build_fast_convlstm
+from model_export.export.frame_models import (
     ParityError,
     check_graphs,
     export,
     parity,
     parity_inputs,
-    to_onnx_bytes,
 )
-from model_export.fast import build_fast_convlstm
-from model_export.model import build_cnn_lstm, build_convlstm
+from model_export.export.keras_to_onnx import to_onnx_bytes
+from model_export.frames.model import build_cnn_lstm, build_convlstm
 
 pytestmark = pytest.mark.slow
 

@@ -209,7 +209,7 @@ def test_train_dry_run_brings_back_a_checkpoint(tmp_path: Path) -> None:
     assert record["dry_run"] and record["epochs_run"] == 1 and record["sequences_per_second"] > 0
     import keras
 
-    from model_export.model import head_of
+    from model_export.frames.model import head_of
 
     model = keras.models.load_model(tmp_path / "out" / "convlstm.keras")
     assert model.output_shape == (None, 40, 40, 3)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from model_export.model import (
+from model_export.frames.model import (
     build,
     build_convlstm,
     copy_weights_by_name,

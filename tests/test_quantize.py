@@ -11,17 +11,16 @@ import onnx
 import pytest
 
 from convlstm_card import GraphFile, read_card, sha256_of
-from model_export.export import export
-from model_export.model import build_convlstm
-from model_export.quantize import (
+from model_export.export.frame_models import export
+from model_export.export.quantize import (
     MEAN_ABS_TOLERANCE,
     QuantizationError,
     check_int8,
     compare,
-    find_onnx,
-    int8_path,
     quantize,
 )
+from model_export.files import find_onnx, int8_path
+from model_export.frames.model import build_convlstm
 
 pytestmark = pytest.mark.slow
 

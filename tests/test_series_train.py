@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("statsmodels", reason="statsmodels is installed with the `train` extra")
 
-from model_export.series_data import DATASETS, SeriesData, load  # noqa: E402
-from model_export.series_eval import (  # noqa: E402
+from model_export.series.data import DATASETS, SeriesData, load  # noqa: E402
+from model_export.series.evaluate import (  # noqa: E402
     Sarimax,
     mase_scale,
     naive,
@@ -89,7 +89,7 @@ def test_sarimax_rolls_forward_as_statsmodels_forecasts() -> None:
 def test_networks_start_from_the_last_value(kind: str) -> None:
     """Each forecasts (h,) from the folded window; its head's change is added to the
     window's last target value, so with a zeroed head the forecast is the naive one."""
-    from model_export.series_models import build_series_model, input_shape
+    from model_export.series.models import build_series_model, input_shape
 
     model = build_series_model(kind, 2, 3, 2, 4, target=1)
     assert tuple(model.input_shape[1:]) == input_shape(kind, 2, 3, 2)

@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 
 from convlstm_card import read_card, sha256_of
-from model_export.export import ParityError, check_graphs, export, onnx_predict
-from model_export.model import build_cnn_lstm, build_convlstm
-from model_export.step_graph import (
+from model_export.export.frame_models import ParityError, check_graphs, export
+from model_export.export.keras_to_onnx import onnx_predict
+from model_export.export.step_graph import (
     StepGraphError,
     build_step_model,
     export_step_graph,
@@ -17,6 +17,7 @@ from model_export.step_graph import (
     step_path,
     to_step_onnx_bytes,
 )
+from model_export.frames.model import build_cnn_lstm, build_convlstm
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from model_export.train import TrainConfig, checkpoint_path, train
+from model_export.frames.train import TrainConfig, checkpoint_path, train
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_last_step_supervision_trains_the_same_inference_model(tmp_path: Path) -
 def test_recipe_options_and_warm_start_from_a_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("model_export.train.LAST_EVERY", 1)
+    monkeypatch.setattr("model_export.frames.train.LAST_EVERY", 1)
     first = TrainConfig(train_samples=2, validation_samples=2, epochs=1, batch_size=2)
     train(replace(first, out_dir=tmp_path / "a"))
     start = keras.models.load_model(checkpoint_path(tmp_path / "a", "convlstm"))

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from convlstm_card import read_card, sha256_of
-from model_export import user_data
 from model_export.__main__ import main
+from model_export.frames import user_data
 
 pytestmark = pytest.mark.slow
 

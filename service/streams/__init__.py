@@ -1,7 +1,7 @@
 """Streams: a ConvLSTM's hidden and cell state kept on the server between requests, so a
 feed sending one new frame at a time pays one model step per frame instead of T.
 
-``session.py`` runs a model's step graph (``model_export.step_graph``), ``batcher.py``
+``session.py`` runs a model's step graph (``model_export.export.step_graph``), ``batcher.py``
 runs the steps of many streams as one batch, ``table.py`` keeps the streams (limits,
 idle expiry), ``service.py`` joins them for every protocol front (``/v1/streams``, the
 Open Inference Protocol's sequence parameters, ``/predict``'s roll-out from state).

@@ -2,7 +2,7 @@
 ConvLSTM stacks, and roll a sequence out from state for ``/predict``. No HTTP here.
 
 A model serves streams when its card names a step graph (``stream`` section, written by
-``model_export.step_graph``) that loads and matches the card; other models (the
+``model_export.export.step_graph``) that loads and matches the card; other models (the
 CNN-LSTM, the int8 graph, tensor models) answer 422 naming why.
 """
 

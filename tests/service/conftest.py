@@ -29,8 +29,8 @@ TINY_FRAMES = 4
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-frame, one-layer ConvLSTM, exported by the project's own tf2onnx path
     (with its parity check and card), so the service is tested on a real export."""
-    from model_export.export import export
-    from model_export.model import build_convlstm
+    from model_export.export.frame_models import export
+    from model_export.frames.model import build_convlstm
 
     checkpoint = tmp_path_factory.mktemp("tiny") / "tiny.keras"
     build_convlstm(frames=TINY_FRAMES, filters=(4,)).save(checkpoint)

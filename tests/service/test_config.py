@@ -48,8 +48,12 @@ def test_every_field_is_documented() -> None:
     assert all(f.description for f in Settings.model_fields.values())
 
 
-def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_configuration_page_documents_every_setting() -> None:
+    # docs/configuration.md holds a marker; the site build puts this table in its place.
+    from docs_build.hooks import expand
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    table = expand(page)
     for name, field in Settings.model_fields.items():
         if field.default is None:
             shown = "unset"
@@ -57,4 +61,4 @@ def test_readme_documents_every_setting() -> None:
             shown = f"`{str(field.default).lower()}`"
         else:
             shown = f"`{field.default}`"
-        assert f"| `CONVLSTM_{name.upper()}` | {shown} |" in readme, name
+        assert f"| `CONVLSTM_{name.upper()}` | {shown} |" in table, name

@@ -106,7 +106,7 @@ def test_missing_and_outside_files_get_404(client: httpx.Client) -> None:
 
 
 def test_samples_are_the_test_split() -> None:
-    from model_export import data
+    from model_export.frames import data
 
     n = max(int(s["name"].removeprefix("test-")) for s in SAMPLES) + 1
     sequences = data.generate(n, seed=data.SPLIT_SEEDS["test"], split="test", frames=23)

@@ -21,12 +21,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convlstm_card import sha256_of
-from model_export import data
-from model_export.evaluate import BASELINE, mse, psnr
+from model_export.frames import data
+from model_export.frames.evaluate import BASELINE, mse, psnr
+from model_export.frames.model import CONVLSTM_FILTERS, build_convlstm
+from model_export.frames.train import fit_with_checkpoints
+from model_export.frames.user_data import DataError, Dataset
 from model_export.host import describe_machine
-from model_export.model import CONVLSTM_FILTERS, build_convlstm
-from model_export.train import fit_with_checkpoints
-from model_export.user_data import DataError, Dataset
 
 # SSIM's 7x7 window needs frames at least this large on each side.
 SSIM_MIN_SIDE = 7
@@ -168,7 +168,7 @@ def _scores(pred: NDArray[np.float32], truth: NDArray[np.float32]) -> dict[str, 
     per_seq = mse(pred, truth)
     out: dict[str, Any] = {"mse": float(per_seq.mean()), "psnr_db": float(psnr(per_seq).mean())}
     if min(truth.shape[1:3]) >= SSIM_MIN_SIDE:
-        from model_export.evaluate import ssim
+        from model_export.frames.evaluate import ssim
 
         out["ssim"] = float(ssim(pred, truth).mean())
     else:

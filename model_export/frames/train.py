@@ -18,9 +18,9 @@ from typing import Literal
 import keras
 import numpy as np
 
-from model_export import data
+from model_export.frames import data
+from model_export.frames.model import Head, Variant, build, copy_weights_by_name, to_inference
 from model_export.host import describe_machine
-from model_export.model import Head, Variant, build, copy_weights_by_name, to_inference
 
 Loss = Literal["bce", "mse", "l1"]
 LOSSES: tuple[Loss, ...] = ("bce", "mse", "l1")

@@ -22,15 +22,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convlstm_card import SeriesScaling, card_path, read_card, write_card
-from model_export.series_data import SeriesData, load
-from model_export.series_eval import (
+from model_export.series.data import SeriesData, load
+from model_export.series.evaluate import (
     Sarimax,
     Scores,
     naive,
     scores,
     seasonal_naive,
 )
-from model_export.series_models import SERIES_MODELS, build_series_model, input_shape
+from model_export.series.models import SERIES_MODELS, build_series_model, input_shape
 
 VALIDATION_SHARE = 0.15
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -213,7 +213,7 @@ def export(
     std: NDArray[np.float64],
 ) -> Path:
     """``export --keras --task series`` with the standard scaling of the training rows."""
-    from model_export.export_any import SeriesOptions, export_keras
+    from model_export.export.any_model import SeriesOptions, export_keras
 
     options = SeriesOptions(
         frequency=data.frequency,

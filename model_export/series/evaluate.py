@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model_export.series_data import SeriesData
+from model_export.series.data import SeriesData
 
 SARIMAX_ORDERS: dict[str, tuple[tuple[int, int, int], str, int]] = {
     # (order, trend, Fourier pairs): CO2's yearly cycle in weekly data as 3 Fourier pairs

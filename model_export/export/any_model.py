@@ -10,7 +10,7 @@ writes ``DIR/NAME.onnx`` and ``DIR/NAME.json``. The steps, in order:
 - the input's kind and range: ``image`` (pixels in [0, 1]) for frames of 1, 3 or 4
   channels, else ``tensor``, in no range unless ``--range`` states one (a series model
   over standardised values takes negative ones); the CLI prints the choice;
-- the graph: the fast rebuild (``model_export.fast``) where the stack fits its
+- the graph: the fast rebuild (``model_export.export.fast``) where the stack fits its
   rules, else the plain tf2onnx export; the card says which and why;
 - parity: Keras against onnxruntime on seeded random inputs (in the range, or
   standard normal for a tensor without one), and on ``--data`` sequences when given;
@@ -52,7 +52,8 @@ from convlstm_card import (
     sha256_of,
     write_card,
 )
-from model_export.export import (
+from model_export.export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, fast_graph_refusal
+from model_export.export.keras_to_onnx import (
     MODEL_VERSION,
     OPSET,
     PARITY_SEQUENCES,
@@ -61,8 +62,7 @@ from model_export.export import (
     to_onnx_bytes,
     tool_versions,
 )
-from model_export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, fast_graph_refusal
-from model_export.model import INPUT_NAME, OUTPUT_NAME, parameter_table
+from model_export.frames.model import INPUT_NAME, OUTPUT_NAME, parameter_table
 
 PARITY_SEED = 0
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -410,7 +410,7 @@ def with_training_record(card: ModelCard, keras_path: Path) -> ModelCard:
     very file (its sha256); else ``card`` as it is."""
     import json
 
-    from model_export.train_data import record_path
+    from model_export.frames.train_data import record_path
 
     path = record_path(keras_path)
     if not path.is_file():

@@ -1,7 +1,7 @@
 """Keras checkpoint -> ONNX with tf2onnx, a parity check, and the model card.
 
 A ConvLSTM stack is exported twice: the served graph (``<name>.onnx``) from
-the export-friendly rebuild in ``model_export.fast``, and the plain tf2onnx
+the export-friendly rebuild in ``model_export.export.fast``, and the plain tf2onnx
 export of the checkpoint as is beside it (``<name>.plain.onnx``), for
 comparison. Both must match the Keras model; the card names both. Other
 models are exported plain only.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +37,26 @@ from convlstm_card import (
     sha256_of,
     write_card,
 )
-from model_export import data
-from model_export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, is_convlstm_stack
-from model_export.model import INPUT_NAME, OUTPUT_NAME, parameter_table
-
-OPSET = 17
-PARITY_TOLERANCE = 1e-4
-PARITY_SEQUENCES = 8
-MODEL_VERSION = "1.0.0"
-PLAIN_DESCRIPTION = "plain: the tf2onnx export of the Keras model as is"
+from model_export.export.fast import GRAPH_DESCRIPTION, build_fast_convlstm, is_convlstm_stack
+from model_export.export.keras_to_onnx import (
+    MODEL_VERSION,
+    OPSET,
+    PARITY_SEQUENCES,
+    PARITY_TOLERANCE,
+    PLAIN_DESCRIPTION,
+    onnx_predict,
+    to_onnx_bytes,
+    tool_versions,
+)
+from model_export.export.step_graph import (
+    STEP_PARITY_TOLERANCE,
+    StateLayout,
+    export_step_graph,
+    parity_frames,
+    step_parity,
+)
+from model_export.frames import data
+from model_export.frames.model import INPUT_NAME, OUTPUT_NAME, parameter_table
 
 
 class ParityError(RuntimeError):
@@ -68,44 +78,6 @@ def plain_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".plain.onnx")
 
 
-def to_onnx_bytes(
-    model: keras.Model,
-    opset: int = OPSET,
-    *,
-    input_name: str = INPUT_NAME,
-    output_name: str = OUTPUT_NAME,
-) -> bytes:
-    """The model as a serialised ONNX graph with a dynamic batch axis.
-
-    Input and output are renamed (``frames`` and ``next_frame`` unless told
-    otherwise) so that clients never see tf2onnx's generated names.
-    """
-    import tensorflow as tf
-    import tf2onnx
-
-    spec = (tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name=input_name),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
-    graph = proto.graph
-    old_out = graph.output[0].name
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == old_out:
-                node.output[i] = output_name
-    graph.output[0].name = output_name
-    graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    return bytes(proto.SerializeToString())
-
-
-def onnx_predict(onnx_model: bytes | Path, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    import onnxruntime as ort
-
-    source = str(onnx_model) if isinstance(onnx_model, Path) else onnx_model
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    out: NDArray[np.float32] = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    return out
-
-
 def parity(model: keras.Model, onnx_model: bytes | Path, x: NDArray[np.float32]) -> float:
     """Max abs difference between Keras and onnxruntime on ``x``."""
     expected = np.asarray(model.predict(x, verbose=0))
@@ -120,23 +92,6 @@ def parity_inputs(model: keras.Model, n: int = PARITY_SEQUENCES) -> NDArray[np.f
     frames = int(model.input.shape[1])
     seqs = data.generate(n, seed=data.SPLIT_SEEDS["test"], split="test", frames=frames + 1)
     return data.inputs_and_targets(seqs, every_step=False)[0]
-
-
-def tool_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tf2onnx": tf2onnx.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def build_card(
@@ -281,8 +236,6 @@ def export(
     write_card(card_path(onnx_path), card)
     if plain is not None:
         # A ConvLSTM stack also gets the one-step graph that streams run.
-        from model_export.step_graph import export_step_graph
-
         export_step_graph(checkpoint, onnx_path, opset=opset)
     return ExportResult(
         onnx_path,
@@ -329,13 +282,6 @@ def check_graphs(checkpoint: Path, tolerance: float = PARITY_TOLERANCE) -> dict[
 def _check_step_graph(onnx_path: Path, card: ModelCard) -> dict[str, float]:
     """The step graph the card names: its sha256, and its steps from a zero state against
     the windowed graph."""
-    from model_export.step_graph import (
-        STEP_PARITY_TOLERANCE,
-        StateLayout,
-        parity_frames,
-        step_parity,
-    )
-
     spec = card.stream
     assert spec is not None
     path = onnx_path.parent / spec.step_graph.file

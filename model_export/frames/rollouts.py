@@ -22,9 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convlstm_card import read_card
-from model_export import data
-from model_export.evaluate import mse, ssim
-from model_export.model import INPUT_NAME, OUTPUT_NAME
+from model_export.frames import data
+from model_export.frames.evaluate import mse, ssim
+from model_export.frames.model import INPUT_NAME, OUTPUT_NAME
 
 
 def _session(path: Path) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import keras
 from keras import layers, ops
 
-from model_export.data import CANVAS, CHANNELS, FRAMES
+from model_export.frames.data import CANVAS, CHANNELS, FRAMES
 
 Variant = Literal["convlstm", "cnn_lstm"]
 VARIANTS: tuple[Variant, ...] = ("convlstm", "cnn_lstm")

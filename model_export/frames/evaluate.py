@@ -21,10 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convlstm_card import card_path, read_card, write_card
-from model_export import data
+from model_export.files import find_onnx
+from model_export.frames import data
+from model_export.frames.model import INPUT_NAME, OUTPUT_NAME
 from model_export.host import describe_machine
-from model_export.model import INPUT_NAME, OUTPUT_NAME
-from model_export.quantize import find_onnx
 
 BASELINE = "copy_last_frame"
 # Fed-back horizons scored by ``evaluate``: frame 16 ... frame 23 from frames 1-15.
@@ -205,7 +205,7 @@ def evaluate(
             path = card_path(find_onnx(models_dir, name))
             write_card(path, read_card(path).model_copy(update={"evaluation": report}))
     if grid_path is not None:
-        from model_export.plots import prediction_grid
+        from model_export.frames.plots import prediction_grid
 
         prediction_grid(x[:4], truth[:4], predictions, grid_path)
     return report

@@ -7,7 +7,7 @@ arm's Keras checkpoint (float32, no export needed) on the same test sequences: t
 next frame (MSE, as a fraction of copy-last-frame, SSIM, tint error) and the fed-back
 horizon, and prints one markdown table with the recipe and the budget of each arm.
 
-    python -m model_export.recipe_ab DIR_OR_KERAS ... [--samples 128] [--horizon 3]
+    python -m model_export.frames.recipe_ab DIR_OR_KERAS ... [--samples 128] [--horizon 3]
         [--json FILE]
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from model_export.evaluate import BASELINE, horizon_scores, horizon_split, rollout, scores
+from model_export.frames.evaluate import BASELINE, horizon_scores, horizon_split, rollout, scores
 
 
 def _checkpoint_and_record(path: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -35,7 +35,7 @@ def _checkpoint_and_record(path: Path) -> tuple[Path, dict[str, Any] | None]:
 def score_arm(path: Path, x: NDArray[np.float32], future: NDArray[np.float32]) -> dict[str, Any]:
     import keras
 
-    import model_export.model  # noqa: F401 - registers the blend head's layer for loading
+    import model_export.frames.model  # noqa: F401 - registers the blend head's layer for loading
 
     checkpoint, record = _checkpoint_and_record(path)
     model = keras.models.load_model(checkpoint)
@@ -86,7 +86,7 @@ def table(arms: list[dict[str, Any]], baseline: dict[str, float], horizon: int) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m model_export.recipe_ab", description=__doc__.split("\n\n")[0]
+        prog="python -m model_export.frames.recipe_ab", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("arms", type=Path, nargs="+", help="train --out folders or .keras files")
     p.add_argument("--samples", type=int, default=128, help="test sequences")

@@ -33,11 +33,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convlstm_card import ModelCard, card_path, read_card, sha256_of, write_card
-from model_export import data
-from model_export.export import onnx_predict
-from model_export.model import INPUT_NAME
+from model_export.export.keras_to_onnx import onnx_predict
+from model_export.files import int8_path
+from model_export.frames import data
+from model_export.frames.model import INPUT_NAME
 
-INT8_DIR = "int8"
 CALIBRATION_SEQUENCES = 64
 CALIBRATION_BATCH = 8
 CHECK_SEQUENCES = 8
@@ -54,24 +54,6 @@ INT8_DESCRIPTION = (
 
 class QuantizationError(RuntimeError):
     """The int8 graph strays too far from the float32 graph it was made from."""
-
-
-def int8_path(onnx_path: Path) -> Path:
-    """Where the int8 variant of a graph goes: ``convlstm.onnx`` -> ``int8/convlstm_int8.onnx``.
-
-    A directory of its own because the server serves every carded model in its
-    default model's directory: a variant nobody asked for would cost every
-    server its memory (about 200 MB) and warm-up. A name of its own so that,
-    served, it answers as ``convlstm_int8``.
-    """
-    return onnx_path.parent / INT8_DIR / f"{onnx_path.stem}_int8.onnx"
-
-
-def find_onnx(models_dir: Path, name: str) -> Path:
-    """The ONNX file of a model name: ``<name>.onnx`` in ``models_dir`` or its int8 directory."""
-    path = models_dir / f"{name}.onnx"
-    other = models_dir / INT8_DIR / f"{name}.onnx"
-    return other if not path.exists() and other.exists() else path
 
 
 def compare(reference: Path, int8: Path, x: NDArray[np.float32]) -> dict[str, float]:

@@ -7,12 +7,12 @@ prediction and the new states:
 
     (frame, h_1, c_1, ..., h_L, c_L) -> (next_frame, h_1', c_1', ..., h_L', c_L')
 
-It is rebuilt in Keras ops from the trained weights, as ``model_export.fast`` rebuilds
+It is rebuilt in Keras ops from the trained weights, as ``model_export.export.fast`` rebuilds
 the windowed graph (channels first, one convolution per layer over the concatenated
 ``[x_t, h]`` with the kernel ``[W; U]``, gates in Keras' order input, forget, cell
 candidate, output; ``keras/src/layers/rnn/conv_lstm.py``), then converted by tf2onnx like
 every other graph here rather than written node by node. The head is the trained one:
-a Conv2D, or the blend/carry head (``model_export.model.LastFrameBlend``), whose "last
+a Conv2D, or the blend/carry head (``model_export.frames.model.LastFrameBlend``), whose "last
 input frame" is, in one step, the frame just given. The frame and the prediction
 are channels last, as the served graph's; the states channels first (N, F, H, W), the
 layout the convolutions use, so a step transposes only the frame and the prediction.
@@ -21,7 +21,7 @@ Run over T frames from a zero state, the step graph must give what the windowed 
 gives on those T frames: ``export_step_graph`` checks this (``STEP_PARITY_TOLERANCE``)
 before writing anything, and records the file, its parity and the state's shapes and
 bytes per stream in the card's ``stream`` section. It works from any ``.keras`` file that
-``model_export.fast`` accepts, so a new checkpoint gets its step graph with::
+``model_export.export.fast`` accepts, so a new checkpoint gets its step graph with::
 
     python -m model_export step-graph models/convlstm.keras
 """
@@ -40,15 +40,16 @@ from numpy.typing import NDArray
 
 from convlstm_card import GraphFile, StreamSpec, TensorSpec, card_path, read_card, sha256_of
 from convlstm_card import write_card as write_model_card
-from model_export import data
-from model_export.fast import (
+from model_export.export.fast import (
     GATES,
     ChannelsFirstHead,
     ConvLSTMWeights,
     _split_head,
     fast_graph_refusal,
 )
-from model_export.model import BLEND_NAME, OUTPUT_NAME, LastFrameBlend
+from model_export.export.keras_to_onnx import onnx_predict
+from model_export.frames import data
+from model_export.frames.model import BLEND_NAME, OUTPUT_NAME, LastFrameBlend
 
 STEP_INPUT = "frame"
 STEP_PARITY_TOLERANCE = 1e-5
@@ -85,7 +86,7 @@ def next_state_name(name: str) -> str:
 
 class ConvLSTMStep(ConvLSTMWeights):
     """One step of ``ConvLSTM2D`` (same padding, tanh and sigmoid), channels first: the
-    weights and gates of ``model_export.fast``'s unrolled layer, for one frame.
+    weights and gates of ``model_export.export.fast``'s unrolled layer, for one frame.
 
     Takes ``[x, h, c]`` and returns ``[h', c']``.
     """
@@ -134,7 +135,7 @@ class StateLayout:
 def build_step_model(trained: keras.Model) -> tuple[keras.Model, StateLayout]:
     """The one-step model carrying ``trained``'s weights, and its state layout.
 
-    ``trained`` is a stack ``model_export.fast.fast_graph_refusal`` accepts.
+    ``trained`` is a stack ``model_export.export.fast.fast_graph_refusal`` accepts.
     """
     reason = fast_graph_refusal(trained)
     if reason is not None:
@@ -162,7 +163,7 @@ def build_step_model(trained: keras.Model) -> tuple[keras.Model, StateLayout]:
         outputs += [x, c]
         pairs.append((step, layer))
         in_channels = int(layer.filters)
-    # The head as in model_export.fast: one Conv2D, or the blend/carry head's two Conv2D
+    # The head as in model_export.export.fast: one Conv2D, or the blend/carry head's two Conv2D
     # and its LastFrameBlend, whose "last input frame" is this step's frame.
     drawn: list[Any] = []
     for head in heads:
@@ -241,8 +242,6 @@ def step_parity(
     step_onnx: bytes | Path, layout: StateLayout, windowed: Path, x: NDArray[np.float32]
 ) -> float:
     """Max |step graph over T frames from zero state - windowed graph| on ``x``."""
-    from model_export.export import onnx_predict
-
     return float(np.max(np.abs(run_steps(step_onnx, layout, x) - onnx_predict(windowed, x))))
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from model_export.model import BLEND_NAME, INPUT_NAME, KERNEL, OUTPUT_NAME, LastFrameBlend
+from model_export.frames.model import BLEND_NAME, INPUT_NAME, KERNEL, OUTPUT_NAME, LastFrameBlend
 
 GRAPH_DESCRIPTION = (
     "fast: unrolled, channels first, one convolution per step over the concatenated "
@@ -60,7 +60,7 @@ GATES = 4
 
 class ConvLSTMWeights(layers.Layer):  # type: ignore[misc]
     """The weights of a ``ConvLSTM2D`` (same padding, tanh and sigmoid), channels first,
-    and its gates: what the unrolled layer here and ``model_export.step_graph``'s one-step
+    and its gates: what the unrolled layer here and ``model_export.export.step_graph``'s one-step
     layer share. The weights have the shapes and order of the trained layer's:
     ``set_weights`` takes ``ConvLSTM2D.get_weights()`` as is."""
 
