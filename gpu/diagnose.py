@@ -394,6 +394,17 @@ def servers(rec: Record, plan: Plan, path: Path, card: dict[str, Any], out_dir: 
             except Exception as err:  # one variant failing leaves the others
                 out[label] = {"settings": change, "error": str(err).strip()[:300]}
             rec.save()
+        # The opt-in float16 graph (models/fp16/, python -m model_export fp16) as served.
+        fp16 = path.parent / "fp16" / f"{path.stem}_fp16.onnx"
+        if fp16.is_file():
+            card16 = json.loads(fp16.with_suffix(".json").read_text())
+            try:
+                out["fp16 as served"] = server_point(
+                    fp16, card16, plan, base, [plan.clients, 1], out_dir, "fp16 as served"
+                )
+            except Exception as err:  # a failure leaves the rest
+                out["fp16 as served"] = {"error": str(err).strip()[:300]}
+            rec.save()
     with rec.section("sim") as out:
         env = {**base, **SIM_ENV}
         env.pop("CONVLSTM_REQUIRE_GPU", None)
