@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +262,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# The serving path on the simulated device",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; load from {results['generator']}. "
+        f"Machine: {m['cpu']}, {m['cores']} cores (1-minute load average "
+        f"{results.get('load_average_1min', ['?', '?'])[0]} before the run, "
+        f"{results.get('load_average_1min', ['?', '?'])[1]} after); load from {results['generator']}. "
         f"Device: {BATCH_MS:g} ms + {ITEM_MS:g} ms per item per run, max batch {MAX_BATCH}; "
         "figures are the server's share, the device's time is known.",
         "",
@@ -327,10 +330,13 @@ def run(plan: SimPlan, smoke: bool = False) -> dict[str, Any]:
         "plan": plan.__dict__,
     }
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     results["against_ideal"] = against_ideal(plan, b)
     results["change_cost"] = change_cost(plan, b)
     results["verdicts"] = verdicts(results)
     results["seconds"] = round(time.perf_counter() - started, 1)
+    # The machine may be shared: the server's share depends on the cores it gets.
+    results["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return results
 
 

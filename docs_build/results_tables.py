@@ -222,7 +222,17 @@ def series() -> str:
     return _table(header, rows, right_from=2)
 
 
+def sim() -> str:
+    """``bench.sim``: the serving path on the simulated device, its tables as the
+    benchmark writes them (without its title)."""
+    from bench.sim import markdown
+
+    text = markdown(_read(RESULTS / "sim.json"))
+    return "\n".join(line for line in text.splitlines() if not line.startswith("# ")) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "sim": sim,
     "suite-compute": suite_compute,
     "suite-load": suite_load,
     "soak": soak_windows,
