@@ -253,3 +253,29 @@ def test_the_step_graph_runs_bound_with_every_state() -> None:
     np.testing.assert_allclose(got_frame, want_frame, atol=1e-5)
     for name in want_state:
         np.testing.assert_allclose(got_state[name], want_state[name], atol=1e-5)
+
+
+def test_a_bucket_session_that_cannot_be_made_leaves_fewer_buckets(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of device memory at the third bucket (the GPU's failure, imitated here: no GPU
+    on this machine): the model serves with the two that fit, and says so."""
+    from service.inference import graph
+
+    real = graph.open_session
+    calls = {"n": 0}
+
+    def failing(spec: graph.GraphSpec, **kwargs: bool) -> object:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first session, then buckets 1 and 2; bucket 4 fails
+            raise graph.ModelLoadError("CUDA failure 2: out of memory")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(graph, "open_session", failing)
+    monkeypatch.setattr("service.inference.session.open_session", failing)
+    session = OnnxSession(
+        COMMITTED_MODEL, GraphOptions(provider="cpu", pad_batches="on", buckets=(1, 2, 4, 8))
+    )
+    assert session.buckets == (1, 2)
+    assert "2 of 4 bucket sessions created" in caplog.text and "out of memory" in caplog.text
+    assert session.run(SEQUENCES[:5]).shape == (5, 40, 40, 3)  # split into runs of 2
