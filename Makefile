@@ -65,10 +65,12 @@ test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck docs-strict browser load-tools
 
 # wrk (Debian's), the C load generator of bench.sim and the simulated-device tests: the
 # Python generator cannot offer 150 requests/s of 288 kB bodies on 2 shared cores without
-# becoming the bottleneck. As root, install it when missing; otherwise those fall back
-# to the Python generator and say so.
+# becoming the bottleneck. promtool (Debian's prometheus) checks deploy/'s alert rules.
+# As root, install them when missing; otherwise the load tests fall back to the Python
+# generator and the rule check skips, each saying so.
 load-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } || echo "no wrk and not root: the load tests use the Python generator"
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || echo "no promtool and not root: the alert-rule check skips"
 
 # The documentation site (mkdocs.yml), into site/. The settings table, the HTTP
 # operations and the results tables are generated at build time (docs_build/hooks.py);

@@ -39,6 +39,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.queue_wait_seconds = Histogram(
+            "convlstm_queue_wait_seconds",
+            "Time a request waited in its model's queue before its batch ran, by model "
+            "(apart from the time in the model: convlstm_inference_duration_seconds).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "convlstm_inference_batch_size",
             "Sequences per model run.",

@@ -537,7 +537,9 @@ def test_prometheus_scrapes_the_servers_metrics(
     assert prometheus["profiles"] == ["monitoring"]
     mounts = [v.split(":") for v in prometheus["volumes"]]
     assert ["./deploy/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml", "ro"] in mounts
+    assert ["./deploy/prometheus/alerts.yml", "/etc/prometheus/alerts.yml", "ro"] in mounts
     config = yaml.safe_load(PROMETHEUS.read_text())
+    assert config["rule_files"] == ["alerts.yml"]
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] in get_routes and job["metrics_path"] == "/metrics"
     targets = [t for group in job["static_configs"] for t in group["targets"]]

@@ -82,6 +82,17 @@ class StreamStepRequest(BaseModel):
         return self
 
 
+class StreamAccuracy(BaseModel):
+    scored: int = Field(description="predictions scored so far")
+    mse: float | None = Field(description="their mean squared error; null before the first")
+    copy_last_mse: float | None = Field(
+        description="the same frames' mean squared error had the stream copied its last frame"
+    )
+    ratio: float | None = Field(
+        description="mse / copy_last_mse: under 1 while the model beats copying the last frame"
+    )
+
+
 class StreamInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -96,11 +107,16 @@ class StreamInfo(BaseModel):
     expires_in_s: float = Field(description="seconds left before it expires if left unused")
     state_bytes: int = Field(description="bytes of ConvLSTM state the server holds for it")
     frame_shape: list[int] = Field(description="[height, width, channels] of each frame")
+    accuracy: StreamAccuracy = Field(
+        description="live accuracy: each request's first frame scores the next frame the "
+        "stream predicted the request before"
+    )
 
 
 def describe(streams: StreamService, stream: Stream) -> StreamInfo:
     model = streams.models[stream.model]
     idle = time.monotonic() - stream.last_used
+    acc = stream.accuracy
     return StreamInfo(
         stream_id=stream.id,
         model=stream.model,
@@ -113,6 +129,12 @@ def describe(streams: StreamService, stream: Stream) -> StreamInfo:
         expires_in_s=round(max(0.0, streams.table.idle_s - idle), 3),
         state_bytes=stream.state_bytes,
         frame_shape=list(model.task.spec.shape[1:]),
+        accuracy=StreamAccuracy(
+            scored=acc.scored,
+            mse=acc.mse_sum / acc.scored if acc.scored else None,
+            copy_last_mse=acc.copy_last_mse_sum / acc.scored if acc.scored else None,
+            ratio=acc.ratio,
+        ),
     )
 
 

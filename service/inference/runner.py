@@ -66,6 +66,8 @@ class ModelRunner:
     def _observe_batch(self, stats: BatchStats) -> None:
         for size in stats.sizes:
             self.metrics.batch_size.labels(self.info.name).observe(size)
+        for wait in stats.queue_waits:
+            self.metrics.queue_wait_seconds.labels(self.info.name).observe(wait)
         if stats.dropped_abandoned:
             self.metrics.dropped.labels(self.info.name, "client_gone").inc(stats.dropped_abandoned)
         if stats.dropped_expired:

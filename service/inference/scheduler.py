@@ -53,6 +53,7 @@ class Job:
     deadline: float
     future: asyncio.Future[tuple[NDArray[np.float32], float]]
     abandoned: bool = field(default=False)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class BatchStats:
     sizes: list[int]
     dropped_abandoned: int
     dropped_expired: int
+    queue_waits: list[float] = field(default_factory=list)
+    """Seconds each job run in the batch waited in the queue."""
 
 
 class Scheduler:
@@ -169,6 +172,7 @@ class Scheduler:
                 else:
                     live.append(job)
             sizes: list[int] = []
+            waits = [now - job.queued_at for job in live]
             if live:
                 self._running += len(live)
                 try:
@@ -188,7 +192,7 @@ class Scheduler:
                         cohort.answered(len(live) + self._queue.qsize(), seconds)
                 finally:
                     self._running -= len(live)
-            self._on_batch(BatchStats(sizes, abandoned, expired))
+            self._on_batch(BatchStats(sizes, abandoned, expired, waits))
 
     def _run(self, jobs: list[Job]) -> tuple[list[NDArray[np.float32]], float, list[int]]:
         start = time.perf_counter()

@@ -38,6 +38,26 @@ class StreamMetrics:
             "Streams not opened because CONVLSTM_MAX_STREAMS were open.",
             registry=r,
         )
+        # Squared errors of pixels in [0, 1]: the committed model's next-frame MSE is about
+        # 0.007 on the test split, copy-last's about 0.023.
+        mse_buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+        self.prediction_mse = Histogram(
+            "convlstm_stream_prediction_mse",
+            "Live accuracy: MSE of a stream's predicted next frame against the frame that "
+            "then arrived, by model and version.",
+            ["model", "version"],
+            buckets=mse_buckets,
+            registry=r,
+        )
+        self.copy_last_mse = Histogram(
+            "convlstm_stream_copy_last_mse",
+            "The same frames' MSE had the stream copied its last frame (the baseline); "
+            "rate(prediction_mse_sum) / rate(copy_last_mse_sum) above 1: the model no "
+            "longer beats copying.",
+            ["model", "version"],
+            buckets=mse_buckets,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "convlstm_stream_batch_size",
             "Streams per step-graph run, by model.",

@@ -264,7 +264,24 @@ class StreamService:
             stream.state = result.state
             stream.frames_seen += len(frames)
             stream.steps += len(frames) + horizon - 1
+            self._score(model, stream, frames, result.predicted)
         return result.predicted, result.seconds
+
+    def _score(
+        self,
+        model: StreamModel,
+        stream: Stream,
+        frames: NDArray[np.float32],
+        predicted: NDArray[np.float32],
+    ) -> None:
+        """Live accuracy: this request's first frame scores what the stream predicted for
+        it last time; its first prediction waits for the next request's first frame."""
+        scored = stream.accuracy.score(frames[0])
+        if scored is not None:
+            mse, copy = scored
+            self.metrics.prediction_mse.labels(model.name, model.version).observe(mse)
+            self.metrics.copy_last_mse.labels(model.name, model.version).observe(copy)
+        stream.accuracy.expect(predicted[0], frames[-1])
 
     def rolls_out_from_state(self, name: str, horizon: int, asked: str | None) -> bool:
         """Whether ``/predict`` rolls this request out from state: when asked to (422 if

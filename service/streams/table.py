@@ -14,6 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+from numpy.typing import NDArray
+
 from service.errors import ServiceError
 from service.streams.session import State
 
@@ -44,6 +47,7 @@ class Stream:
     last_used_wall: float = field(default_factory=time.time)
     frames_seen: int = 0
     steps: int = 0
+    accuracy: LiveAccuracy = field(default_factory=lambda: LiveAccuracy())
     # Requests on one stream run one at a time, in the order they reach this lock
     # (asyncio.Lock wakes waiters first come, first served).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -55,6 +59,45 @@ class Stream:
     @property
     def busy(self) -> bool:
         return self.lock.locked()
+
+
+@dataclass
+class LiveAccuracy:
+    """How well a stream's predictions turned out. Every request's first frame is the
+    truth for the next frame the stream predicted after the request before; scored
+    beside copying that request's last frame (the baseline a forecaster must beat)."""
+
+    predicted: NDArray[np.float32] | None = None
+    """The next frame the stream last predicted (H, W, C), waiting for its truth."""
+    last_frame: NDArray[np.float32] | None = None
+    """The last frame the stream was given (H, W, C): copy-last's prediction."""
+    scored: int = 0
+    mse_sum: float = 0.0
+    copy_last_mse_sum: float = 0.0
+
+    def score(self, truth: NDArray[np.float32]) -> tuple[float, float] | None:
+        """The waiting prediction's MSE and copy-last's against ``truth``, counted; None
+        when nothing was waiting (the stream's first request)."""
+        if self.predicted is None or self.last_frame is None:
+            return None
+        mse = float(np.mean((self.predicted - truth) ** 2))
+        copy = float(np.mean((self.last_frame - truth) ** 2))
+        self.scored += 1
+        self.mse_sum += mse
+        self.copy_last_mse_sum += copy
+        return mse, copy
+
+    def expect(self, predicted: NDArray[np.float32], last_frame: NDArray[np.float32]) -> None:
+        """Keep the next frame just predicted, and the frame it follows."""
+        self.predicted = np.array(predicted, copy=True)
+        self.last_frame = np.array(last_frame, copy=True)
+
+    @property
+    def ratio(self) -> float | None:
+        """Mean MSE over copy-last's: under 1 while the model beats copying."""
+        if not self.scored or self.copy_last_mse_sum == 0.0:
+            return None
+        return self.mse_sum / self.copy_last_mse_sum
 
 
 class StreamTable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from PIL import Image
 
 from service.api.examples import moving_square_frames
 from service.config import Settings
@@ -299,3 +301,37 @@ async def test_a_tiny_exported_stack_streams_too(tiny_model: Path) -> None:
             last = await client.post(f"/v1/streams/{stream_id}", json=body(pixels[t : t + 1]))
         windowed = await client.post("/predict", json=body(pixels))
     np.testing.assert_allclose(tensor_of(last.json()), tensor_of(windowed.json()), atol=1e-5)
+
+
+async def test_live_accuracy_scores_each_prediction_when_its_frame_arrives(
+    app_client: httpx.AsyncClient,
+) -> None:
+    def value(text: str, line_start: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(line_start)), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    count = 'convlstm_stream_prediction_mse_count{model="convlstm",version="'
+    copy_sum = 'convlstm_stream_copy_last_mse_sum{model="convlstm",version="'
+    before = (await app_client.get("/metrics")).text
+    stream_id = await open_stream(app_client)
+    answers = []
+    for i in range(4):  # one frame a request: each request's frame scores the last answer
+        r = await feed(app_client, stream_id, FRAMES[i : i + 1])
+        assert r.status_code == 200, r.text
+        answers.append(tensor_of(r.json())[0])
+    info = (await app_client.get(f"/v1/streams/{stream_id}")).json()["accuracy"]
+    assert info["scored"] == 3  # the first request had nothing to score
+    # The same MSEs, computed here from the answers and the frames that followed them.
+    frames = [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(f))).convert("RGB"), np.float32) / 255
+        for f in FRAMES[:4]
+    ]
+    mse = [float(np.mean((answers[i] - frames[i + 1]) ** 2)) for i in range(3)]
+    copy = [float(np.mean((frames[i] - frames[i + 1]) ** 2)) for i in range(3)]
+    assert info["mse"] == pytest.approx(np.mean(mse), rel=1e-4)
+    assert info["copy_last_mse"] == pytest.approx(np.mean(copy), rel=1e-4)
+    after = (await app_client.get("/metrics")).text
+    assert value(after, count) - value(before, count) == 3
+    assert value(after, copy_sum) > value(before, copy_sum)  # the square moves: copying errs
+    assert info["mse"] > 0 and info["copy_last_mse"] > 0
+    assert info["ratio"] == pytest.approx(info["mse"] / info["copy_last_mse"])
