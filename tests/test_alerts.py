@@ -1,8 +1,9 @@
-"""The Prometheus alert rules in deploy/: valid for Prometheus's own checker, and every
-metric and label they name is one the service exports."""
+"""The Prometheus alert rules and the Grafana dashboard in deploy/: valid for Prometheus's
+own checker, and every metric and label they name is one the service exports."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ from prometheus_client.registry import CollectorRegistry
 from service.metrics import Metrics
 from service.streams.metrics import StreamMetrics
 
-RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+RULES = DEPLOY / "prometheus" / "alerts.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "convlstm.json"
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 # Labels Prometheus adds itself, or the histogram's own.
 OWN_LABELS = {"instance", "job", "le", "device"}
@@ -45,6 +48,11 @@ def expressions() -> list[tuple[str, str]]:
     return [(rule["alert"], rule["expr"]) for group in groups for rule in group["rules"]]
 
 
+def panel_queries() -> list[tuple[str, str]]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [(p["title"], t["expr"]) for p in panels for t in p["targets"]]
+
+
 def base_name(metric: str) -> str:
     for suffix in SUFFIXES:
         if metric.endswith(suffix):
@@ -52,8 +60,8 @@ def base_name(metric: str) -> str:
     return metric
 
 
-@pytest.mark.parametrize(("alert", "expr"), expressions())
-def test_every_metric_and_label_a_rule_names_is_exported(
+@pytest.mark.parametrize(("alert", "expr"), expressions() + panel_queries())
+def test_every_metric_and_label_a_rule_or_panel_names_is_exported(
     alert: str, expr: str, families: dict[str, set[str]]
 ) -> None:
     names = set(re.findall(r"\bconvlstm_[a-z0-9_]+", expr))
@@ -64,6 +72,19 @@ def test_every_metric_and_label_a_rule_names_is_exported(
     labels |= {x.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for x in group.split(",")}
     known = set().union(*(families[base_name(n)] for n in names)) | OWN_LABELS
     assert labels <= known, f"{alert}: labels {labels - known} are not on {names}"
+
+
+def test_the_dashboard_is_provisioned_over_the_prometheus_datasource() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and len(dashboard["panels"]) >= 8
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    source = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    (datasource,) = source["datasources"]
+    assert all(p["datasource"]["uid"] == datasource["uid"] for p in dashboard["panels"])
+    assert datasource["url"] == "http://prometheus:9090"
 
 
 def test_every_alert_has_a_summary_and_a_severity() -> None:
