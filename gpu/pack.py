@@ -80,9 +80,9 @@ PRESENT_THERE = {
     "flatbuffers",
 }
 # The fp16 conversion the infer job uses (onnxruntime's float16 guide names it).
-# The diagnose job: py-spy dumps the server's threads under load, nvidia-ml-py samples
-# GPU utilisation through NVML.
-INFER_EXTRA = ["onnxconverter-common==1.16.0", "py-spy==0.4.3", "nvidia-ml-py==13.615.71"]
+# The diagnose job: py-spy dumps the server's threads under load (nvidia-ml-py, which
+# samples GPU utilisation, comes with the serve extra).
+INFER_EXTRA = ["onnxconverter-common==1.16.0", "py-spy==0.4.3"]
 TRAIN_EXTRA = ["namex", "optree"]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.gpu_metrics import register_gpu_metrics
+
 # Latency buckets from 5 ms to 30 s: one ConvLSTM step on a 2-core CPU is ~0.3 s,
 # on a GPU a few ms, and a long horizon multiplies it.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -123,3 +125,5 @@ class Metrics:
         self.ready = Gauge(
             "convlstm_ready", "1 when the model is loaded and warmed up, else 0.", registry=r
         )
+        self.gpu = register_gpu_metrics(r)
+        """Whether GPU utilisation and memory are exported (NVML answered)."""
