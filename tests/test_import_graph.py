@@ -134,3 +134,15 @@ def test_model_export_stages_import_downwards() -> None:
             assert not {m for m in imported if m.startswith("model_export.cli")}, name
         if name.startswith("model_export.frames"):
             assert not {m for m in imported if m.startswith("model_export.export")}, name
+
+
+def test_only_the_entry_point_imports_the_cli() -> None:
+    """``model_export/cli/`` is the top: ``python -m model_export`` (its ``__main__``) calls
+    it, and nothing else in model_export/ or service/ does."""
+    graph = import_graph()
+    assert "model_export.cli" in graph["model_export.__main__"]
+    assert "model_export.cli.export" in graph["model_export.cli"]
+    for name, imported in graph.items():
+        if name == "model_export.__main__" or name.startswith("model_export.cli"):
+            continue
+        assert not {m for m in imported if m.startswith("model_export.cli")}, name
