@@ -38,7 +38,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.model_repository import ModelSource, scan, version_order
 from service.registry.loading import FailedModel, ServedModel, load_model
-from service.registry.swap import release_free_memory, wait_until_drained
+from service.registry.swap import point_queue_gauge, release, unpublish_metrics
 from service.registry.versions import IndexEntry, default_version, poll, wanted_versions
 
 log = logging.getLogger("service.registry")
@@ -429,56 +429,20 @@ class ModelRegistry:
         """Wait for the requests that began before the switch and for the retired
         versions' queues, then stop them and let their sessions go. Waits at most
         ``shutdown_grace_s``; what is queued after that is refused."""
-        await wait_until_drained(
-            retired, lambda: self._busy_before(epoch), self.settings.shutdown_grace_s
+        await release(
+            retired,
+            busy=lambda: self._busy_before(epoch),
+            grace_s=self.settings.shutdown_grace_s,
+            metrics=self.metrics,
+            versions=self.versions,
+            unloading=self.unloading,
         )
-        keys: list[tuple[str, str]] = []
-        while retired:
-            model = retired.pop()
-            await model.runner.stop()
-            # Its memory goes back now, by reference counting; the runner and scheduler
-            # around it (small, and referring to each other) are left to the collector.
-            model.runner.session.close()
-            self._unpublish_metrics(model)
-            self.metrics.model_loads.labels(model.info.name, "unloaded").inc()
-            key = (model.info.name, model.info.version)
-            if self.unloading.get(key) is model:
-                # Listed as unloading until its memory is handed back, but no longer held.
-                self.unloading[key] = None
-                keys.append(key)
-            del model
-        await anyio.to_thread.run_sync(release_free_memory)
-        for key in keys:
-            if key in self.unloading and self.unloading[key] is None:
-                del self.unloading[key]
-            log.info("model %s %s unloaded", *key)
 
     def _point_queue_gauge(self, name: str) -> None:
-        """The queue gauge follows the version a request naming none gets."""
-        served = self.models.get(name)
-        gauge = self.metrics.queue_depth
-        if served is None:
-            try:
-                gauge.remove(name)
-            except KeyError:
-                pass
-            return
-        scheduler = served.runner.scheduler
-        gauge.labels(name).set_function(lambda: scheduler.queued)
+        point_queue_gauge(self.metrics, name, self.models.get(name))
 
     def _unpublish_metrics(self, model: ServedModel) -> None:
-        info = model.info
-        labels = (info.name, info.version, info.sha256, info.provider)
-        still = any(
-            (m.info.name, m.info.version, m.info.sha256, m.info.provider) == labels
-            for versions in self.versions.values()
-            for m in versions.values()
-        )
-        if not still:
-            try:
-                self.metrics.model_info.remove(*labels)
-            except KeyError:
-                pass
+        unpublish_metrics(self.metrics, self.versions, model)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
