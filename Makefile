@@ -23,10 +23,11 @@ export TF_ENABLE_ONEDNN_OPTS ?= 1
 
 .PHONY: run check test docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[serve,cpu,train,dev]"
+	$(PY) -m pip install --quiet -e clients/python
 	touch $(STAMP)
 
 $(SERVE_STAMP): pyproject.toml
@@ -109,8 +110,8 @@ compose-test: $(STAMP) container-tools
 	$(COMPOSE_ENV) COMPOSE_TEST=1 $(PY) -m pytest tests/containers -q -s -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check convlstm_card model_export service bench gpu examples tests docs_build
-	$(PY) -m ruff format --check convlstm_card model_export service bench gpu examples tests docs_build
+	$(PY) -m ruff check convlstm_card model_export service clients bench gpu examples tests docs_build
+	$(PY) -m ruff format --check convlstm_card model_export service clients bench gpu examples tests docs_build
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -81,8 +81,9 @@ PRESENT_THERE = {
 }
 # The fp16 conversion the infer job uses (onnxruntime's float16 guide names it).
 # The diagnose job: py-spy dumps the server's threads under load (nvidia-ml-py, which
-# samples GPU utilisation, comes with the serve extra).
-INFER_EXTRA = ["onnxconverter-common==1.16.0", "py-spy==0.4.3"]
+# samples GPU utilisation, comes with the serve extra). httpx: the jobs' load generators
+# and bench.server's readiness poll (the server itself no longer needs it).
+INFER_EXTRA = ["onnxconverter-common==1.16.0", "py-spy==0.4.3", "httpx==0.28.1"]
 TRAIN_EXTRA = ["namex", "optree"]
 
 

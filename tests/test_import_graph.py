@@ -1,5 +1,6 @@
 """Imports run one way: no import cycle among the modules of model_export/ and service/
-(a cycle is what made ``export`` and ``step_graph`` unreadable apart). Every import
+(a cycle is what made ``export`` and ``step_graph`` unreadable apart), and the client
+distribution (clients/python) shares no code with them. Every import
 counts, those inside functions too, since deferring one only hides the cycle."""
 
 from __future__ import annotations
@@ -134,3 +135,39 @@ def test_model_export_stages_import_downwards() -> None:
             assert not {m for m in imported if m.startswith("model_export.cli")}, name
         if name.startswith("model_export.frames"):
             assert not {m for m in imported if m.startswith("model_export.export")}, name
+
+
+def test_only_the_entry_point_imports_the_cli() -> None:
+    """``model_export/cli/`` is the top: ``python -m model_export`` (its ``__main__``) calls
+    it, and nothing else in model_export/ or service/ does."""
+    graph = import_graph()
+    assert "model_export.cli" in graph["model_export.__main__"]
+    assert "model_export.cli.export" in graph["model_export.cli"]
+    for name, imported in graph.items():
+        if name == "model_export.__main__" or name.startswith("model_export.cli"):
+            continue
+        assert not {m for m in imported if m.startswith("model_export.cli")}, name
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level package of every absolute import in ``path``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_client_and_the_server_share_no_code() -> None:
+    """``clients/python`` is its own distribution: it imports none of the server's
+    packages, and they import nothing of it (the fresh-venv test in tests/clients runs
+    it without them)."""
+    server_side = {"service", "model_export", "convlstm_card", "bench", "gpu", "docs_build"}
+    client_files = sorted((REPO / "clients" / "python" / "convlstm_client").rglob("*.py"))
+    assert client_files
+    for path in client_files:
+        assert not top_level_imports(path) & server_side, path
+    for path in known_modules().values():
+        assert "convlstm_client" not in top_level_imports(path), path

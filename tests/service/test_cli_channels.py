@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli_predict import main
+from convlstm_client.cli import main
 from tests.service.conftest import RunningServer, run_server
 
 pytest.importorskip("tf2onnx", reason="tf2onnx is installed with the `train` extra")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli_predict import main
-from service.client import ClientError, NextFrameClient
+from convlstm_client import ClientError, NextFrameClient
+from convlstm_client.cli import main
 from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer, free_port, run_server
 
 T, SIZE = 15, 40
@@ -241,7 +241,7 @@ def test_cli_server_error_exits_1_with_the_servers_message(
 
 def test_client_and_command_import_neither_onnxruntime_nor_fastapi() -> None:
     code = (
-        "import sys, service.cli_predict; "
+        "import sys, convlstm_client.cli; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'fastapi', "
         "'starlette', 'uvicorn', 'pydantic'}))"
     )

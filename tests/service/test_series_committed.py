@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from convlstm_card import ModelCard, read_card
-from service.cli_predict import main as predict_main
-from service.client import ClientError, NextFrameClient
+from convlstm_client import ClientError, NextFrameClient
+from convlstm_client.cli import main as predict_main
 from tests.service.conftest import REPO, RunningServer, run_server
 
 SERIES = REPO / "models" / "series"

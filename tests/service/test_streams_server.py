@@ -73,7 +73,7 @@ def test_triton_sequence_parameters_map_onto_streams(streams_server: RunningServ
 
 
 def test_client_stream_feeds_frames_and_closes(streams_server: RunningServer) -> None:
-    from service.client import ClientError, NextFrameClient
+    from convlstm_client import ClientError, NextFrameClient
     from tests.service.test_server import decode_png
 
     pixels = np.stack([decode_png(f) for f in FRAMES])  # (15, 40, 40, 3) uint8
@@ -90,7 +90,7 @@ def test_client_stream_feeds_frames_and_closes(streams_server: RunningServer) ->
 
 
 def test_cli_streams_any_number_of_frames(streams_server: RunningServer, tmp_path: Path) -> None:
-    from service.cli_predict import main
+    from convlstm_client.cli import main
     from tests.service.test_client import moving_square, write_pngs
 
     paths = write_pngs(tmp_path / "in", moving_square()[:5])

@@ -18,18 +18,14 @@ logged, counted and returned to the control call.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from convlstm_card import sha256_of
 from service.config import Settings
 from service.errors import (
     ModelControlOff,
@@ -39,116 +35,13 @@ from service.errors import (
     NotReady,
     UnknownModel,
 )
-from service.inference.card import served_card
-from service.inference.graph import SIMULATED
-from service.inference.runner import ModelInfo, ModelRunner
-from service.inference.session import GraphOptions, OnnxSession
 from service.metrics import Metrics
 from service.model_repository import ModelSource, scan, version_order
-from service.tasks import TaskAdapter, adapter_for
+from service.registry.loading import FailedModel, ServedModel, load_model
+from service.registry.swap import point_queue_gauge, release, unpublish_metrics
+from service.registry.versions import IndexEntry, default_version, poll, wanted_versions
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FailedModel:
-    """A model in the directory that could not be served, and why."""
-
-    name: str
-    file: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    runner: ModelRunner
-    task: TaskAdapter
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.runner.info
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """One row of the repository index, as Triton's repository extension answers it."""
-
-    name: str
-    version: str
-    state: str
-    """``READY``, ``UNLOADING`` or ``UNAVAILABLE``."""
-    reason: str
-
-
-def load_model(
-    settings: Settings,
-    metrics: Metrics,
-    path: Path,
-    name: str | None = None,
-    version: str | None = None,
-) -> ServedModel:
-    """Load the model at ``path`` and its card, check them against each other, pick its
-    task adapter, warm up. The model is served as ``name`` (its file stem by default),
-    version ``version`` (its card's by default)."""
-    session = OnnxSession(path, GraphOptions.from_settings(settings))
-    sha = sha256_of(path)
-    card = served_card(
-        path,
-        sha,
-        inputs={"name": session.input_name, "shape": session.input_shape},
-        outputs={"name": session.output_name, "shape": session.output_shape},
-    )
-    task = adapter_for(card, settings)
-    info = ModelInfo(
-        name=name or path.stem,
-        version=version or card.version,
-        sha256=sha,
-        provider=session.provider,
-        input_name=session.input_name,
-        input_shape=session.input_shape,
-        output_name=session.output_name,
-        output_shape=session.output_shape,
-        card=card,
-    )
-    runner = ModelRunner(session, info, settings, metrics, rollout=task.rollout)
-    warmup = runner.scheduler.warm_up(
-        lambda: session.warm_up(settings.warmup_runs, (1, settings.max_batch_size))
-    )
-    log.info(
-        "model %s %s (sha256 %s, task %s) on %s; requested %s, installed %s; "
-        "loaded in %.2f s, %d warm-up run(s) in %.2f s",
-        info.name,
-        info.version,
-        sha[:12],
-        card.task,
-        session.provider,
-        session.requested,
-        session.available,
-        session.load_seconds,
-        settings.warmup_runs,
-        warmup,
-    )
-    if session.provider == SIMULATED:
-        log.warning(
-            "model %s runs on the simulated device (CONVLSTM_PROVIDER=simulated): its "
-            "answers are not predictions, only outputs of the model's shapes",
-            info.name,
-        )
-    if session.fallback_reason is not None:
-        log.warning("model %s runs on %s: %s", info.name, session.provider, session.fallback_reason)
-    return ServedModel(runner, task)
-
-
-def release_free_memory() -> None:
-    """Hand the heap pages a released session freed back to the system. glibc keeps
-    freed memory in its per-thread arenas for reuse, so without this the RSS after an
-    unload stays where it was and repeated loads fragment it (bench/swap.py measures
-    it). A no-op where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+log = logging.getLogger("service.registry")
 
 
 class ModelRegistry:
@@ -448,17 +341,6 @@ class ModelRegistry:
         failed = self.failed.get(name)
         return failed.file if failed else name
 
-    def _wanted(self, name: str, sources: dict[str, ModelSource]) -> list[ModelSource]:
-        """The versions the policy serves; ``ModelLoadError`` if a pin names none."""
-        pin = self.settings.pinned_versions.get(name)
-        if pin is not None and pin not in sources:
-            have = ", ".join(sorted(sources, key=version_order))
-            raise ModelLoadError(f"{name}: pinned version {pin!r} is not in the directory ({have})")
-        if self.settings.version_policy == "all":
-            return [sources[v] for v in sorted(sources, key=version_order)]
-        chosen = pin or max(sources, key=version_order)
-        return [sources[chosen]]
-
     async def _sync(
         self, name: str, sources: dict[str, ModelSource], only_changes: bool = False
     ) -> str | None:
@@ -466,7 +348,7 @@ class ModelRegistry:
         keep those unchanged, then publish them all at once. None when done; the reason
         when a version failed, in which case nothing changes for ``name``."""
         try:
-            wanted = self._wanted(name, sources)
+            wanted = wanted_versions(self.settings, name, sources)
         except ModelLoadError as err:
             return self._record_failure(name, "", str(next(iter(sources.values())).path), err)
         current = self.versions.get(name, {})
@@ -531,10 +413,8 @@ class ModelRegistry:
         current = self.versions.get(name, {})
         retired = [m for v, m in current.items() if new.get(v) is not m]
         if new:
-            pin = self.settings.pinned_versions.get(name)
-            default = pin if pin in new else max(new, key=version_order)
             self.versions[name] = new
-            self.models[name] = new[default]
+            self.models[name] = new[default_version(self.settings, name, new)]
         else:
             self.versions.pop(name, None)
             self.models.pop(name, None)
@@ -549,59 +429,20 @@ class ModelRegistry:
         """Wait for the requests that began before the switch and for the retired
         versions' queues, then stop them and let their sessions go. Waits at most
         ``shutdown_grace_s``; what is queued after that is refused."""
-        deadline = time.monotonic() + self.settings.shutdown_grace_s
-        while time.monotonic() < deadline and (
-            self._busy_before(epoch)
-            or any(m.runner.scheduler.queued or m.runner.scheduler.running for m in retired)
-        ):
-            await asyncio.sleep(0.01)
-        keys: list[tuple[str, str]] = []
-        while retired:
-            model = retired.pop()
-            await model.runner.stop()
-            # Its memory goes back now, by reference counting; the runner and scheduler
-            # around it (small, and referring to each other) are left to the collector.
-            model.runner.session.close()
-            self._unpublish_metrics(model)
-            self.metrics.model_loads.labels(model.info.name, "unloaded").inc()
-            key = (model.info.name, model.info.version)
-            if self.unloading.get(key) is model:
-                # Listed as unloading until its memory is handed back, but no longer held.
-                self.unloading[key] = None
-                keys.append(key)
-            del model
-        await anyio.to_thread.run_sync(release_free_memory)
-        for key in keys:
-            if key in self.unloading and self.unloading[key] is None:
-                del self.unloading[key]
-            log.info("model %s %s unloaded", *key)
+        await release(
+            retired,
+            busy=lambda: self._busy_before(epoch),
+            grace_s=self.settings.shutdown_grace_s,
+            metrics=self.metrics,
+            versions=self.versions,
+            unloading=self.unloading,
+        )
 
     def _point_queue_gauge(self, name: str) -> None:
-        """The queue gauge follows the version a request naming none gets."""
-        served = self.models.get(name)
-        gauge = self.metrics.queue_depth
-        if served is None:
-            try:
-                gauge.remove(name)
-            except KeyError:
-                pass
-            return
-        scheduler = served.runner.scheduler
-        gauge.labels(name).set_function(lambda: scheduler.queued)
+        point_queue_gauge(self.metrics, name, self.models.get(name))
 
     def _unpublish_metrics(self, model: ServedModel) -> None:
-        info = model.info
-        labels = (info.name, info.version, info.sha256, info.provider)
-        still = any(
-            (m.info.name, m.info.version, m.info.sha256, m.info.provider) == labels
-            for versions in self.versions.values()
-            for m in versions.values()
-        )
-        if not still:
-            try:
-                self.metrics.model_info.remove(*labels)
-            except KeyError:
-                pass
+        unpublish_metrics(self.metrics, self.versions, model)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -609,13 +450,4 @@ class ModelRegistry:
         task.add_done_callback(self._background.discard)
 
     async def _poll(self) -> None:
-        """``model_control=poll``: rescan every ``repository_poll_s``. Plain mtime polling,
-        as Triton's ``--repository-poll-secs``: it works on every filesystem (network and
-        container volumes included, where change notifications may never come) and costs
-        one ``stat`` per file per interval."""
-        while True:
-            await asyncio.sleep(self.settings.repository_poll_s)
-            try:
-                await self.rescan()
-            except Exception:
-                log.exception("rescan of the model directory failed")
+        await poll(self.rescan, self.settings.repository_poll_s)

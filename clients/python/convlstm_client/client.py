@@ -3,7 +3,7 @@
 Needs only httpx, NumPy and Pillow (no onnxruntime, no FastAPI), so it can run on a
 machine that only calls the service::
 
-    from service.client import NextFrameClient
+    from convlstm_client import NextFrameClient
 
     with NextFrameClient("http://127.0.0.1:8000") as client:
         prediction = client.predict(frames, horizon=2)   # frames: (15, 40, 40, 3) uint8

@@ -43,8 +43,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from service.client import ClientError, NextFrameClient, Prediction, ReadyInfo
-from service.series_csv import CsvError, read_columns
+from convlstm_client.client import ClientError, NextFrameClient, Prediction, ReadyInfo
+from convlstm_client.series_csv import CsvError, read_columns
 
 PROG = "convlstm-predict"
 GIF_FRAME_MS = 200

@@ -1,0 +1,46 @@
+"""`python -m model_export evaluate`: score the ONNX models on the test split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from model_export.frames.model import VARIANTS
+
+# The trained variants and the int8 graph made from the ConvLSTM's.
+EVALUATED = (*VARIANTS, "convlstm_int8")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    v = sub.add_parser("evaluate", help="score the ONNX models on the test split")
+    v.add_argument("--models", type=Path, default=Path("models"))
+    v.add_argument("--variant", choices=EVALUATED, nargs="+", default=list(VARIANTS))
+    v.add_argument("--samples", type=int, default=256)
+    v.add_argument(
+        "--horizon", type=int, default=8, help="fed-back steps scored after the next frame"
+    )
+    v.add_argument(
+        "--horizon-samples",
+        type=int,
+        default=64,
+        help="sequences the fed-back steps are scored on (the first of --samples; 0: none)",
+    )
+    v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
+    v.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model_export.frames.evaluate import evaluate
+
+    report = evaluate(
+        args.models,
+        list(args.variant),
+        samples=args.samples,
+        grid_path=None if args.dry_run else args.models / "predictions.png",
+        write_cards=not args.dry_run,
+        horizon=args.horizon,
+        horizon_samples=args.horizon_samples,
+    )
+    print(json.dumps(report, indent=2))
+    return 0

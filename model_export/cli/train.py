@@ -1,0 +1,198 @@
+"""`python -m model_export train`: train one variant on the moving digits, or the ConvLSTM on your own sequences."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from model_export.frames.model import HEADS, VARIANTS
+from model_export.frames.train import LOSSES, SCHEDULES
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train one variant and save its inference checkpoint",
+        description="Train on the moving digits (the default), or on your own sequences with "
+        "--data PATH: an .npy/.npz array (N, T, H, W, C) or a folder of frame folders.",
+    )
+    t.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (generated) or PATH: .npy/.npz (N, T, H, W, C), or a folder with one "
+        "sub-folder of PNG/JPEG frames per sequence",
+    )
+    t.add_argument("--data-key", help="with --data FILE.npz: the array to train on")
+    t.add_argument(
+        "--frames",
+        type=int,
+        help="with --data: cut windows of T frames (T-1 inputs and the next) from each "
+        "sequence; default: each whole sequence",
+    )
+    t.add_argument("--resize", metavar="HxW", help="with --data: resize every frame")
+    t.add_argument("--name", help="with --data: writes OUT/NAME.keras (default: own)")
+    t.add_argument(
+        "--resume",
+        type=Path,
+        help="continue from a saved .keras (with --data: of the same shape; on the digits: "
+        "the weights of every layer it shares by name, e.g. a committed model or a "
+        "training/NAME.best.keras; the optimiser starts afresh)",
+    )
+    t.add_argument(
+        "--filters",
+        type=int,
+        nargs="+",
+        help="with --data: ConvLSTM2D widths (default: 30 50 60 70, the seed stack)",
+    )
+    t.add_argument("--variant", choices=VARIANTS, default="convlstm")
+    t.add_argument(
+        "--samples", type=int, default=None, help="generated training sequences (default 3000)"
+    )
+    t.add_argument(
+        "--validation-samples", type=int, default=None, help="generated ones (default 64)"
+    )
+    t.add_argument(
+        "--skip-samples",
+        type=int,
+        default=0,
+        help="train on the generated sequences after the first N (new to a model trained "
+        "on those N)",
+    )
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0, help="weight initialisation and shuffling")
+    t.add_argument("--precision", choices=["mixed_bfloat16", "float32"], default="mixed_bfloat16")
+    t.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
+    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument(
+        "--supervise",
+        choices=["every-step", "last"],
+        default="every-step",
+        help="targets: the next frame after every input step, or only after the last",
+    )
+    t.add_argument(
+        "--head",
+        choices=HEADS,
+        default=None,
+        help="convlstm head (default carry; docs/recipe.md): sigmoid (the frame from the last "
+        "state), blend (that frame mixed with the last input frame by a learned keep gate) "
+        "or carry (an intensity coloured from the last input frame, behind a keep gate)",
+    )
+    t.add_argument("--loss", choices=LOSSES, default="bce", help="bce, mse or l1 (mean absolute)")
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="plateau",
+        help="learning rate: halved on validation plateaus, or cosine decay over the planned "
+        "batches to 5%% of --learning-rate",
+    )
+    t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
+    t.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data != "digits":
+        return _train_on_data(args)
+    own = {"--data-key": args.data_key, "--frames": args.frames, "--resize": args.resize}
+    own |= {"--name": args.name, "--filters": args.filters}
+    given = [flag for flag, value in own.items() if value is not None]
+    if given:
+        print(f"train: {', '.join(given)} go with --data PATH", file=sys.stderr)
+        return 2
+    if args.head not in (None, "sigmoid") and args.variant != "convlstm":
+        print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
+        return 2
+    from model_export.frames.model import RELEASE_HEAD
+    from model_export.frames.train import TrainConfig, train
+
+    head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
+
+    cfg = TrainConfig(
+        variant=args.variant,
+        train_samples=3000 if args.samples is None else args.samples,
+        validation_samples=64 if args.validation_samples is None else args.validation_samples,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        precision=args.precision,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        out_dir=args.out,
+        every_step=args.supervise == "every-step",
+        head=head,
+        loss=args.loss,
+        schedule=args.schedule,
+        init_from=args.resume,
+        train_skip=args.skip_samples,
+    )
+    record = train(cfg)
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _train_on_data(args: argparse.Namespace) -> int:
+    from model_export.frames import user_data
+    from model_export.frames.model import CONVLSTM_FILTERS
+    from model_export.frames.train_data import (
+        DataTrainConfig,
+        checkpoint_path,
+        record_path,
+        train_on_data,
+    )
+
+    recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
+    recipe["--schedule"] = args.schedule != "plateau"
+    if any(recipe.values()):
+        flags = ", ".join(flag for flag, given in recipe.items() if given)
+        print(f"train: {flags} go with --data digits", file=sys.stderr)
+        return 2
+    if args.variant != "convlstm" or args.supervise != "every-step":
+        print(
+            "train: --data PATH trains the convlstm variant with every-step supervision only",
+            file=sys.stderr,
+        )
+        return 2
+    if args.samples is not None or args.validation_samples is not None:
+        # The data decides how many sequences there are; the split is by --seed.
+        print("train: --samples and --validation-samples go with --data digits", file=sys.stderr)
+        return 2
+    name = args.name or "own"
+    if not NAME_PATTERN.fullmatch(name):
+        print(f"train: --name {name!r}: use letters, digits, _ and -", file=sys.stderr)
+        return 2
+    try:
+        dataset = user_data.load(
+            Path(args.data),
+            key=args.data_key,
+            frames=args.frames,
+            resize=None if args.resize is None else user_data.parse_size(args.resize),
+            seed=args.seed,
+        )
+        cfg = DataTrainConfig(
+            name=name,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            precision=args.precision,
+            patience=args.patience,
+            max_minutes=args.max_minutes,
+            out_dir=args.out,
+            filters=tuple(args.filters or CONVLSTM_FILTERS),
+            resume=args.resume,
+        )
+        record = train_on_data(cfg, dataset)
+    except user_data.DataError as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 1
+    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    print(f"{checkpoint}: the inference checkpoint; record {record_path(checkpoint)}")
+    return 0
