@@ -57,3 +57,28 @@ def test_a_graph_that_predicts_worse_is_refused_and_nothing_written(
         convert(exported, out, sequences=4, tolerance=-0.5)
     assert not out.exists() and not out.with_suffix(".json").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_writes_it_and_says_the_gate(exported: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_export",
+            "fp16",
+            "--models",
+            str(exported.parent),
+            "--sequences",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        "fp16/convlstm_fp16.onnx: MSE" in result.stdout and "x), max |fp16 - fp32|" in result.stdout
+    )

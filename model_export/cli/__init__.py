@@ -1,4 +1,4 @@
-"""Command line: ``python -m model_export {summary,train,export,series,quantize,step-graph,rollouts,check,evaluate}``."""
+"""Command line: ``python -m model_export {summary,train,export,series,quantize,fp16,step-graph,rollouts,check,evaluate}``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from model_export.cli import (
     check,
     evaluate,
     export,
+    fp16,
     quantize,
     rollouts,
     series,
@@ -17,7 +18,7 @@ from model_export.cli import (
 )
 
 # In the order ``--help`` lists them; each module adds its sub-parser and its ``run``.
-COMMANDS = (summary, train, export, series, quantize, step_graph, rollouts, check, evaluate)
+COMMANDS = (summary, train, export, series, quantize, fp16, step_graph, rollouts, check, evaluate)
 
 
 def parser() -> argparse.ArgumentParser:
