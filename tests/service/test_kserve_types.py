@@ -166,3 +166,121 @@ def test_the_judge_refuses_what_kserve_refuses() -> None:
     )
     assert [v["ok"] for v in verdicts] == [False, False]
     assert "start_timestamp" in verdicts[0]["errors"] and "id" in verdicts[1]["errors"]
+
+
+def _forecast(**change: Any) -> dict[str, Any]:
+    series = (300 + np.random.default_rng(0).normal(size=60).cumsum()).round(3).tolist()
+    body = forecast_request(UNIVARIATE, series)
+    body["inputs"][0].update(change.pop("input", {}))
+    body.update(change)
+    return body
+
+
+def _infer(**change: Any) -> dict[str, Any]:
+    frames = np.zeros(1 * 15 * 40 * 40 * 3, np.uint8).tolist()
+    tensor = {"name": "frames", "shape": [1, 15, 40, 40, 3], "datatype": "UINT8", "data": frames}
+    tensor.update(change.pop("input", {}))
+    return {"inputs": [tensor], **change}
+
+
+# (what differs, the body, KServe's type, whether KServe's type takes it, our status):
+# where this server is stricter or looser than KServe's types (docs/api/timeseries.md
+# and docs/api/oip.md list the same).
+DIFFERENCES: list[tuple[str, str, dict[str, Any], str, bool, int]] = [
+    (
+        "horizon 0",
+        "/v1/timeseries/forecast",
+        _forecast(options={"horizon": 0}),
+        "ForecastRequest",
+        True,
+        422,
+    ),
+    (
+        "quantile 1.5",
+        "/v1/timeseries/forecast",
+        _forecast(options={"horizon": 4, "quantiles": [1.5]}),
+        "ForecastRequest",
+        True,
+        422,
+    ),
+    ("no inputs", "/v1/timeseries/forecast", _forecast(inputs=[]), "ForecastRequest", True, 422),
+    (
+        "numbers as strings",
+        "/v1/timeseries/forecast",
+        _forecast(input={"series": ["1.5"] * 60}),
+        "ForecastRequest",
+        True,
+        422,
+    ),
+    (
+        "start not ISO 8601",
+        "/v1/timeseries/forecast",
+        _forecast(input={"start_timestamp": "yesterday"}),
+        "ForecastRequest",
+        True,
+        422,
+    ),
+    (
+        "rows for univariate",
+        "/v1/timeseries/forecast",
+        _forecast(input={"series": [[1.0]] * 60}),
+        "ForecastRequest",
+        True,
+        422,
+    ),
+    (
+        "unknown frequency",
+        "/v1/timeseries/forecast",
+        _forecast(input={"frequency": "fortnight"}),
+        "ForecastRequest",
+        False,
+        422,
+    ),
+    (
+        "no options",
+        "/v1/timeseries/forecast",
+        {k: v for k, v in _forecast().items() if k != "options"},
+        "ForecastRequest",
+        False,
+        422,
+    ),
+    (
+        "nested parameters",
+        "/v2/models/convlstm/infer",
+        _infer(parameters={"trace": {"on": True}}),
+        "InferenceRequest",
+        False,
+        200,
+    ),
+    (
+        "datatype INT32",
+        "/v2/models/convlstm/infer",
+        _infer(input={"datatype": "INT32"}),
+        "InferenceRequest",
+        True,
+        422,
+    ),
+    (
+        "another input name",
+        "/v2/models/convlstm/infer",
+        _infer(input={"name": "x"}),
+        "InferenceRequest",
+        True,
+        422,
+    ),
+    ("id a number", "/v2/models/convlstm/infer", _infer(id=5), "InferenceRequest", False, 422),
+]
+
+
+async def test_where_this_server_differs_from_kserves_types(models: Path) -> None:
+    verdicts = kserve_judge(
+        [{"type": kind, "body": body} for _, _, body, kind, _, _ in DIFFERENCES]
+    )
+    async with running_app(Settings(model_path=models, warmup_runs=0)) as app:
+        async with asgi_client(app) as client:
+            statuses = [
+                (await client.post(path, json=body)).status_code
+                for _, path, body, *_ in DIFFERENCES
+            ]
+    got = [(d[0], v["ok"], s) for d, v, s in zip(DIFFERENCES, verdicts, statuses, strict=True)]
+    assert got == [(d[0], d[4], d[5]) for d in DIFFERENCES]
