@@ -71,7 +71,7 @@ test: $(STAMP) $(GPU_ENV_STAMP) $(PEERS_VENVS)/kserve/.installed lint typecheck 
 # cases), then schemathesis on the OpenAPI document with 10x the examples. Pass: no 5xx,
 # the process alive, resident memory flat (tests/service/test_http_fuzz.py).
 fuzz: $(STAMP)
-	CONVLSTM_FUZZ_LONG=1 $(PY) -m pytest tests/service/test_http_fuzz.py tests/service/test_fuzz.py -s -p no:cacheprovider
+	CONVLSTM_FUZZ_LONG=1 $(PY) -m pytest tests/service/test_http_fuzz.py -s -p no:cacheprovider
 
 # KServe's own pydantic types judge this server's time-series and Open Inference Protocol
 # bodies (tests/service/test_kserve_types.py). KServe pins protobuf<7 against the
