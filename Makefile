@@ -10,6 +10,9 @@ SERVE_STAMP := $(SERVE_VENV)/.installed
 # NVIDIA driver falls back to the CPU provider (what the CUDA image does on such a host).
 GPU_ENV := .venv-gpu-fallback
 GPU_ENV_STAMP := $(GPU_ENV)/.installed
+# One venv per peer server (make bench-peers); KServe's also holds the types that judge
+# this server's bodies in make test (make kserve-env).
+PEERS_VENVS := .venv-peers
 # onnxruntime-gpu where an NVIDIA driver answers, the CPU wheel everywhere else.
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 HOST ?= 127.0.0.1
@@ -21,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,8 +64,21 @@ check: $(STAMP)
 	$(PY) -m model_export check
 	$(PY) -m model_export evaluate --samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
 
-test: $(STAMP) $(GPU_ENV_STAMP) lint typecheck docs-strict browser load-tools
+test: $(STAMP) $(GPU_ENV_STAMP) $(PEERS_VENVS)/kserve/.installed lint typecheck docs-strict browser load-tools
 	$(PY) -m pytest
+
+# The long fuzz run (`make test` runs a bounded one: about 25,000 cases and 1.5 minutes):
+# every boofuzz mutation of every route family against the real server on loopback (a
+# 50,000-case first pass, then all 200,000), then schemathesis on the OpenAPI document
+# with 10x the examples; 11.5 minutes on 2 shared cores. Pass: no 5xx, the process alive,
+# resident memory flat over the boofuzz passes (tests/service/test_http_fuzz.py).
+fuzz: $(STAMP)
+	CONVLSTM_FUZZ_LONG=1 $(PY) -m pytest tests/service/test_http_fuzz.py -s -p no:cacheprovider
+
+# KServe's own pydantic types judge this server's time-series and Open Inference Protocol
+# bodies (tests/service/test_kserve_types.py). KServe pins protobuf<7 against the
+# training stage's 7.x, so its types live in the venv of `make bench-peers` (kserve.txt).
+kserve-env: $(PEERS_VENVS)/kserve/.installed
 
 # wrk (Debian's), the C load generator of bench.sim and the simulated-device tests: the
 # Python generator cannot offer 150 requests/s of 288 kB bodies on 2 shared cores without
@@ -149,7 +165,6 @@ bench-swap: $(STAMP)
 
 # This project's server beside MLServer, KServe and BentoML (55 minutes on a busy, shared 2-core
 # CPU): each peer gets its own venv from its pinned bench/peers/NAME.txt. Not part of `test`.
-PEERS_VENVS := .venv-peers
 PEER_STAMPS := $(foreach p,mlserver kserve bentoml,$(PEERS_VENVS)/$(p)/.installed)
 
 $(PEERS_VENVS)/%/.installed: bench/peers/%.txt

@@ -27,6 +27,19 @@ ENVELOPE_BYTES = 64 * 1024
 FLOOR_BYTES = 2 * 1024 * 1024
 """The limit is never below the fixed default it replaced: a series model's client may
 send a long history, of which the model reads only the last window."""
+_MAX_LENGTH_DIGITS = 18
+"""A length header longer than this is past any limit; ``int()`` refuses more than 4,300
+digits with a ValueError, which a fuzzed header reached as a 500."""
+
+
+def declared_length(value: str | bytes) -> int | None:
+    """A length header's value (``Content-Length``, ``Inference-Header-Content-Length``)
+    as an int, or None unless it is 1 to 18 ASCII digits: ``str.isdigit`` also takes
+    ``"²"``, which ``int()`` refuses."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if not (0 < len(text) <= _MAX_LENGTH_DIGITS and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 @dataclass(frozen=True)

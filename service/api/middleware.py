@@ -14,7 +14,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.body_limit import BodyLimit, body_limit
+from service.api.body_limit import BodyLimit, body_limit, declared_length
 from service.api.error_responses import send_error
 from service.logs import request_id
 from service.registry import ModelRegistry
@@ -55,7 +55,8 @@ class BodySizeLimit:
         # Read per request: a model loaded or unloaded while serving moves the limit.
         limit = body_limit(self.registry)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit.bytes):
+        length = None if declared is None else declared_length(declared)
+        if declared is not None and (length is None or length > limit.bytes):
             await send_error(send, scope["path"], 413, "payload_too_large", limit.refusal())
             return
         received = 0

@@ -17,12 +17,14 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
+from service.api.body_limit import declared_length
 from service.api.deps import RegistryDep, require_api_key
 from service.api.error_responses import OIP_PREFIX
 from service.api.lifecycle import until_client_leaves
 from service.api.oip_sequence import check_sequence_shape, sequence_id, sequence_stream
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
+from service.logs import request_id
 from service.model_repository import version_order
 from service.registry import ModelRegistry, ServedModel
 from service.streams.service import StreamService
@@ -291,11 +293,11 @@ def _dims(shape: list[int | str]) -> list[int]:
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return raw, b""
-    if not header_length.isdigit() or int(header_length) > len(raw):
+    n = declared_length(header_length)
+    if n is None or n > len(raw):
         raise InvalidInput(
-            f"{HEADER_LENGTH}: {header_length!r} is not a length within the {len(raw)}-byte body"
+            f"{HEADER_LENGTH}: {header_length[:40]!r} is not a length within the {len(raw)}-byte body"
         )
-    n = int(header_length)
     return raw[:n], raw[n:]
 
 
@@ -361,13 +363,14 @@ def _response(req: InferRequest, model: ServedModel, out: NDArray[np.float32]) -
         output["parameters"] = {"binary_data_size": payload.nbytes}
     else:
         output["data"] = payload.reshape(-1).tolist()
+    # The protocol's answer always has an id (KServe's InferenceResponse requires one): the
+    # request's, or else the request id of the X-Request-ID header and the logs.
     body: dict[str, Any] = {
         "model_name": info.name,
         "model_version": info.version,
+        "id": req.id if req.id is not None else request_id.get(),
         "outputs": [output],
     }
-    if req.id is not None:
-        body["id"] = req.id
     # orjson writes the same bytes as json.dumps with these separators, 14x faster.
     header = orjson.dumps(body)
     if not binary:

@@ -150,10 +150,13 @@ class SeriesTask:
                 f"for at most {h}",
                 location="options.horizon",
             )
-        runs = math.ceil(horizon / h)
+        # Integer ceiling: a float division overflows on a horizon of hundreds of digits
+        # (the protocol fuzzer sent one; it was a 500).
+        runs = -(-horizon // h)
         if runs > self.max_runs:
+            asked = f"{horizon} steps need {runs}" if runs < 10**9 else "more steps need more"
             raise InvalidInput(
-                f"options.horizon: {horizon} steps need {runs} runs of h={h}; at most "
+                f"options.horizon: {asked} runs of h={h}; at most "
                 f"{self.max_runs} runs ({self.max_runs * h} steps) are served",
                 location="options.horizon",
             )

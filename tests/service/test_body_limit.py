@@ -104,3 +104,31 @@ async def test_past_the_derived_limit_is_413_even_streamed(app_client: httpx.Asy
     r = await app_client.post(INFER, content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert f"limit of {DERIVED_LIMIT} bytes (derived from the served models" in r.json()["error"]
+
+
+@pytest.mark.parametrize("length", ["1" * 5000, "²", " 40", "-1", "99999999999999999999"])
+async def test_a_length_header_that_is_no_length_is_422_not_500(
+    app_client: httpx.AsyncClient, length: str
+) -> None:
+    """Found by the protocol fuzzer (tests/service/http_fuzz.py): 5,000 digits in
+    Inference-Header-Content-Length made ``int()`` raise, a 500."""
+    body, headers = oip_binary(np.zeros((1, 15, 40, 40, 3), np.float32))
+    raw = {**headers, "inference-header-content-length": length}
+    encoded = [(k.encode(), v.encode("latin-1", errors="replace")) for k, v in raw.items()]
+    r = await app_client.post(INFER, content=body, headers=encoded)
+    assert r.status_code == 422, r.text
+    assert "inference-header-content-length" in r.json()["error"]
+
+
+@pytest.mark.parametrize("length", ["1" * 5000, "²"])
+async def test_a_content_length_that_is_no_length_is_413_not_500(
+    app_client: httpx.AsyncClient, length: str
+) -> None:
+    """The same header fuzz on Content-Length, reaching the app in process (uvicorn's
+    parser refuses it before, with 400)."""
+    headers = [
+        (b"content-length", length.encode("latin-1")),
+        (b"content-type", b"application/json"),
+    ]
+    r = await app_client.post(INFER, content=b"{}", headers=headers)
+    assert r.status_code == 413, r.text

@@ -117,6 +117,27 @@ def test_a_multivariate_horizon_beyond_h_is_refused(server: RunningServer) -> No
     assert err.value.status == 422 and err.value.location == "options.horizon"
 
 
+@pytest.mark.parametrize("digits", [2, 30, 400])
+def test_a_horizon_of_any_size_is_refused_with_422(server: RunningServer, digits: int) -> None:
+    """Found by the protocol fuzzer (tests/service/http_fuzz.py): a horizon of 400 digits
+    overflowed a float division, a 500."""
+    name = next(n for n in MODELS if card(n).series.univariate)  # type: ignore[union-attr]
+    c = card(name)
+    assert c.series is not None
+    series = ", ".join(str(v) for v in history(c, c.series.window)[:, 0])
+    body = (
+        f'{{"model": "{name}", "inputs": [{{"type": "univariate_time_series", "name": "y", '
+        f'"series": [{series}], "frequency": "{c.series.frequency}"}}], '
+        f'"options": {{"horizon": {"9" * digits}}}}}'
+    )
+    with server.client() as client:
+        r = client.post(
+            "/v1/timeseries/forecast", content=body, headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "options.horizon"
+
+
 def test_cli_forecasts_a_csv_column(
     server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
