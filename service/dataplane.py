@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
 from service.api.oip_sequence import check_sequence_shape, sequence_id, sequence_stream
@@ -55,6 +55,14 @@ class InferRequest(BaseModel):
     inputs: list[InferTensor] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+def invalid_request(err: ValidationError) -> InvalidInput:
+    """A request that does not fit ``InferRequest``, as the message every transport sends:
+    where the first problem is, and what it is."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return InvalidInput(f"{where}: {first['msg']}", location=where)
 
 
 def server_metadata() -> dict[str, Any]:

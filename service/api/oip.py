@@ -194,9 +194,7 @@ def parse_request(header: bytes) -> InferRequest:
     try:
         return InferRequest.model_validate_json(header)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{where}: {first['msg']}", location=where) from None
+        raise dataplane.invalid_request(err) from None
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
