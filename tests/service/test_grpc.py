@@ -1,0 +1,270 @@
+"""The Open Inference Protocol over gRPC, driven by Triton's own client
+(``tritonclient.grpc``, unchanged) and the standard health client against the real
+server process on loopback: the same answers, errors and API key as HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
+
+KEY = "grpc-test-key"
+BEARER = [("authorization", f"Bearer {KEY}")]
+SHAPE = [2, 15, 40, 40, 3]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with run_server(COMMITTED_MODEL, env={"CONVLSTM_API_KEY": KEY}) as running:
+        assert running.grpc_address is not None
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[triton.InferenceServerClient]:
+    with triton.InferenceServerClient(str(server.grpc_address)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60, headers={"X-API-Key": KEY}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(server: RunningServer) -> Iterator[Any]:
+    """The generated stub itself, for requests tritonclient never sends (typed contents,
+    a raw tensor of the wrong length)."""
+    with grpc.insecure_channel(str(server.grpc_address)) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def frames(seed: int = 0, shape: list[int] = SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def infer_input(x: np.ndarray, datatype: str = "FP32", name: str = "frames") -> Any:
+    tensor = triton.InferInput(name, list(x.shape), datatype)
+    tensor.set_data_from_numpy(x)
+    return tensor
+
+
+def http_answer(http: httpx.Client, x: np.ndarray) -> np.ndarray:
+    body = {"inputs": [{"name": "frames", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.reshape(-1).tolist()}]}  # fmt: skip
+    answer = http.post("/v2/models/convlstm/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    out = answer.json()["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def http_error(http: httpx.Client, body: dict[str, Any], model: str = "convlstm") -> str:
+    answer = http.post(f"/v2/models/{model}/infer", json=body)
+    assert answer.status_code >= 400, answer.text
+    message: str = answer.json()["error"]
+    return message
+
+
+def grpc_error(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error: Any = caught.value
+    return error.code(), error.details()
+
+
+def test_health_readiness_and_server_metadata_need_no_key(
+    client: triton.InferenceServerClient, http: httpx.Client, server: RunningServer
+) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("convlstm")
+    assert client.is_model_ready("cnn_lstm")
+    meta = client.get_server_metadata(as_json=True)
+    assert meta == http.get("/v2").json()
+    with grpc.insecure_channel(str(server.grpc_address)) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        code, _ = grpc_error(lambda: health.Check(health_pb2.HealthCheckRequest(service="x")))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_model_readiness_is_not_found(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.is_model_ready("nope")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_model_metadata_is_the_http_one(
+    client: triton.InferenceServerClient, http: httpx.Client
+) -> None:
+    got = client.get_model_metadata("convlstm", headers={"x-api-key": KEY}, as_json=True)
+    want = http.get("/v2/models/convlstm").json()
+    assert got["name"] == want["name"] and got["platform"] == want["platform"]
+    assert got["versions"] == want["versions"]
+    for kind in ("inputs", "outputs"):
+        assert [
+            {"name": t["name"], "datatype": t["datatype"], "shape": [int(d) for d in t["shape"]]}
+            for t in got[kind]
+        ] == want[kind]
+
+
+def test_infer_equals_the_http_answer(
+    client: triton.InferenceServerClient, http: httpx.Client
+) -> None:
+    x = frames(1)
+    result = client.infer("convlstm", [infer_input(x)], headers={"x-api-key": KEY})
+    got = result.as_numpy("next_frame")
+    assert got.shape == (2, 40, 40, 3)
+    np.testing.assert_allclose(got, http_answer(http, x), atol=1e-6)
+    # UINT8 pixels, scaled by 1/255 as over HTTP.
+    pixels = np.round(x * 255).astype(np.uint8)
+    result = client.infer("convlstm", [infer_input(pixels, "UINT8")], headers=dict(BEARER))
+    np.testing.assert_allclose(
+        result.as_numpy("next_frame"),
+        http_answer(http, pixels.astype(np.float32) / np.float32(255)),
+        atol=1e-6,
+    )
+
+
+def test_typed_contents_equal_raw(stub: Any, client: triton.InferenceServerClient) -> None:
+    x = frames(2, [1, 15, 40, 40, 3])
+    request = pb.ModelInferRequest(model_name="convlstm", id="typed")
+    tensor = request.inputs.add(name="frames", datatype="FP32", shape=x.shape)
+    tensor.contents.fp32_contents.extend(x.reshape(-1).tolist())
+    answer = stub.ModelInfer(request, metadata=BEARER)
+    assert answer.id == "typed" and answer.model_name == "convlstm"
+    got = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(answer.outputs[0].shape)
+    raw = client.infer("convlstm", [infer_input(x)], headers=dict(BEARER))
+    np.testing.assert_allclose(got, raw.as_numpy("next_frame"), atol=1e-6)
+
+
+def test_bad_inputs_get_the_http_message_and_invalid_argument(
+    client: triton.InferenceServerClient, http: httpx.Client, stub: Any
+) -> None:
+    def refused(tensor: Any, model: str = "convlstm") -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(model, [tensor], headers=dict(BEARER))
+        return str(caught.value.status()), str(caught.value.message())
+
+    x = frames(3, [1, 14, 40, 40, 3])
+    status, message = refused(infer_input(x))
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    body = {"inputs": [{"name": "frames", "shape": [1, 14, 40, 40, 3], "datatype": "FP32",
+                        "data": x.reshape(-1).tolist()}]}  # fmt: skip
+    assert message == http_error(http, body)
+
+    status, message = refused(infer_input(frames(4, [1, 15, 40, 40, 3]).astype(np.float64), "FP64"))
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert message == "inputs[0].datatype: 'FP64' is not one of ['FP32', 'UINT8']"
+
+    status, message = refused(infer_input(frames(5, [1, 15, 40, 40, 3]), name="x"))
+    assert (status, message) == (
+        "StatusCode.INVALID_ARGUMENT",
+        "inputs: the model takes one input named 'frames', got ['x']",
+    )
+
+    status, message = refused(infer_input(frames(6, [1, 15, 40, 40, 3])), model="nope")
+    assert status == "StatusCode.NOT_FOUND"
+    assert message == http_error(http, {"inputs": []}, model="nope")
+
+    # A raw tensor shorter than its shape says, and one with typed contents beside it.
+    request = pb.ModelInferRequest(model_name="convlstm")
+    request.inputs.add(name="frames", datatype="FP32", shape=[1, 15, 40, 40, 3])
+    request.raw_input_contents.append(b"\0" * 1000)
+    code, details = grpc_error(lambda: stub.ModelInfer(request, metadata=BEARER))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "1000" in details, details
+    request.inputs[0].contents.fp32_contents.extend([0.5])
+    code, details = grpc_error(lambda: stub.ModelInfer(request, metadata=BEARER))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "both" in details, details
+    # FP32 values in the wrong field; a negative dimension.
+    request = pb.ModelInferRequest(model_name="convlstm")
+    tensor = request.inputs.add(name="frames", datatype="FP32", shape=[1, 15, 40, 40, 3])
+    tensor.contents.int_contents.extend([1, 2])
+    code, details = grpc_error(lambda: stub.ModelInfer(request, metadata=BEARER))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "fp32_contents" in details, details
+    request.inputs[0].contents.Clear()
+    request.inputs[0].shape[0] = -1
+    code, details = grpc_error(lambda: stub.ModelInfer(request, metadata=BEARER))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "inputs.0.shape.0" in details, details
+
+
+def test_message_over_the_limit_is_resource_exhausted(stub: Any) -> None:
+    request = pb.ModelInferRequest(model_name="convlstm")
+    request.inputs.add(name="frames", datatype="FP32", shape=[9, 15, 40, 40, 3])
+    request.raw_input_contents.append(b"\0" * (9 * 15 * 40 * 40 * 3 * 4))
+    code, _ = grpc_error(lambda: stub.ModelInfer(request, metadata=BEARER))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_deadline_exceeded(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(
+            "convlstm", [infer_input(frames(7))], headers=dict(BEARER), client_timeout=0.001
+        )
+    assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+
+
+def test_api_key(client: triton.InferenceServerClient, stub: Any) -> None:
+    x = infer_input(frames(8, [1, 15, 40, 40, 3]))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"x-api-key": "wrong"}):
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("convlstm", [x], headers=headers)
+        assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert "missing or wrong API key" in str(caught.value.message())
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("convlstm")
+    assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+    assert (
+        client.infer("convlstm", [x], headers={"x-api-key": KEY}).as_numpy("next_frame") is not None
+    )
+    assert client.infer("convlstm", [x], headers={"authorization": f"bearer {KEY}"}) is not None
+
+
+def test_sequence_over_grpc_equals_the_http_sequence(
+    client: triton.InferenceServerClient, http: httpx.Client
+) -> None:
+    x = frames(9, [1, 15, 40, 40, 3])
+    got = client.infer(
+        "convlstm",
+        [infer_input(x)],
+        headers=dict(BEARER),
+        sequence_id=7,
+        sequence_start=True,
+        sequence_end=True,
+    ).as_numpy("next_frame")
+    body = {
+        "inputs": [{"name": "frames", "shape": [1, 15, 40, 40, 3], "datatype": "FP32",
+                    "data": x.reshape(-1).tolist()}],
+        "parameters": {"sequence_id": 8, "sequence_start": True, "sequence_end": True},
+    }  # fmt: skip
+    answer = http.post("/v2/models/convlstm/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    want = np.asarray(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(got.shape)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("convlstm", [infer_input(x)], headers=dict(BEARER), sequence_id=7)
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    assert "was ended" in str(caught.value.message())
+
+
+def test_grpc_calls_are_in_the_metrics(
+    client: triton.InferenceServerClient, http: httpx.Client
+) -> None:
+    client.get_model_metadata("convlstm", headers=dict(BEARER))
+    text = http.get("/metrics").text
+    assert 'route="/inference.GRPCInferenceService/ModelMetadata",status="200"' in text
+    assert 'route="/inference.GRPCInferenceService/ModelInfer",status="401"' in text
