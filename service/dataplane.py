@@ -7,18 +7,18 @@ itself. Nothing here knows HTTP or protobuf; each transport converts its wire ty
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
-from service.api.oip_sequence import check_sequence_shape, sequence_id, sequence_stream
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
 from service.model_repository import version_order
 from service.registry import ModelRegistry, ServedModel
+from service.streams.sequence import check_sequence_shape, sequence_id, sequence_stream
 from service.streams.service import StreamService
 
 SERVER_NAME = "convlstm-serve"
@@ -26,7 +26,6 @@ EXTENSIONS = ["binary_tensor_data", "model_repository"]
 # Datatypes a client may send: FP32 values in [0, 1], or UINT8 pixels scaled by 1/255.
 INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 
-T = TypeVar("T")
 Wait = Callable[[Awaitable[Any]], Awaitable[Any]]
 """How a transport awaits model work: REST cancels it when the client disconnects."""
 

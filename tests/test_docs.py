@@ -38,7 +38,9 @@ def test_the_settings_table_names_every_field_with_its_docstring() -> None:
     table = expand("<!-- generated: settings -->")
     rows = [line for line in table.splitlines() if line.startswith("| `CONVLSTM_")]
     assert len(rows) == len(Settings.model_fields)
-    assert "| `CONVLSTM_PROVIDER` | `auto` | `auto`, `cuda`, `tensorrt`, `cpu`, `simulated` |" in table
+    assert (
+        "| `CONVLSTM_PROVIDER` | `auto` | `auto`, `cuda`, `tensorrt`, `cpu`, `simulated` |" in table
+    )
     assert "| `CONVLSTM_PORT` | `8000` | int (≥ 1, ≤ 65535) | TCP port to listen on. |" in table
     # reStructuredText's ``x`` is rendered as Markdown's `x`
     assert "``" not in table
