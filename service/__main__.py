@@ -31,6 +31,7 @@ from service.registry import ModelRegistry
 from service.streams.service import StreamService
 
 log = logging.getLogger("service")
+GRPC_STOP_GRACE_S = 2.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,10 +84,12 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # gRPC first: its calls in flight finish (within the grace period) before the
-        # lifespan closes the models under them.
+        # gRPC first, before the lifespan closes the models. After a drain its calls in
+        # flight have ended (they count in registry.in_flight); what is left are open
+        # streams and health watches waiting for a next message, which get a short grace
+        # and then a final status, rather than holding the exit for the whole period.
         if self.grpc is not None:
-            await self.grpc.stop(self.registry.settings.shutdown_grace_s)
+            await self.grpc.stop(min(GRPC_STOP_GRACE_S, self.registry.settings.shutdown_grace_s))
         await super().shutdown(sockets)
 
     def _rescan(self) -> None:

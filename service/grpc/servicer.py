@@ -1,5 +1,5 @@
 """The gRPC services: Triton's ``inference.GRPCInferenceService`` (health, metadata,
-inference; the other RPCs answer UNIMPLEMENTED) and ``grpc.health.v1.Health``. Each RPC
+inference, streamed inference; the other RPCs answer UNIMPLEMENTED) and ``grpc.health.v1.Health``. Each RPC
 admits the call, checks the API key and counts it as the HTTP middleware does, then
 calls the data plane; a ``ServiceError`` becomes the status ``errors.status_code`` gives
 it, with the message HTTP sends."""
@@ -30,6 +30,9 @@ T = TypeVar("T")
 SERVICE = "inference.GRPCInferenceService"
 HEALTH_POLL_S = 0.5
 """How often ``Health.Watch`` looks at readiness."""
+STREAM_WINDOW = 16
+"""Requests of one ``ModelStreamInfer`` call being answered at once; the stream reads no
+further until the oldest is answered (back-pressure on a client that sends faster)."""
 
 
 async def _direct(work: Awaitable[Any]) -> Any:
@@ -70,13 +73,66 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return await self._call(context, "ModelMetadata", work)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def work() -> Any:
-            model = self.registry.lookup(request.model_name, request.model_version or None)
-            req, binary = infer_request(request)
-            out = await dataplane.infer(req, binary, model, self.streams, _direct)
-            return infer_response(req, model, out)
+        return await self._call(context, "ModelInfer", lambda: self._infer(request))
 
-        return await self._call(context, "ModelInfer", work)
+    async def ModelStreamInfer(  # noqa: N802
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Each request answered in the order it came, by a response or an error message
+        (the stream stays open, as Triton's). Plain requests run concurrently, up to
+        ``STREAM_WINDOW`` at a time; a sequence request waits for those before it, so the
+        steps of a sequence reach its stream in order."""
+        try:
+            check_api_key(self.registry, *_credentials(context))
+        except ServiceError as err:
+            await context.abort(status_code(err), err.message)
+        answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            running: set[asyncio.Task[Any]] = set()
+            try:
+                async for request in requests:
+                    if running and "sequence_id" in request.parameters:
+                        await asyncio.wait(running)
+                    task = asyncio.ensure_future(self._stream_answer(request, context))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    await answers.put(task)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+            await reader  # a broken request stream is the call's error
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                if (task := answers.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _stream_answer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            answer = await self._observe(
+                context, "ModelStreamInfer", lambda: self._infer(request), auth=False
+            )
+        except ServiceError as err:
+            return pb.ModelStreamInferResponse(
+                error_message=err.message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+        return pb.ModelStreamInferResponse(infer_response=answer)
+
+    async def _infer(self, request: Any) -> Any:
+        model = self.registry.lookup(request.model_name, request.model_version or None)
+        req, binary = infer_request(request)
+        out = await dataplane.infer(req, binary, model, self.streams, _direct)
+        return infer_response(req, model, out)
 
     async def _call(
         self,
@@ -87,8 +143,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         observed: bool = True,
         auth: bool = True,
     ) -> T:
+        """``_observe``, its ``ServiceError`` as the call's status."""
+        try:
+            return await self._observe(context, method, work, observed=observed, auth=auth)
+        except ServiceError as err:
+            await context.abort(status_code(err), err.message)
+        raise AssertionError("unreachable: abort raises")
+
+    async def _observe(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        work: Callable[[], Awaitable[T]],
+        *,
+        observed: bool = True,
+        auth: bool = True,
+    ) -> T:
         """``work`` admitted (``observed``: refused while draining or past the in-flight
-        limit, counted and timed), behind the API key (``auth``), its errors as statuses."""
+        limit, counted and timed) behind the API key (``auth``); any failure is a
+        ``ServiceError``."""
         metrics = self.registry.metrics
         route = f"/{SERVICE}/{method}"
         start = time.perf_counter()
@@ -107,14 +180,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return result
         except ServiceError as err:
             status = err.status_code
-            await context.abort(status_code(err), err.message)
+            raise
         except asyncio.CancelledError:
             status = 499
             raise
-        except Exception:
+        except Exception as err:
             # The trace goes to the log, never to the client.
             log.exception("unhandled error in %s", route)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            raise ServiceError("internal error; see the server log") from err
         finally:
             if epoch is not None:
                 metrics.in_flight.dec()
@@ -122,7 +195,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             if observed:
                 metrics.requests.labels(route, "GRPC", str(status)).inc()
                 metrics.request_seconds.labels(route, "GRPC").observe(time.perf_counter() - start)
-        raise AssertionError("unreachable: abort raises")
 
 
 def _credentials(context: grpc.aio.ServicerContext) -> tuple[str, str]:

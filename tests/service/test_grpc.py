@@ -4,6 +4,7 @@ server process on loopback: the same answers, errors and API key as HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -268,3 +269,79 @@ def test_grpc_calls_are_in_the_metrics(
     text = http.get("/metrics").text
     assert 'route="/inference.GRPCInferenceService/ModelMetadata",status="200"' in text
     assert 'route="/inference.GRPCInferenceService/ModelInfer",status="401"' in text
+
+
+def stream(
+    server: RunningServer, send: Any, headers: dict[str, str] | None = None
+) -> list[tuple[Any, Any]]:
+    """Open a ``ModelStreamInfer`` call with tritonclient, ``send(client)`` on it, close
+    it, and return every (result, error) the callback got, in order."""
+    got: list[tuple[Any, Any]] = []
+    with triton.InferenceServerClient(str(server.grpc_address)) as c:
+        c.start_stream(callback=lambda result, error: got.append((result, error)), headers=headers)
+        send(c)
+        c.stop_stream()
+    return got
+
+
+def test_stream_answers_plain_requests_in_order(
+    server: RunningServer, client: triton.InferenceServerClient
+) -> None:
+    xs = [frames(20 + i, [1, 15, 40, 40, 3]) for i in range(4)]
+    bad = frames(30, [1, 14, 40, 40, 3])
+
+    def send(c: triton.InferenceServerClient) -> None:
+        for i, x in enumerate(xs[:2]):
+            c.async_stream_infer("convlstm", [infer_input(x)], request_id=str(i))
+        c.async_stream_infer("convlstm", [infer_input(bad)], request_id="bad")
+        for i, x in enumerate(xs[2:], start=2):
+            c.async_stream_infer("convlstm", [infer_input(x)], request_id=str(i))
+
+    got = stream(server, send, headers=dict(BEARER))
+    assert len(got) == 5
+    # The bad request gets its error; the stream carries on with the next ones.
+    result, error = got[2]
+    assert result is None and "inputs[0].shape" in str(error.message()), error
+    answers = [g for i, g in enumerate(got) if i != 2]
+    for i, (x, (result, error)) in enumerate(zip(xs, answers, strict=True)):
+        assert error is None, error
+        assert result.get_response().id == str(i)
+        want = client.infer("convlstm", [infer_input(x)], headers=dict(BEARER))
+        np.testing.assert_allclose(
+            result.as_numpy("next_frame"), want.as_numpy("next_frame"), atol=1e-6
+        )
+
+
+def test_stream_steps_a_sequence_frame_by_frame(
+    server: RunningServer, client: triton.InferenceServerClient
+) -> None:
+    x = frames(40, [1, 15, 40, 40, 3])
+
+    def send(c: triton.InferenceServerClient) -> None:
+        for t in range(15):
+            c.async_stream_infer(
+                "convlstm",
+                [infer_input(x[:, t : t + 1])],
+                sequence_id=99,
+                sequence_start=t == 0,
+                sequence_end=t == 14,
+            )
+
+    got = stream(server, send, headers=dict(BEARER))
+    assert len(got) == 15 and all(error is None for _, error in got), got
+    last = got[-1][0].as_numpy("next_frame")
+    window = client.infer("convlstm", [infer_input(x)], headers=dict(BEARER))
+    np.testing.assert_allclose(last, window.as_numpy("next_frame"), atol=1e-5)
+
+
+def test_stream_needs_the_api_key(server: RunningServer) -> None:
+    def send(c: triton.InferenceServerClient) -> None:
+        # The server may have refused the call before this request is sent: then the
+        # client refuses to send it, and the refusal reaches the callback all the same.
+        with contextlib.suppress(InferenceServerException):
+            c.async_stream_infer("convlstm", [infer_input(frames(50, [1, 15, 40, 40, 3]))])
+
+    got = stream(server, send)
+    assert len(got) == 1
+    result, error = got[0]
+    assert result is None and error.status() == "StatusCode.UNAUTHENTICATED", error
