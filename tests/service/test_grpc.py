@@ -5,7 +5,10 @@ server process on loopback: the same answers, errors and API key as HTTP."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -19,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
+from tests.service.test_server import value
 
 KEY = "grpc-test-key"
 BEARER = [("authorization", f"Bearer {KEY}")]
@@ -345,3 +349,49 @@ def test_stream_needs_the_api_key(server: RunningServer) -> None:
     assert len(got) == 1
     result, error = got[0]
     assert result is None and error.status() == "StatusCode.UNAUTHENTICATED", error
+
+
+def test_sigterm_finishes_grpc_calls_refuses_new_ones_ends_streams_and_exits_zero() -> None:
+    x = frames(60, [2, 15, 40, 40, 3])
+    with run_server(COMMITTED_MODEL, env={"CONVLSTM_SHUTDOWN_GRACE_S": "30"}) as server:
+        address = str(server.grpc_address)
+        ended: list[Any] = []
+        with triton.InferenceServerClient(address) as streaming:
+            streaming.start_stream(callback=lambda result, error: ended.append((result, error)))
+            streaming.async_stream_infer("convlstm", [infer_input(x[:1])])
+
+            def long_call() -> np.ndarray:
+                with triton.InferenceServerClient(address) as c:
+                    params = {"horizon": 3}
+                    out: np.ndarray = c.infer(
+                        "convlstm", [infer_input(x)], parameters=params
+                    ).as_numpy("next_frame")
+                    return out
+
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                accepted = [pool.submit(long_call) for _ in range(3)]
+                with server.client() as http:
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline:
+                        text = http.get("/metrics").text
+                        if value(text, "convlstm_http_requests_in_flight") >= 3:
+                            break
+                        time.sleep(0.02)
+                server.process.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+                with grpc.insecure_channel(address) as channel:
+                    health = health_pb2_grpc.HealthStub(channel)
+                    status = health.Check(health_pb2.HealthCheckRequest()).status
+                with triton.InferenceServerClient(address) as c:
+                    assert not c.is_server_ready()
+                    with pytest.raises(InferenceServerException) as refused:
+                        c.infer("convlstm", [infer_input(x[:1])])
+                results = [f.result(timeout=60) for f in accepted]
+            assert server.process.wait(timeout=30) == 0
+            streaming.stop_stream()
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert refused.value.message() == "the service is shutting down; retry on another replica"
+    assert [r.shape for r in results] == [(2, 3, 40, 40, 3)] * 3
+    # The stream's one request was answered; then the stream ended with a status.
+    assert ended[0][1] is None and ended[-1][1] is not None, ended
