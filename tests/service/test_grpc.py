@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
+from tests.service.test_reliability import metrics_once_dropped
 from tests.service.test_server import value
 
 KEY = "grpc-test-key"
@@ -395,3 +396,42 @@ def test_sigterm_finishes_grpc_calls_refuses_new_ones_ends_streams_and_exits_zer
     assert [r.shape for r in results] == [(2, 3, 40, 40, 3)] * 3
     # The stream's one request was answered; then the stream ended with a status.
     assert ended[0][1] is None and ended[-1][1] is not None, ended
+
+
+def test_full_queue_is_resource_exhausted_and_a_gone_call_frees_its_slot() -> None:
+    x = frames(70, [1, 15, 40, 40, 3])
+    env = {"CONVLSTM_MAX_QUEUE": "2", "CONVLSTM_MAX_BATCH_SIZE": "1"}
+    with run_server(COMMITTED_MODEL, env=env) as server:
+        address = str(server.grpc_address)
+
+        def call(horizon: int, timeout: float | None = None) -> str:
+            with triton.InferenceServerClient(address) as c:
+                try:
+                    c.infer(
+                        "convlstm",
+                        [infer_input(x)],
+                        parameters={"horizon": horizon},
+                        client_timeout=timeout,
+                    )
+                except InferenceServerException as err:
+                    return str(err.status())
+                return "OK"
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            long = pool.submit(call, 8)
+            time.sleep(0.3)  # let the long call reach the model first
+            # Queued behind it, past its deadline: gRPC cancels it on the server too.
+            assert call(1, timeout=0.3) == "StatusCode.DEADLINE_EXCEEDED"
+            assert long.result() == "OK"
+        with server.client() as http:
+            text = metrics_once_dropped(http)
+        assert (
+            value(text, "convlstm_dropped_requests_total", model="convlstm", reason="client_gone")
+            == 1
+        )
+        # Only the long call's eight frames were predicted.
+        assert value(text, "convlstm_predicted_frames_total", model="convlstm") == 8
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(lambda _: call(2), range(12)))
+        assert set(statuses) == {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, statuses
