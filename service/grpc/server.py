@@ -28,6 +28,9 @@ async def start_grpc(registry: ModelRegistry, streams: StreamService) -> grpc.ai
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
+            # gRPC binds with SO_REUSEPORT by default: a second server on the same port
+            # would start and silently take half the calls, instead of failing.
+            ("grpc.so_reuseport", 0),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
+from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server, start_failure
 from tests.service.test_reliability import metrics_once_dropped
 from tests.service.test_server import value
 
@@ -435,3 +436,17 @@ def test_full_queue_is_resource_exhausted_and_a_gone_call_frees_its_slot() -> No
         with ThreadPoolExecutor(max_workers=12) as pool:
             statuses = list(pool.map(lambda _: call(2), range(12)))
         assert set(statuses) == {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, statuses
+
+
+def test_a_taken_grpc_port_stops_the_start_with_a_reason(server: RunningServer) -> None:
+    # Another server's gRPC port (gRPC would share it, by SO_REUSEPORT, unless told not to).
+    port = int(str(server.grpc_address).rsplit(":", 1)[1])
+    code, out = start_failure(COMMITTED_MODEL, env={"CONVLSTM_GRPC_PORT": str(port)})
+    assert code == 1 and f"gRPC cannot listen on port {port}" in out, out
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = start_failure(COMMITTED_MODEL, env={"CONVLSTM_GRPC_PORT": str(port)})
+    assert code == 1, out
+    assert f"gRPC cannot listen on port {port}" in out and "Traceback" not in out, out
