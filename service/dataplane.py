@@ -89,6 +89,25 @@ def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[st
     }
 
 
+def model_config(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
+    """The model's configuration in the shape of Triton's ``ModelConfig`` (its JSON form):
+    the batch axis left out of ``dims``, as Triton writes it for a batching model."""
+    model = registry.lookup(name, version)
+    info = model.info
+
+    def tensor(tensor_name: str, shape: list[int | str]) -> dict[str, Any]:
+        return {"name": tensor_name, "data_type": "TYPE_FP32", "dims": dims(shape[1:])}
+
+    return {
+        "name": info.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": registry.settings.max_batch_size,
+        "input": [tensor(info.input_name, info.input_shape)],
+        "output": [tensor(info.output_name, info.output_shape)],
+    }
+
+
 def model_ready(registry: ModelRegistry, name: str, version: str | None) -> bool:
     """Whether ``name`` (in ``version``) answers now; 404 if no such model is known."""
     if not version:

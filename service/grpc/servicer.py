@@ -1,7 +1,7 @@
 """The gRPC services: Triton's ``inference.GRPCInferenceService`` (health, metadata,
-inference, streamed inference; the other RPCs answer UNIMPLEMENTED) and ``grpc.health.v1.Health``. Each RPC
-admits the call, checks the API key and counts it as the HTTP middleware does, then
-calls the data plane; a ``ServiceError`` becomes the status ``errors.status_code`` gives
+configuration, inference, streamed inference; the other RPCs answer UNIMPLEMENTED) and
+``grpc.health.v1.Health``. Each RPC admits the call, checks the API key and counts it as
+the HTTP middleware does, then calls the data plane; a ``ServiceError`` becomes the status ``errors.status_code`` gives
 it, with the message HTTP sends."""
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from service import dataplane
 from service.admission import admit, check_api_key
@@ -71,6 +73,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return model_metadata(meta)
 
         return await self._call(context, "ModelMetadata", work)
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work() -> Any:
+            config = dataplane.model_config(self.registry, request.name, request.version or None)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, ModelConfig()))
+
+        return await self._call(context, "ModelConfig", work)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await self._call(context, "ModelInfer", lambda: self._infer(request))

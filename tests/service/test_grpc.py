@@ -450,3 +450,19 @@ def test_a_taken_grpc_port_stops_the_start_with_a_reason(server: RunningServer) 
         code, out = start_failure(COMMITTED_MODEL, env={"CONVLSTM_GRPC_PORT": str(port)})
     assert code == 1, out
     assert f"gRPC cannot listen on port {port}" in out and "Traceback" not in out, out
+
+
+def test_model_config_in_tritons_shape(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config("cnn_lstm", headers=dict(BEARER), as_json=True)["config"]
+    assert config["name"] == "cnn_lstm" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 8  # CONVLSTM_MAX_BATCH_SIZE's default
+    assert config["input"] == [
+        {"name": "frames", "data_type": "TYPE_FP32", "dims": ["15", "40", "40", "3"]}
+    ]
+    assert config["output"][0]["dims"] == ["40", "40", "3"]
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_config("nope", headers=dict(BEARER))
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_config("convlstm")
+    assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
