@@ -64,6 +64,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CONVLSTM_HOST=0.0.0.0 \
     CONVLSTM_PORT=8000 \
+    CONVLSTM_GRPC_PORT=8001 \
     CONVLSTM_PROVIDER=cpu \
     CONVLSTM_SIMULATED_ALLOWED=false \
     MALLOC_ARENA_MAX=2
@@ -92,7 +93,8 @@ COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
 COPY --from=train /build/models/int8/ models/int8/
 
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (CONVLSTM_GRPC_PORT).
+EXPOSE 8000 8001
 # No --start-interval: builders before Docker 25 (and podman 4's buildah) reject the flag,
 # which would make the image unbuildable there. Instead the check polls every 5 s, so a
 # container turns healthy within seconds of /readyz answering 200.
@@ -120,6 +122,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     CONVLSTM_HOST=0.0.0.0 \
     CONVLSTM_PORT=8000 \
+    CONVLSTM_GRPC_PORT=8001 \
     CONVLSTM_SIMULATED_ALLOWED=false \
     MALLOC_ARENA_MAX=2
 
@@ -155,7 +158,8 @@ COPY --from=train /build/models/convlstm.onnx /build/models/convlstm.json \
 COPY --from=train /build/models/int8/ models/int8/
 
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (CONVLSTM_GRPC_PORT).
+EXPOSE 8000 8001
 # No --start-interval: builders before Docker 25 (and podman 4's buildah) reject the flag,
 # which would make the image unbuildable there. Instead the check polls every 5 s, so a
 # container turns healthy within seconds of /readyz answering 200.

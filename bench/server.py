@@ -39,6 +39,8 @@ class Server:
     url: str
     ready_seconds: float
     log: IO[str]
+    grpc_address: str | None = None
+    """``127.0.0.1:PORT`` of its gRPC server, None when ``CONVLSTM_GRPC_PORT=0``."""
 
     @property
     def rss_mb(self) -> float:
@@ -63,8 +65,13 @@ def serve(
     python: str = sys.executable,
 ) -> Iterator[Server]:
     """``python -m service`` on a free loopback port until /readyz answers 200; the
-    seconds that took. ``args`` are more command-line flags, ``env`` more variables."""
+    seconds that took. ``args`` are more command-line flags, ``env`` more variables. Its
+    gRPC server listens on another free port (``grpc_address``), unless ``env`` sets
+    ``CONVLSTM_GRPC_PORT``: never on the default 8001, which servers side by side (and
+    other programs) would contend for."""
     port = free_port()
+    env = {"CONVLSTM_GRPC_PORT": str(free_port()), **(env or {})}
+    grpc_port = int(env["CONVLSTM_GRPC_PORT"])
     # A file, not a pipe: nobody reads a pipe while the server runs, and a full one
     # would block the server's logging.
     log = tempfile.TemporaryFile(mode="w+")
@@ -72,7 +79,7 @@ def serve(
     process = subprocess.Popen(
         [python, "-m", "service", "--port", str(port), "--model", str(model), *args],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -91,7 +98,8 @@ def serve(
             if time.perf_counter() - start > ready_within:
                 raise RuntimeError(f"server not ready within {ready_within} s")
             time.sleep(0.02)
-        yield Server(process, url, time.perf_counter() - start, log)
+        grpc_address = f"127.0.0.1:{grpc_port}" if grpc_port else None
+        yield Server(process, url, time.perf_counter() - start, log, grpc_address)
     finally:
         process.terminate()
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+import grpc
 import uvicorn
 from pydantic import ValidationError
 
@@ -24,10 +25,13 @@ from service import logs
 from service.app import create_app
 from service.config import Settings
 from service.connection_guard import ConnectionGuard, ConnectionLimits
+from service.grpc.server import start_grpc
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.streams.service import StreamService
 
 log = logging.getLogger("service")
+GRPC_STOP_GRACE_S = 2.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,13 +46,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, with a drain before it stops: on the first SIGTERM or SIGINT readiness
-    turns 503 and new predictions are refused, requests in flight get up to the grace
-    period to finish, then the server stops and the process exits 0."""
+    """uvicorn and, beside it, the gRPC server (``CONVLSTM_GRPC_PORT``), with a drain
+    before they stop: on the first SIGTERM or SIGINT readiness turns 503 (and gRPC health
+    NOT_SERVING), new predictions are refused on both, requests in flight get up to the
+    grace period to finish, then the servers stop and the process exits 0."""
 
-    def __init__(self, config: uvicorn.Config, registry: ModelRegistry) -> None:
+    def __init__(
+        self, config: uvicorn.Config, registry: ModelRegistry, streams: StreamService
+    ) -> None:
         super().__init__(config)
         self.registry = registry
+        self.streams = streams
+        self.grpc: grpc.aio.Server | None = None
+        self.grpc_failed = False
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rescans: set[asyncio.Task[None]] = set()
@@ -59,6 +69,28 @@ class DrainingServer(uvicorn.Server):
         # config reload does for most daemons; uvicorn leaves this signal alone.
         self._loop.add_signal_handler(signal.SIGHUP, self._rescan)
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # After uvicorn's start-up, which ran the lifespan: the models are loaded, so the
+        # gRPC message limit can follow them.
+        await super().startup(sockets)
+        if self.should_exit:
+            return
+        try:
+            self.grpc = await start_grpc(self.registry, self.streams)
+        except RuntimeError as err:
+            log.error("gRPC cannot listen on port %d: %s", self.registry.settings.grpc_port, err)
+            self.grpc_failed = True
+            self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # gRPC first, before the lifespan closes the models. After a drain its calls in
+        # flight have ended (they count in registry.in_flight); what is left are open
+        # streams and health watches waiting for a next message, which get a short grace
+        # and then a final status, rather than holding the exit for the whole period.
+        if self.grpc is not None:
+            await self.grpc.stop(min(GRPC_STOP_GRACE_S, self.registry.settings.shutdown_grace_s))
+        await super().shutdown(sockets)
 
     def _rescan(self) -> None:
         log.info("SIGHUP: rescanning the model directory")
@@ -145,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
     )
-    server = DrainingServer(config, registry)
+    server = DrainingServer(config, registry, app.state.streams)
     server.run()
-    return 0 if server.started else 1
+    return 0 if server.started and not server.grpc_failed else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     """TCP port to listen on."""
 
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol over gRPC (Triton's
+    ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``), served by
+    ``python -m service`` beside HTTP on the same host, models and limits; 8001 as
+    Triton's. 0 turns gRPC off."""
+
+    grpc_max_message_bytes: int | None = Field(default=None, ge=1024)
+    """gRPC messages above this many bytes are refused with RESOURCE_EXHAUSTED before
+    being decoded. Unset (the default), the limit follows the models served at start-up,
+    as ``max_body_bytes`` does: ``max_batch_size`` sequences of the largest model input
+    at 4 bytes a value (FP32 in ``raw_input_contents`` or typed contents), plus 64 KiB,
+    and never below 2 MiB. A value set here wins."""
+
     model_path: Path = Path("models/convlstm.onnx")
     """The ONNX model to serve. Its card is the same path with ``.json``."""
 

@@ -223,8 +223,16 @@ def installed_pins(stage: Stage) -> list[str]:
     ("stage", "wanted", "unwanted"),
     [
         ("train", {"tensorflow-cpu", "tf2onnx", "onnxruntime"}, {"onnxruntime-gpu"}),
-        ("runtime-cpu", {"fastapi", "onnxruntime"}, {"onnxruntime-gpu", "tensorflow-cpu"}),
-        ("runtime", {"fastapi", "onnxruntime-gpu"}, {"onnxruntime", "tensorflow-cpu", "keras"}),
+        (
+            "runtime-cpu",
+            {"fastapi", "onnxruntime", "grpcio", "grpcio-health-checking", "tritonclient"},
+            {"onnxruntime-gpu", "tensorflow-cpu"},
+        ),
+        (
+            "runtime",
+            {"fastapi", "onnxruntime-gpu", "grpcio", "grpcio-health-checking", "tritonclient"},
+            {"onnxruntime", "tensorflow-cpu", "keras"},
+        ),
     ],
 )
 def test_each_stage_installs_its_pinned_extras(
@@ -302,10 +310,12 @@ def test_runtime_serves_from_the_environment_as_a_user(
 
 
 @pytest.mark.parametrize("stage", RUNTIME_STAGES)
-def test_exposed_port_is_the_server_default(
+def test_exposed_ports_are_the_server_defaults(
     stages: dict[str, Stage], stage: str, settings: Any
 ) -> None:
-    assert stages[stage].one("EXPOSE") == str(settings.port)
+    s = stages[stage]
+    assert s.one("EXPOSE").split() == [str(settings.port), str(settings.grpc_port)]
+    assert int(s.env().get("CONVLSTM_GRPC_PORT", settings.grpc_port)) == settings.grpc_port
 
 
 @pytest.mark.parametrize("stage", RUNTIME_STAGES)
@@ -493,10 +503,11 @@ def test_compose_builds_each_server_from_its_stage(
     assert "deploy" not in services["convlstm-cpu"]
 
 
-def test_compose_publishes_the_server_port(compose: dict[str, Any], settings: Any) -> None:
+def test_compose_publishes_the_server_ports(compose: dict[str, Any], settings: Any) -> None:
     for name in SERVERS:
-        (mapping,) = compose["services"][name]["ports"]
-        assert mapping.rsplit(":", 1)[1] == str(settings.port), mapping
+        http, grpc = compose["services"][name]["ports"]
+        assert http.rsplit(":", 1)[1] == str(settings.port), http
+        assert grpc.rsplit(":", 1)[1] == str(settings.grpc_port), grpc
 
 
 def test_compose_environment_is_real_settings_with_their_defaults(

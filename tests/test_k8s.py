@@ -170,10 +170,11 @@ def test_container_port_and_listen_address_are_the_servers(
     resources: list[Resource], settings: Any
 ) -> None:
     container = server_container(resources)
-    (port,) = container["ports"]
-    assert port["containerPort"] == settings.port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.port, "grpc": settings.grpc_port}
     env = env_of(container)
     assert int(env["CONVLSTM_PORT"]["value"]) == settings.port
+    assert int(env["CONVLSTM_GRPC_PORT"]["value"]) == settings.grpc_port
     assert env["CONVLSTM_HOST"]["value"] == "0.0.0.0"  # reachable from outside the pod
 
 
@@ -244,9 +245,11 @@ def test_service_reaches_the_deployments_pods(resources: list[Resource], setting
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    (port,) = service["spec"]["ports"]
     container_ports = {p["name"]: p["containerPort"] for p in server_container(resources)["ports"]}
-    assert container_ports[port["targetPort"]] == settings.port == port["port"]
+    served = {port["targetPort"]: port["port"] for port in service["spec"]["ports"]}
+    assert served == {"http": settings.port, "grpc": settings.grpc_port}
+    for name, port in served.items():
+        assert container_ports[name] == port
 
 
 def test_autoscaler_owns_the_deployments_replicas(resources: list[Resource]) -> None:

@@ -53,15 +53,20 @@ class BodyLimit:
         return f"request body is larger than the limit of {self.bytes} bytes ({where} {SETTING})"
 
 
-def largest_request_bytes(input_shapes: Iterable[list[int | str]], max_batch: int) -> int:
-    """The JSON size of ``max_batch`` sequences of the largest of ``input_shapes`` (each
-    with its batch axis first), at least ``FLOOR_BYTES``. A named axis other than the
-    batch counts as 1: the served tasks take fixed shapes only."""
+def largest_request_bytes(
+    input_shapes: Iterable[list[int | str]],
+    max_batch: int,
+    bytes_per_value: int = JSON_BYTES_PER_VALUE,
+) -> int:
+    """The size of ``max_batch`` sequences of the largest of ``input_shapes`` (each with
+    its batch axis first) at ``bytes_per_value`` (JSON's by default), at least
+    ``FLOOR_BYTES``. A named axis other than the batch counts as 1: the served tasks take
+    fixed shapes only."""
     values = max(
         (math.prod(d if isinstance(d, int) else 1 for d in shape[1:]) for shape in input_shapes),
         default=0,
     )
-    return max(FLOOR_BYTES, max_batch * values * JSON_BYTES_PER_VALUE + ENVELOPE_BYTES)
+    return max(FLOOR_BYTES, max_batch * values * bytes_per_value + ENVELOPE_BYTES)
 
 
 def body_limit(registry: ModelRegistry) -> BodyLimit:
@@ -74,3 +79,15 @@ def body_limit(registry: ModelRegistry) -> BodyLimit:
         m.info.input_shape for versions in registry.versions.values() for m in versions.values()
     )
     return BodyLimit(largest_request_bytes(shapes, settings.max_batch_size), "models")
+
+
+def grpc_message_limit(registry: ModelRegistry) -> int:
+    """The gRPC message limit: ``CONVLSTM_GRPC_MAX_MESSAGE_BYTES``, or the served models'
+    largest request as protobuf (4 bytes an FP32 value, raw or typed)."""
+    settings = registry.settings
+    if settings.grpc_max_message_bytes is not None:
+        return settings.grpc_max_message_bytes
+    shapes = (
+        m.info.input_shape for versions in registry.versions.values() for m in versions.values()
+    )
+    return largest_request_bytes(shapes, settings.max_batch_size, bytes_per_value=4)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.errors import Unauthorized, UnsupportedMediaType
+from service.admission import check_api_key
+from service.errors import UnsupportedMediaType
 from service.registry import ModelRegistry, ServedModel
 
 
@@ -29,20 +29,9 @@ DefaultModelDep = Annotated[ServedModel, Depends(get_default_model)]
 
 
 async def require_api_key(request: Request, registry: RegistryDep) -> None:
-    key = registry.settings.api_key
-    if key is None:
-        return
-    auth = request.headers.get("authorization", "")
-    scheme, _, bearer = auth.partition(" ")
-    given = request.headers.get("x-api-key") or (bearer if scheme.lower() == "bearer" else "")
-    # compare_digest takes the same time wherever the first difference is.
-    if not given or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        registry.metrics.rejected.labels("unauthorized").inc()
-        raise Unauthorized(
-            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-            location="header.authorization",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    check_api_key(
+        registry, request.headers.get("authorization", ""), request.headers.get("x-api-key", "")
+    )
 
 
 async def require_json(request: Request) -> None:

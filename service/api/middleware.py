@@ -14,8 +14,10 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import admit
 from service.api.body_limit import BodyLimit, body_limit, declared_length
 from service.api.error_responses import send_error
+from service.errors import ServiceError
 from service.logs import request_id
 from service.registry import ModelRegistry
 
@@ -99,34 +101,21 @@ class RequestObserver:
 
         path = scope["path"]
         observed = path not in UNOBSERVED_PATHS and not path.startswith(UNOBSERVED_PREFIX)
-        if observed and self.registry.draining:
-            self.registry.metrics.rejected.labels("shutting_down").inc()
-            await send_error(
-                tagged_send,
-                path,
-                503,
-                "shutting_down",
-                "the service is shutting down; retry on another replica",
-                retry_after=True,
-            )
-            request_id.reset(token)
-            return
+        if observed:
+            try:
+                admit(self.registry)
+            except ServiceError as refused:
+                await send_error(
+                    tagged_send,
+                    path,
+                    refused.status_code,
+                    refused.error_type,
+                    refused.message,
+                    retry_after=True,
+                )
+                request_id.reset(token)
+                return
         metrics = self.registry.metrics
-        limit = self.registry.settings.max_in_flight
-        if observed and self.registry.in_flight >= limit:
-            # Here, not uvicorn's limit_concurrency: that one counts open connections
-            # too (idle keep-alive ones included) and answers a bare text 503.
-            metrics.rejected.labels("too_many_requests").inc()
-            await send_error(
-                tagged_send,
-                path,
-                503,
-                "overloaded",
-                f"{limit} requests in flight (CONVLSTM_MAX_IN_FLIGHT); retry shortly",
-                retry_after=True,
-            )
-            request_id.reset(token)
-            return
         start = time.perf_counter()
         epoch = 0
         if observed:

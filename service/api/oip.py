@@ -6,61 +6,31 @@ shapes the answer. Errors here are ``{"error": "..."}``, as the protocol says
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from service import __version__
+from service import dataplane
 from service.api.body_limit import declared_length
 from service.api.deps import RegistryDep, require_api_key
 from service.api.error_responses import OIP_PREFIX
 from service.api.lifecycle import until_client_leaves
-from service.api.oip_sequence import check_sequence_shape, sequence_id, sequence_stream
+from service.dataplane import InferRequest
 from service.errors import InvalidInput
-from service.inference.codec import array_from_bytes
 from service.logs import request_id
-from service.model_repository import version_order
-from service.registry import ModelRegistry, ServedModel
+from service.registry import ServedModel
 from service.streams.service import StreamService
+
+__all__ = ["InferRequest", "parse_request", "router"]
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
 HEADER_LENGTH = "inference-header-content-length"
-SERVER_NAME = "convlstm-serve"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
-# Datatypes a client may send: FP32 values in [0, 1], or UINT8 pixels scaled by 1/255.
-INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
-
-
-class InferTensor(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    shape: list[Annotated[int, Field(ge=0)]]
-    datatype: str
-    data: list[Any] | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class InferRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str | None = None
-    inputs: list[InferTensor] = Field(min_length=1)
-    outputs: list[RequestedOutput] | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class ProtocolError(BaseModel):
@@ -86,7 +56,7 @@ _WHY = {
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+    return dataplane.server_metadata()
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -112,7 +82,7 @@ async def ready(registry: RegistryDep) -> Response:
     responses=_errors(400, 401, 404, 503),
 )
 async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
-    return _metadata(registry, name, None)
+    return dataplane.metadata(registry, name, None)
 
 
 @router.get(
@@ -122,27 +92,7 @@ async def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
     responses=_errors(400, 401, 404, 503),
 )
 async def version_metadata(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
-    return _metadata(registry, name, version)
-
-
-def _metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
-    info = registry.lookup(name, version).info
-    served = registry.versions.get(info.name, {})
-    return {
-        "name": info.name,
-        # Every version served, the one a request naming none gets first.
-        "versions": [
-            info.version,
-            *sorted((v for v in served if v != info.version), key=version_order),
-        ],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": info.input_name, "datatype": "FP32", "shape": _dims(info.input_shape)}],
-        "outputs": [
-            {"name": info.output_name, "datatype": "FP32", "shape": _dims(info.output_shape)}
-        ],
-        # What the card says the model does; OIP clients ignore keys they do not know.
-        "parameters": {"task": info.card.task, "output_kind": info.card.output_kind},
-    }
+    return dataplane.metadata(registry, name, version)
 
 
 _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -153,13 +103,8 @@ _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/models/{name}/ready", summary="Model readiness", responses=_READY_RESPONSES)
 async def model_ready(name: str, registry: RegistryDep) -> Response:
-    if name in registry.failed:
-        return JSONResponse(status_code=503, content={"name": name, "ready": False})
-    if name not in registry.models:
-        raise registry.unknown(name)
-    if not registry.ready:
-        return JSONResponse(status_code=503, content={"name": name, "ready": False})
-    return JSONResponse({"name": name, "ready": True})
+    ready = dataplane.model_ready(registry, name, None)
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
 @router.get(
@@ -168,12 +113,7 @@ async def model_ready(name: str, registry: RegistryDep) -> Response:
     responses=_READY_RESPONSES,
 )
 async def version_ready(name: str, version: str, registry: RegistryDep) -> Response:
-    state = registry.version_state(name, version)
-    if state is None:
-        if name not in registry.models and name not in registry.failed:
-            raise registry.unknown(name)
-        registry.lookup(name, version)  # 404 naming the versions served
-    ready = state == "READY" and registry.ready
+    ready = dataplane.model_ready(registry, name, version)
     body = {"name": name, "version": version, "ready": ready}
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -221,38 +161,13 @@ async def _infer(model: ServedModel, request: Request) -> Response:
     raw = await request.body()
     header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
     req = parse_request(header)
-    horizon = req.parameters.get("horizon", 1)
-    if not isinstance(horizon, int) or isinstance(horizon, bool):
-        raise InvalidInput(f"parameters.horizon: must be an integer, got {horizon!r}")
-    seq = sequence_id(req.parameters)
-    if seq is not None:
-        return await _sequence_infer(req, binary, model, seq, horizon, request)
-    batch = _input_batch(req, binary, model)
-    steps = model.task.steps(horizon)
-    predicted, _ = await until_client_leaves(request, model.runner.run(batch, steps))
-    return _response(req, model, model.task.batch_output(predicted, steps))
-
-
-async def _sequence_infer(
-    req: InferRequest,
-    binary: bytes,
-    model: ServedModel,
-    seq: int | str,
-    horizon: int,
-    request: Request,
-) -> Response:
     streams: StreamService = request.app.state.streams
-    stream_model = streams.model(model.info.name)
-    stream_model.task.steps(horizon)
-    frame = stream_model.task.spec.shape[1:]
-    frames = _input_batch(
-        req, binary, model, check=lambda shape, where: check_sequence_shape(shape, frame)
-    )[0]
-    stream, end = sequence_stream(streams, model.info.name, seq, req.parameters)
-    predicted, _ = await until_client_leaves(request, streams.step_arrays(stream, frames, horizon))
-    if end and streams.table.streams.get(stream.id) is stream:
-        streams.close_stream(stream.id)
-    return _response(req, model, predicted[None, 0] if horizon == 1 else predicted[None])
+
+    def wait(work: Awaitable[Any]) -> Awaitable[Any]:
+        return until_client_leaves(request, work)
+
+    out = await dataplane.infer(req, binary, model, streams, wait)
+    return _response(req, model, out)
 
 
 def parse_request(header: bytes) -> InferRequest:
@@ -281,13 +196,7 @@ def parse_request(header: bytes) -> InferRequest:
     try:
         return InferRequest.model_validate_json(header)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{where}: {first['msg']}", location=where) from None
-
-
-def _dims(shape: list[int | str]) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in shape]
+        raise dataplane.invalid_request(err) from None
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -301,55 +210,9 @@ def _split(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[:n], raw[n:]
 
 
-def _input_batch(
-    req: InferRequest,
-    binary: bytes,
-    model: ServedModel,
-    check: Callable[[list[int], str], None] | None = None,
-) -> NDArray[np.float32]:
-    info = model.info
-    if len(req.inputs) != 1 or req.inputs[0].name != info.input_name:
-        got = [i.name for i in req.inputs]
-        raise InvalidInput(
-            f"inputs: the model takes one input named {info.input_name!r}, got {got}"
-        )
-    tensor = req.inputs[0]
-    dtype = INPUT_DATATYPES.get(tensor.datatype)
-    if dtype is None:
-        raise InvalidInput(
-            f"inputs[0].datatype: {tensor.datatype!r} is not one of {sorted(INPUT_DATATYPES)}"
-        )
-    (check or model.task.check_batch_shape)(tensor.shape, "inputs[0].shape")
-    size = tensor.parameters.get("binary_data_size")
-    if size is not None:
-        where = "inputs[0].parameters.binary_data_size"
-        if size != len(binary):
-            raise InvalidInput(f"{where}: {size} bytes declared, {len(binary)} sent")
-        array = array_from_bytes(binary, dtype, tensor.shape, where, tensor.datatype)
-    elif tensor.data is not None:
-        count = int(np.prod(tensor.shape))
-        try:
-            array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise InvalidInput(f"inputs[0].data: not {tensor.datatype} numbers ({err})") from None
-        if array.size != count:
-            raise InvalidInput(
-                f"inputs[0].data: {array.size} values, shape {tensor.shape} needs {count}"
-            )
-        array = array.reshape(tensor.shape)
-    else:
-        raise InvalidInput("inputs[0]: neither data nor parameters.binary_data_size")
-    return model.task.model_input(array, "inputs[0].data")
-
-
 def _response(req: InferRequest, model: ServedModel, out: NDArray[np.float32]) -> Response:
     info = model.info
-    wanted = req.outputs or [RequestedOutput(name=info.output_name)]
-    unknown = [o.name for o in wanted if o.name != info.output_name]
-    if unknown:
-        raise InvalidInput(
-            f"outputs: the model has one output, {info.output_name!r}; asked {unknown}"
-        )
+    wanted = dataplane.output_names(req, model)
     binary = bool(req.parameters.get("binary_data_output")) or any(
         o.parameters.get("binary_data") for o in wanted
     )

@@ -53,7 +53,7 @@ def start_failure(model: Path, *args: str, env: dict[str, str] | None = None) ->
     result = subprocess.run(
         [sys.executable, "-m", "service", "--port", str(free_port()), "--model", str(model), *args],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "CONVLSTM_GRPC_PORT": "0", **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,

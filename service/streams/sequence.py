@@ -1,5 +1,6 @@
-"""Triton's sequence parameters on ``/v2/models/{name}/infer``: ``sequence_id``,
-``sequence_start`` and ``sequence_end`` map onto the same streams as ``/v1/streams``.
+"""Triton's sequence parameters on the Open Inference Protocol's infer (over REST and
+gRPC): ``sequence_id``, ``sequence_start`` and ``sequence_end`` map onto the same streams
+as ``/v1/streams``.
 
 As Triton's sequence batcher with implicit state: the first request of a sequence sets
 ``sequence_start`` (a start on an id in use begins it again from a zero state), every
