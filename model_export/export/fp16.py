@@ -15,14 +15,14 @@ predict what the float16 graph predicts.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from convlstm_card import ModelCard, card_path, read_card, sha256_of, write_card
+from convlstm_card import ModelCard, card_path, read_card
 from model_export.export.keras_to_onnx import onnx_predict
+from model_export.export.variant import write_variant_card
 from model_export.frames import data
 
 FP16_DIR = "fp16"
@@ -83,7 +83,7 @@ def convert(
     from onnxconverter_common import float16
 
     out = out or fp16_path(onnx_path)
-    source_card = read_card(card_path(onnx_path))
+    read_card(card_path(onnx_path))  # a source without its card fails before the work
     model = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp")
@@ -99,35 +99,19 @@ def convert(
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    fields = source_card.to_json()
-    fields.pop("stream", None)
-    card = ModelCard.model_validate(
-        {
-            **fields,
-            "name": out.stem,
-            "file": out.name,
-            "sha256": sha256_of(out),
-            "format": {**fields.get("format", {}), "producer": "tf2onnx + onnxconverter-common"},
-            "graph": {
-                "kind": "fp16",
-                "description": FP16_DESCRIPTION,
-                "source": {
-                    "file": os.path.relpath(onnx_path, out.parent),
-                    "sha256": sha256_of(onnx_path),
-                },
-            },
-            "parity": {
-                "reference": onnx_path.name,
-                "split": "test",
-                "sequences": sequences,
-                "mse_fp32": check.mse_fp32,
-                "mse_fp16": check.mse_fp16,
-                "mse_ratio": round(check.ratio, 6),
-                "max_abs_diff": check.max_abs_diff,
-                "tolerance_mse_ratio": 1.0 + tolerance,
-            },
-            "evaluation": None,
-        }
+    return write_variant_card(
+        onnx_path,
+        out,
+        kind="fp16",
+        description=FP16_DESCRIPTION,
+        producer="tf2onnx + onnxconverter-common",
+        parity={
+            "split": "test",
+            "sequences": sequences,
+            "mse_fp32": check.mse_fp32,
+            "mse_fp16": check.mse_fp16,
+            "mse_ratio": round(check.ratio, 6),
+            "max_abs_diff": check.max_abs_diff,
+            "tolerance_mse_ratio": 1.0 + tolerance,
+        },
     )
-    write_card(card_path(out), card)
-    return card

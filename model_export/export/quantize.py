@@ -26,14 +26,14 @@ reduced precision this hardware and runtime offer.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from convlstm_card import ModelCard, card_path, read_card, sha256_of, write_card
+from convlstm_card import ModelCard, card_path, read_card, sha256_of
 from model_export.export.keras_to_onnx import onnx_predict
+from model_export.export.variant import write_variant_card
 from model_export.files import int8_path
 from model_export.frames import data
 from model_export.frames.model import INPUT_NAME
@@ -131,7 +131,7 @@ def quantize(
     ``tolerance``.
     """
     out = out or int8_path(onnx_path)
-    source_card = read_card(card_path(onnx_path))
+    read_card(card_path(onnx_path))  # a source without its card fails before the work
     calibration, _ = data.inputs_and_targets(
         data.generate_split(calibration_sequences, "train"), every_step=False
     )
@@ -144,40 +144,20 @@ def quantize(
     finally:
         tmp.unlink(missing_ok=True)
 
-    source_fields = source_card.to_json()
-    # The float32 step graph would not predict what the int8 graph predicts: no streams.
-    source_fields.pop("stream", None)
-    card = ModelCard.model_validate(
-        {
-            **source_fields,
-            "name": out.stem,
-            "file": out.name,
-            "sha256": sha256_of(out),
-            "format": {
-                **source_fields.get("format", {}),
-                "producer": "tf2onnx + onnxruntime.quantization",
-            },
-            "graph": {
-                "kind": "int8",
-                "description": INT8_DESCRIPTION,
-                "source": {
-                    "file": os.path.relpath(onnx_path, out.parent),
-                    "sha256": sha256_of(onnx_path),
-                },
-                "calibration": {"split": "train", "sequences": calibration_sequences},
-            },
-            "parity": {
-                "reference": onnx_path.name,
-                **check,
-                "tolerance_mean_abs_diff": tolerance,
-                "sequences": CHECK_SEQUENCES,
-                "split": "test",
-            },
-            "evaluation": None,
-        }
+    return write_variant_card(
+        onnx_path,
+        out,
+        kind="int8",
+        description=INT8_DESCRIPTION,
+        producer="tf2onnx + onnxruntime.quantization",
+        graph_extra={"calibration": {"split": "train", "sequences": calibration_sequences}},
+        parity={
+            **check,
+            "tolerance_mean_abs_diff": tolerance,
+            "sequences": CHECK_SEQUENCES,
+            "split": "test",
+        },
     )
-    write_card(card_path(out), card)
-    return card
 
 
 def check_int8(onnx_path: Path, tolerance: float = MEAN_ABS_TOLERANCE) -> dict[str, float]:
