@@ -87,7 +87,7 @@ class GraphOptions:
     cuda_tf32: bool = True
     conv_algo_search: ConvAlgoSearch = "EXHAUSTIVE"
     pad_batches: PadBatches = "auto"
-    buckets: tuple[int, ...] = (1,)
+    buckets: tuple[int, ...] = (1, 2, 4, 8)  # those of the default max batch, 8
     io_binding: IoBinding = "auto"
     cuda_graphs: bool = False
     simulated: SimulatedDevice = SimulatedDevice()
