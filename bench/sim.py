@@ -257,16 +257,53 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(results: dict[str, Any]) -> str:
+def _table(header: list[str], rows: list[list[Any]], left: int) -> list[str]:
+    """A Markdown table; the first ``left`` columns are text, the rest numbers."""
+    align = ["---" if i < left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def ideal_table(results: dict[str, Any]) -> list[str]:
+    """The server against the device's ideal, one worker."""
+    header = ["path", "clients", "req/s", "ideal", "of ideal", "p50 ms", "p99 ms"]
+    keys = ["path", "clients", "throughput_rps", "ideal_rps", "of_ideal", "p50_ms", "p99_ms"]
+    return _table(header, [[r[k] for k in keys] for r in results["against_ideal"]["rows"]], 1)
+
+
+def change_table(results: dict[str, Any]) -> list[str]:
+    """A costly change of batch size against none, with buckets."""
+    header = ["workers", "path", "clients", "no change req/s", "with change req/s", "ratio"]
+    keys = ["workers", "path", "clients", "no_change_rps", "change_rps", "ratio"]
+    rows = [[r[k] for k in keys] for r in results["change_cost"]["ratios"]]
+    # The workers column is a number but reads as a label; only the path is text.
+    return _table(header, rows, 2)
+
+
+def paths_table(results: dict[str, Any]) -> list[str]:
+    """The serving path before the buckets, and each fix alone."""
+    header = ["serving path", "clients", "req/s", "p50 ms", "p99 ms"]
+    keys = ["variant", "clients", "throughput_rps", "p50_ms", "p99_ms"]
+    return _table(header, [[r[k] for k in keys] for r in results["change_cost"]["controls"]], 1)
+
+
+def machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
+    load = results.get("load_average_1min", ["?", "?"])
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores (1-minute load average {load[0]} before "
+        f"the run, {load[1]} after); load from {results['generator']}. Device: "
+        f"{BATCH_MS:g} ms + {ITEM_MS:g} ms per item per run, max batch {MAX_BATCH}, "
+        f"{results['plan']['change_ms']:g} ms per change of shape; {results['date']}."
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    change = results["plan"]["change_ms"]
     lines = [
         "# The serving path on the simulated device",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores (1-minute load average "
-        f"{results.get('load_average_1min', ['?', '?'])[0]} before the run, "
-        f"{results.get('load_average_1min', ['?', '?'])[1]} after); load from {results['generator']}. "
-        f"Device: {BATCH_MS:g} ms + {ITEM_MS:g} ms per item per run, max batch {MAX_BATCH}; "
-        "figures are the server's share, the device's time is known.",
+        machine_line(results) + " Figures are the server's share; the device's time is known.",
         "",
         *(
             ["**SMOKE RUN: one-second points; the figures mean nothing.**", ""]
@@ -275,47 +312,24 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "## Against the ideal (one worker)",
         "",
-        "| path | clients | req/s | ideal | of ideal | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {r['path']} | {r['clients']} | {r['throughput_rps']} | {r['ideal_rps']} | "
-        f"{r['of_ideal']} | {r['p50_ms']} | {r['p99_ms']} |"
-        for r in results["against_ideal"]["rows"]
-    ]
-    cc = results["change_cost"]
-    lines += [
+        *ideal_table(results),
         "",
-        f"## A change of batch size costing {results['plan']['change_ms']:g} ms, with buckets",
+        f"## A change of batch size costing {change:g} ms, with buckets",
         "",
-        "| workers | path | clients | no change req/s | with change req/s | ratio |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {r['workers']} | {r['path']} | {r['clients']} | {r['no_change_rps']} | "
-        f"{r['change_rps']} | {r['ratio']} |"
-        for r in cc["ratios"]
-    ]
-    lines += [
+        *change_table(results),
         "",
-        f"Each fix alone, the same {results['plan']['change_ms']:g} ms change cost, one worker, "
-        "OIP binary:",
+        f"Each fix alone, the same {change:g} ms change cost, one worker, OIP binary:",
         "",
-        "| serving path | clients | req/s | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {r['variant']} | {r['clients']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} |"
-        for r in cc["controls"]
-    ]
-    lines += [
+        *paths_table(results),
         "",
-        "| target | measured | met |",
-        "| --- | --- | --- |",
-    ]
-    lines += [
-        f"| {v['target']} | {v['measured']} | {'yes' if v['met'] else 'no'} |"
-        for v in results["verdicts"]
+        *_table(
+            ["target", "measured", "met"],
+            [
+                [v["target"], v["measured"], "yes" if v["met"] else "no"]
+                for v in results["verdicts"]
+            ],
+            3,
+        ),
     ]
     return "\n".join(lines) + "\n"
 

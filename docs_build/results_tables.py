@@ -222,74 +222,31 @@ def series() -> str:
     return _table(header, rows, right_from=2)
 
 
-def _sim_machine(record: dict[str, Any]) -> str:
-    m = record["machine"]
-    load = record.get("load_average_1min", ["?", "?"])
-    return (
-        f"*Measured on: {m['cpu']}, {m['cores']} cores (1-minute load average {load[0]} "
-        f"before, {load[1]} after), load from {record['generator']}; simulated device "
-        f"{record['plan'].get('change_ms', '?')} ms per change of shape; {record['date']}.*\n"
-    )
+def _sim(table: Callable[[dict[str, Any]], list[str]]) -> Callable[[], str]:
+    """One of ``bench.sim``'s tables, as the benchmark writes it, and where it was measured."""
+
+    def render() -> str:
+        from bench import sim
+
+        record = _read(RESULTS / "sim.json")
+        return "\n".join(table(record)) + f"\n\n*{sim.machine_line(record)}*\n"
+
+    render.__doc__ = table.__doc__
+    return render
 
 
-def sim_ideal() -> str:
-    """``bench.sim``: the server on the simulated device against the device's ideal."""
-    record = _read(RESULTS / "sim.json")
-    rows = [
-        [
-            r["path"],
-            str(r["clients"]),
-            f"{r['throughput_rps']:.1f}",
-            f"{r['ideal_rps']:.1f}",
-            f"{r['of_ideal']:.2f}",
-            f"{r['p50_ms']:.1f}",
-            f"{r['p99_ms']:.1f}",
-        ]
-        for r in record["against_ideal"]["rows"]
-    ]
-    header = ["path", "clients", "req/s", "ideal", "of ideal", "p50 ms", "p99 ms"]
-    return _table(header, rows) + "\n" + _sim_machine(record)
+def _sim_tables() -> dict[str, Callable[[], str]]:
+    from bench import sim
 
-
-def sim_change() -> str:
-    """``bench.sim``: a costly change of batch size against none, with buckets."""
-    record = _read(RESULTS / "sim.json")
-    rows = [
-        [
-            str(r["workers"]),
-            r["path"],
-            str(r["clients"]),
-            f"{r['no_change_rps']:.1f}",
-            f"{r['change_rps']:.1f}",
-            f"{r['ratio']:.2f}",
-        ]
-        for r in record["change_cost"]["ratios"]
-    ]
-    header = ["workers", "path", "clients", "no change req/s", "with change req/s", "ratio"]
-    return _table(header, rows, right_from=2) + "\n" + _sim_machine(record)
-
-
-def sim_paths() -> str:
-    """``bench.sim``: the serving path before the buckets, and each fix alone."""
-    record = _read(RESULTS / "sim.json")
-    rows = [
-        [
-            r["variant"],
-            str(r["clients"]),
-            f"{r['throughput_rps']:.1f}",
-            f"{r['p50_ms']:.1f}",
-            f"{r['p99_ms']:.1f}",
-        ]
-        for r in record["change_cost"]["controls"]
-    ]
-    header = ["serving path", "clients", "req/s", "p50 ms", "p99 ms"]
-    return _table(header, rows) + "\n" + _sim_machine(record)
+    return {
+        "sim-ideal": _sim(sim.ideal_table),
+        "sim-change": _sim(sim.change_table),
+        "sim-paths": _sim(sim.paths_table),
+    }
 
 
 TABLES: dict[str, Callable[[], str]] = {
-    "sim-ideal": sim_ideal,
-    "sim-change": sim_change,
-    "sim-paths": sim_paths,
+    **_sim_tables(),
     "suite-compute": suite_compute,
     "suite-load": suite_load,
     "soak": soak_windows,
