@@ -63,6 +63,18 @@ def bucket_for(buckets: Sequence[int], n: int) -> int:
     return next(b for b in buckets if b >= n)
 
 
+def first_line(err: Exception) -> str:
+    """onnxruntime's message for ``err``, its first line only (the rest is a C++ trace)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
+
+
+def run_failed(provider: str, err: Exception) -> ModelRunFailed:
+    """A device failure (CUDA out of memory, a lost device) fails its batch with a 503
+    naming the provider; the process and the other models carry on."""
+    return ModelRunFailed(f"the model run failed on {provider}: {first_line(err)}")
+
+
 class Graph(Protocol):
     """A loaded graph: named inputs in, every output out, in the graph's order."""
 
@@ -90,10 +102,7 @@ class OrtGraph:
         try:
             out: list[NDArray[Any]] = self.session.run(None, feeds)
         except Exception as err:  # onnxruntime raises its own unexported classes
-            # A device failure (CUDA out of memory, a lost device) fails this batch with
-            # a 503 naming the provider; the process and the other models carry on.
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise ModelRunFailed(f"the model run failed on {self.provider}: {first}") from None
+            raise run_failed(self.provider, err) from None
         return out
 
 
@@ -155,8 +164,7 @@ class BoundGraph:
                     self._inputs[name].update_inplace(np.ascontiguousarray(value))
                 self.session.run_with_iobinding(self._binding)
             except Exception as err:  # onnxruntime raises its own unexported classes
-                first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-                raise ModelRunFailed(f"the model run failed on {self.provider}: {first}") from None
+                raise run_failed(self.provider, err) from None
             # On the CPU numpy() is a view of the bound buffer, which the next run
             # overwrites: the answer must be a copy. From a GPU it is a copy already.
             if self._on_cpu:
@@ -203,8 +211,9 @@ def open_session(
     try:
         return ort.InferenceSession(spec.path, sess_options=options, providers=providers)
     except Exception as err:  # onnxruntime raises its own unexported classes
-        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        raise ModelLoadError(f"model file {spec.path} cannot be loaded: {first}") from None
+        raise ModelLoadError(
+            f"model file {spec.path} cannot be loaded: {first_line(err)}"
+        ) from None
 
 
 _shared_arenas: set[str] = set()
