@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import __version__
+from service import __version__, tracing
 from service.api.error_responses import add_error_handlers
 from service.api.examples import follow_default_model
 from service.api.middleware import BodySizeLimit, RequestObserver
@@ -23,6 +23,21 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.streams.service import StreamService
+
+
+def add_tracing(app: FastAPI) -> None:
+    """The server span of every HTTP request, outermost, so that admission refusals and
+    the access log line are in it; the caller's ``traceparent`` is continued."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.util.http import parse_excluded_urls
+
+    tracing.configure()
+    app.add_middleware(
+        OpenTelemetryMiddleware,
+        excluded_urls=parse_excluded_urls(tracing.EXCLUDED_URLS),
+        # Its spans per ASGI message would outnumber the service's own.
+        exclude_spans=["receive", "send"],
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry.begin_drain("the service is shutting down")
             await streams.close()
             await registry.close()
+            tracing.flush()
 
     app = FastAPI(
         title="convlstm-serve",
@@ -58,5 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     follow_default_model(app, registry)
     app.add_middleware(BodySizeLimit, registry=registry)
     app.add_middleware(RequestObserver, registry=registry)
+    if tracing.wanted(settings.tracing):
+        add_tracing(app)
     add_error_handlers(app)
     return app

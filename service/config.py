@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from convlstm_card import card_path
+from service import tracing
 
 Provider = Literal["auto", "cuda", "tensorrt", "cpu", "simulated"]
 ConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
@@ -262,6 +263,13 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
 
+    tracing: bool | None = None
+    """OpenTelemetry traces of HTTP and gRPC requests, exported over OTLP/HTTP. Unset:
+    on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is
+    set. Everything else comes from the standard ``OTEL_*`` variables (endpoint, headers,
+    ``OTEL_TRACES_SAMPLER``, ``OTEL_SERVICE_NAME``, ``OTEL_BSP_*``); a protocol other than
+    ``http/protobuf`` is refused at start-up. ``OTEL_SDK_DISABLED=true`` turns it off."""
+
     @model_validator(mode="after")
     def _gpu_requirement_needs_gpu_provider(self) -> Settings:
         if self.require_gpu and self.provider in ("cpu", "simulated"):
@@ -272,6 +280,12 @@ class Settings(BaseSettings):
                 "this installation refuses it (CONVLSTM_SIMULATED_ALLOWED=false, as the "
                 "runtime images set); set CONVLSTM_SIMULATED_ALLOWED=true to ask for it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tracing_exporter_is_shipped(self) -> Settings:
+        if tracing.wanted(self.tracing):
+            tracing.check_environment()
         return self
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
+from service import tracing
 from service.config import Settings
 from service.errors import InvalidInput, ModelLoadError
 from service.inference.codec import check_shape, decode_frames, decode_tensor
@@ -117,6 +118,12 @@ class StreamService:
                 max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
                 cohort_wait=self.settings.batch_cohort_wait,
                 on_batch=self._observe(name),
+                span_attributes={
+                    "convlstm.model": name,
+                    "convlstm.model_version": served.info.version,
+                    "convlstm.provider": session.provider,
+                    "convlstm.graph": "step",
+                },
             )
             batcher.start()
             self.models[name] = StreamModel(
@@ -236,14 +243,16 @@ class StreamService:
     ) -> tuple[Stream, Prediction]:
         """Feed a stream its next frames; the ``horizon`` frames that follow everything it
         has seen, as ``/predict`` answers them."""
-        stream = self.table.get(stream_id)
+        with tracing.span("stream.state.load"):
+            stream = self.table.get(stream_id)
         model = self.models[stream.model]
         model.task.steps(horizon)
         size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
-        if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
-            frames = self.decode(model, source)
-        else:
-            frames = await anyio.to_thread.run_sync(self.decode, model, source)
+        with tracing.span("decode"):
+            if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
+                frames = self.decode(model, source)
+            else:
+                frames = await anyio.to_thread.run_sync(self.decode, model, source)
         predicted, seconds = await self.step_arrays(stream, frames, horizon)
         return stream, await model.task.answer(predicted, seconds, return_tensor=return_tensor)
 
@@ -261,7 +270,8 @@ class StreamService:
                 result = await self._run(model, StepWork(frames, horizon, stream.state))
             finally:
                 stream.touch()
-            stream.state = result.state
+            with tracing.span("stream.state.store"):
+                stream.state = result.state
             stream.frames_seen += len(frames)
             stream.steps += len(frames) + horizon - 1
             self._score(model, stream, frames, result.predicted)
