@@ -4,6 +4,7 @@ limits and observes requests, and ``error_responses`` renders every error."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from service.api.timeseries import router as timeseries_router
 from service.api.web import mount_web
 from service.config import Settings
 from service.metrics import Metrics
+from service.payload_log import PayloadCapture, PayloadLogger
 from service.registry import ModelRegistry
 from service.streams.service import StreamService
 
@@ -44,17 +46,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = ModelRegistry(settings, Metrics())
     streams = StreamService(settings, registry)
+    payload_logger = None
+    if settings.payload_log_url is not None:
+        payload_logger = PayloadLogger(
+            settings.payload_log_url,
+            settings.payload_log_mode,
+            max_queue=settings.payload_log_queue,
+            timeout_s=settings.payload_log_timeout_s,
+            events=registry.metrics.payload_log_events,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.load()
         await streams.start()
+        if payload_logger is not None:
+            payload_logger.start()
         try:
             yield
         finally:
             registry.begin_drain("the service is shutting down")
             await streams.close()
             await registry.close()
+            if payload_logger is not None:
+                await asyncio.to_thread(payload_logger.stop)
             tracing.flush()
 
     app = FastAPI(
@@ -73,6 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_web(app)
     follow_default_model(app, registry)
     app.add_middleware(BodySizeLimit, registry=registry)
+    if payload_logger is not None:
+        # Inside RequestObserver: the events carry its request id.
+        app.add_middleware(
+            PayloadCapture, logger=payload_logger, default_model=registry.default_name
+        )
     app.add_middleware(RequestObserver, registry=registry)
     if tracing.wanted(settings.tracing):
         add_tracing(app)

@@ -56,6 +56,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        self.payload_log_events = Counter(
+            "convlstm_payload_log_events",
+            "Payload log events (CONVLSTM_PAYLOAD_LOG_URL) by CloudEvents type and outcome: "
+            "sent, dropped (queue full) or failed (the sink refused or could not be reached).",
+            ["type", "outcome"],
+            registry=r,
+        )
         self.dropped = Counter(
             "convlstm_dropped_requests",
             "Accepted requests dropped before reaching the model: client_gone or deadline.",
