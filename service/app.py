@@ -24,6 +24,7 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.payload_log import PayloadCapture, PayloadLogger
 from service.registry import ModelRegistry
+from service.series_accuracy import SeriesAccuracy
 from service.streams.service import StreamService
 
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.registry = registry
     app.state.streams = streams
+    app.state.series_accuracy = SeriesAccuracy(registry.metrics, settings.series_accuracy_series)
     app.include_router(router)
     app.include_router(streams_router)
     app.include_router(oip_router)

@@ -263,6 +263,12 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
 
+    series_accuracy_series: int = Field(default=10_000, ge=0, le=1_000_000)
+    """Series (by model version and series name) whose latest forecast is remembered, to
+    be scored when the series comes back with the observations it forecast
+    (``convlstm_series_forecast_mse``); the least recently forecast is forgotten first.
+    0 turns live accuracy of series off."""
+
     payload_log_url: str | None = None
     """Where to send each inference request and its answer as CloudEvents (HTTP, binary
     content mode, KServe's event types and ``ce-*`` attributes), for example a KServe
