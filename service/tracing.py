@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ tracer = trace.get_tracer("service")
 _provider: TracerProvider | None = None
 
 
-def wanted(explicit: bool | None, environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+def wanted(explicit: bool | None, environ: Mapping[str, str] = os.environ) -> bool:
     """Whether tracing is on: ``CONVLSTM_TRACING`` when set, else whether an OTLP
     endpoint is; never when ``OTEL_SDK_DISABLED`` is true."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -67,7 +67,7 @@ def wanted(explicit: bool | None, environ: os._Environ[str] | dict[str, str] = o
     return any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES)
 
 
-def check_environment(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
     """``ValueError`` naming the variable when the exporter asked for is not one this
     service ships (OTLP over HTTP with protobuf, the console, or none)."""
     for name in PROTOCOL_VARIABLES:

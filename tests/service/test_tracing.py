@@ -22,7 +22,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from bench.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
+from service.app import create_app
 from service.config import Settings
+from service.tracing import wanted
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
 
 REQUEST = json.loads((COMMITTED_MODEL.parents[1] / "examples" / "request.json").read_text())
@@ -135,6 +137,34 @@ def test_concurrent_requests_share_one_linked_run(
     assert run_trace in members
 
 
+def test_stream_step_traces_its_state_and_its_step_graph_run(
+    server: RunningServer, receiver: OtlpReceiver
+) -> None:
+    opened = httpx.post(f"{server.url}/v1/streams", json={"model": "convlstm"}, timeout=30)
+    assert opened.status_code == 201, opened.text
+    stream_id = opened.json()["stream_id"]
+    trace_id, parent = new_ids()
+    answer = httpx.post(
+        f"{server.url}/v1/streams/{stream_id}",
+        json={"frames": REQUEST["frames"][:2]},
+        headers={"traceparent": traceparent(trace_id, parent)},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    names = ("stream.state.load", "decode", "model run", "stream.state.store", "encode")
+    receiver.wait_for(has(trace_id, *names))
+    spans = receiver.of_trace(trace_id)
+    (root,) = by_name(spans, "POST /v1/streams/{stream_id}")
+    assert root.attributes["http.route"] == "/v1/streams/{stream_id}"
+    for name in ("stream.state.load", "decode", "queue wait", "stream.state.store", "encode"):
+        assert by_name(spans, name)[0].parent_span_id == root.span_id, name
+    # Two frames are one job of the streams' batcher: one batch, one run span.
+    (run,) = by_name(spans, "model run")
+    assert run.attributes["convlstm.graph"] == "step"
+    assert run.attributes["convlstm.model"] == "convlstm"
+    httpx.delete(f"{server.url}/v1/streams/{stream_id}", timeout=30)
+
+
 def test_malformed_traceparent_starts_a_new_trace(
     server: RunningServer, receiver: OtlpReceiver
 ) -> None:
@@ -208,6 +238,22 @@ def test_health_routes_make_no_spans(server: RunningServer, receiver: OtlpReceiv
     )
     receiver.wait_for(has(marker, "encode"))
     assert receiver.of_trace(trace_id) == []
+
+
+def test_tracing_is_off_unless_asked() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert not wanted(None, {})
+    assert wanted(None, endpoint)
+    assert wanted(None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
+    assert wanted(True, {})
+    assert not wanted(False, endpoint)
+    assert not wanted(True, {"OTEL_SDK_DISABLED": "true"})
+    # Off, the request path has no tracing middleware at all.
+    app = create_app(Settings(model_path=COMMITTED_MODEL, tracing=False, grpc_port=0))
+    assert "OpenTelemetryMiddleware" not in [
+        getattr(m.cls, "__name__", "") for m in app.user_middleware
+    ]
+    assert "RequestObserver" in [getattr(m.cls, "__name__", "") for m in app.user_middleware]
 
 
 def test_an_exporter_the_service_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
