@@ -14,6 +14,7 @@ from service.api.error_responses import add_error_handlers
 from service.api.examples import follow_default_model
 from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
+from service.api.oip_models import router as oip_models_router
 from service.api.repository import router as repository_router
 from service.api.routes import router
 from service.api.streams import router as streams_router
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.streams = streams
     app.include_router(router)
     app.include_router(streams_router)
+    app.include_router(oip_models_router)  # before oip_router: /v2/models/stats
     app.include_router(oip_router)
     app.include_router(repository_router)
     app.include_router(timeseries_router)
