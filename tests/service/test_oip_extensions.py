@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,11 +205,12 @@ def test_everything_is_behind_the_api_key(server: RunningServer) -> None:
         )
         assert raw.status_code == 401
     with triton_grpc.InferenceServerClient(str(server.grpc_address)) as tc:
-        for call in (
+        calls: list[Callable[[], Any]] = [
             lambda: tc.get_inference_statistics(DEFAULT),
             lambda: tc.get_model_repository_index(),
             lambda: tc.unload_model(SEQ),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(InferenceServerException) as err:
                 call()
             assert err.value.status() == "StatusCode.UNAUTHENTICATED"
