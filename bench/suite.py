@@ -13,6 +13,8 @@
 4. ``sim``: the serving path against the simulated device (``bench/sim.py``): the
    server's share of a fast accelerator's ideal rate, and what a costly change of batch
    size does with and without sessions per bucket.
+5. ``transports``: the Open Inference Protocol over gRPC beside REST binary and JSON at 1
+   and 8 clients, with the server's CPU per request (``bench/transports.py``).
 
 Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
 at a size that takes seconds, for CI: its figures mean nothing.
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import sim
+from bench import sim, transports
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
@@ -373,6 +375,7 @@ def run(plan: Plan, smoke: bool) -> dict[str, Any]:
         results["load_int8"] = load(plan, batching=True, model=INT8_PATH, concurrency=ends)
     results["verdicts"] = verdicts(results)
     results["sim"] = sim.run(sim.SMOKE if smoke else sim.FULL, smoke)
+    results["transports"] = transports.run(transports.SMOKE if smoke else transports.FULL, smoke)
     return results
 
 
@@ -388,8 +391,11 @@ def main() -> int:
     plot(results, args.out / "results.png")
     (args.out / "sim.json").write_text(json.dumps(results["sim"], indent=2) + "\n")
     (args.out / "sim.md").write_text(sim.markdown(results["sim"]))
+    (args.out / "transports.json").write_text(json.dumps(results["transports"], indent=2) + "\n")
+    (args.out / "transports.md").write_text(transports.markdown(results["transports"]))
     print(markdown(results))
     print(sim.markdown(results["sim"]))
+    print(transports.markdown(results["transports"]))
     return 0
 
 
