@@ -27,6 +27,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -125,6 +126,10 @@ async def _serve(
         if message is None:  # draining, nothing under way: the final status
             await websocket.close(GOING_AWAY, SHUTTING_DOWN)
             return
+        key = _api_key_of(message)
+        if key is not None:  # a key sent although the handshake had one, or none is set
+            check_api_key(registry, "", key)
+            continue
         request = _step_request(message)
         admit(registry)  # as every request: refused past CONVLSTM_MAX_IN_FLIGHT
         token = registry.request_began()
@@ -155,12 +160,22 @@ async def _key_from_first_message(websocket: WebSocket, registry: ModelRegistry)
         message = {}
     if message.get("type") == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
-    key = ""
-    with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-        body = orjson.loads(message.get("text") or "")
-        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
-            key = body["api_key"]
-    check_api_key(registry, "", key)
+    check_api_key(registry, "", _api_key_of(message) or "")
+
+
+def _api_key_of(message: Mapping[str, Any]) -> str | None:
+    """The key of a ``{"api_key": "..."}`` text message; None for any other message."""
+    text = message.get("text")
+    if not text or "api_key" not in text:
+        return None
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, dict) and set(body) == {"api_key"} and isinstance(body["api_key"], str):
+        key: str = body["api_key"]
+        return key
+    return None
 
 
 async def _next_message(websocket: WebSocket, registry: ModelRegistry) -> dict[str, Any] | None:

@@ -156,6 +156,14 @@ def test_unknown_stream_and_api_key(server: RunningServer, http: httpx.Client) -
         ws.send(base64.b64decode(FRAMES[0]))
         _, code, reason = closed_with(ws)
     assert code == 4401 and "API key" in reason
+    # The page sends the key as a message whenever one is entered: taken with a header too.
+    with socket(server, stream_id) as ws:
+        ws.send(json.dumps({"api_key": KEY}))
+        ws.send(base64.b64decode(FRAMES[0]))
+        assert len(answer(ws)["frames"]) == 1
+        ws.send(json.dumps({"api_key": "wrong"}))
+        _, code, _ = closed_with(ws)
+    assert code == 4401
 
 
 def test_sigterm_answers_the_step_under_way_then_closes_with_1001() -> None:
