@@ -191,7 +191,7 @@ def markdown(results: dict[str, Any]) -> str:
         + (" **Smoke run: the figures mean nothing.**" if results["smoke"] else ""),
         "",
         "| clients | transport | req/s | of raw onnxruntime | p50 ms | server CPU ms/request |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:
         lines.append(
