@@ -39,7 +39,7 @@ from service.admission import admit, check_api_key
 from service.api.frames import frame_source, next_frame_response
 from service.api.schemas import NextFrameResponse
 from service.api.streams import StreamStepRequest
-from service.errors import InvalidInput, ServiceError, ShuttingDown, Unauthorized
+from service.errors import InvalidInput, ServiceError, ShuttingDown
 from service.registry import ModelRegistry
 from service.streams.service import StreamService
 from service.tasks.next_frame import FramesInput
@@ -114,10 +114,10 @@ async def _serve(
 ) -> None:
     if registry.draining:
         raise ShuttingDown(SHUTTING_DOWN)
-    headers = websocket.headers
-    try:
-        check_api_key(registry, headers.get("authorization", ""), headers.get("x-api-key", ""))
-    except Unauthorized:
+    authorization, api_key = (websocket.headers.get(h, "") for h in ("authorization", "x-api-key"))
+    if authorization or api_key:  # a wrong key in the handshake is refused at once
+        check_api_key(registry, authorization, api_key)
+    elif registry.settings.api_key is not None:
         await _key_from_first_message(websocket, registry)
     stream = streams.get(stream_id)  # 404 now, not at the first frame
     served = registry.lookup(stream.model).info
