@@ -27,9 +27,17 @@ FRAMES = moving_square_frames()
 ENV = {"CONVLSTM_API_KEY": KEY, "CONVLSTM_SERVE_MODEL_DIR": "false", "CONVLSTM_WARMUP_RUNS": "0"}
 
 
+# HTTP's idle and keep-alive limits, short: a WebSocket, once upgraded, is not HTTP's to cut.
+SHORT_HTTP_LIMITS = {
+    "CONVLSTM_HEADER_TIMEOUT_S": "1",
+    "CONVLSTM_BODY_IDLE_TIMEOUT_S": "1",
+    "CONVLSTM_KEEP_ALIVE_S": "1",
+}
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    with run_server(COMMITTED_MODEL, env=ENV) as running:
+    with run_server(COMMITTED_MODEL, env={**ENV, **SHORT_HTTP_LIMITS}) as running:
         yield running
 
 
@@ -92,6 +100,15 @@ def test_png_frames_in_one_at_a_time_equal_predict(
     assert info["frames_seen"] == 15  # the socket's close left the stream open
     metrics = http.get("/metrics").text
     assert 'route="/v1/streams/{stream_id}/ws",status="200"} 15.0' in metrics
+
+
+def test_an_idle_socket_outlives_the_http_time_limits(
+    server: RunningServer, http: httpx.Client
+) -> None:
+    with socket(server, open_stream(http)) as ws:
+        time.sleep(2.5)  # past every HTTP limit set above, and a sweep of the guard
+        ws.send(base64.b64decode(FRAMES[0]))
+        assert len(answer(ws)["frames"]) == 1
 
 
 def test_a_tensor_and_a_horizon(server: RunningServer, http: httpx.Client) -> None:
