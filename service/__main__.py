@@ -22,7 +22,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service import logs
-from service.api.stream_socket import OpenSockets
+from service.api.stream_socket import MAX_MESSAGE_BYTES, OpenSockets
 from service.app import create_app
 from service.config import Settings
 from service.connection_guard import ConnectionGuard, ConnectionLimits
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         # h11 has its own header limit (the guard's counts for httptools too).
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        ws_max_size=MAX_MESSAGE_BYTES,
     )
     server = DrainingServer(config, registry, app.state.streams, app.state.stream_sockets)
     server.run()

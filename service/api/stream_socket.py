@@ -36,10 +36,11 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.admission import admit, check_api_key
+from service.api.body_limit import body_limit
 from service.api.frames import frame_source, next_frame_response
 from service.api.schemas import NextFrameResponse
 from service.api.streams import StreamStepRequest
-from service.errors import InvalidInput, ServiceError, ShuttingDown
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError, ShuttingDown
 from service.registry import ModelRegistry
 from service.streams.service import StreamService
 from service.tasks.next_frame import FramesInput
@@ -54,6 +55,10 @@ AUTH_WAIT_S = 10.0
 """How long a socket that brought no key in its headers has to send it."""
 CLOSE_REASON_BYTES = 123
 """The most a close frame's reason may hold (RFC 6455: 125 bytes, less the code)."""
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""uvicorn's WebSocket message limit (``python -m service``): past it the WebSocket library
+closes with 1009 before the app sees the message; below it, the body limit in force
+applies (``_check_size``)."""
 GOING_AWAY = 1001
 SHUTTING_DOWN = "the service is shutting down"
 
@@ -126,6 +131,7 @@ async def _serve(
         if message is None:  # draining, nothing under way: the final status
             await websocket.close(GOING_AWAY, SHUTTING_DOWN)
             return
+        _check_size(message, registry)
         key = _api_key_of(message)
         if key is not None:  # a key sent although the handshake had one, or none is set
             check_api_key(registry, "", key)
@@ -161,6 +167,16 @@ async def _key_from_first_message(websocket: WebSocket, registry: ModelRegistry)
     if message.get("type") == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     check_api_key(registry, "", _api_key_of(message) or "")
+
+
+def _check_size(message: Mapping[str, Any], registry: ModelRegistry) -> None:
+    """A message over the request body limit in force is refused as a body would be
+    (4413, naming the limit and its setting)."""
+    data = message.get("bytes")
+    size = len(data) if data is not None else len((message.get("text") or "").encode())
+    limit = body_limit(registry)
+    if size > limit.bytes:
+        raise PayloadTooLarge(limit.refusal(), location="message")
 
 
 def _api_key_of(message: Mapping[str, Any]) -> str | None:

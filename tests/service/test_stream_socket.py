@@ -32,6 +32,8 @@ SHORT_HTTP_LIMITS = {
     "CONVLSTM_HEADER_TIMEOUT_S": "1",
     "CONVLSTM_BODY_IDLE_TIMEOUT_S": "1",
     "CONVLSTM_KEEP_ALIVE_S": "1",
+    # Every message here is far smaller; one test sends a larger one.
+    "CONVLSTM_MAX_BODY_BYTES": "200000",
 }
 
 
@@ -109,6 +111,16 @@ def test_an_idle_socket_outlives_the_http_time_limits(
         time.sleep(2.5)  # past every HTTP limit set above, and a sweep of the guard
         ws.send(base64.b64decode(FRAMES[0]))
         assert len(answer(ws)["frames"]) == 1
+
+
+def test_a_message_over_the_body_limit_ends_with_4413(
+    server: RunningServer, http: httpx.Client
+) -> None:
+    with socket(server, open_stream(http)) as ws:
+        ws.send(b"\0" * 300_000)
+        error, code, reason = closed_with(ws)
+    assert code == 4413 and error["error"]["type"] == "payload_too_large"
+    assert "larger than the limit of 200000 bytes" in reason
 
 
 def test_a_tensor_and_a_horizon(server: RunningServer, http: httpx.Client) -> None:
