@@ -29,7 +29,11 @@ SHAPE = [2, 15, 40, 40, 3]
 def server() -> Iterator[RunningServer]:
     if not KSERVE_PYTHON.exists():
         pytest.skip(f"no KServe venv at {KSERVE_PYTHON.parent.parent}: `make kserve-env` builds it")
-    env = {"CONVLSTM_API_KEY": KEY, "CONVLSTM_SERVE_MODEL_DIR": "false"}
+    env = {
+        "CONVLSTM_API_KEY": KEY,
+        "CONVLSTM_SERVE_MODEL_DIR": "false",
+        "CONVLSTM_WARMUP_RUNS": "0",
+    }
     with run_server(COMMITTED_MODEL, env=env) as running:
         yield running
 
