@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from service.config import Settings
 from tests.service.conftest import REPO, RunningServer, asgi_client, run_server, running_app
 from tests.service.test_repository import CNN, SEQ, add_version
+from tests.service.test_server import value
 
 KEY = "extensions-test-key"
 HEADERS = {"x-api-key": KEY}  # lower case: gRPC metadata keys are
@@ -290,3 +291,42 @@ async def test_a_server_with_no_streams_omits_sequence() -> None:
     async with running_app(settings) as app, asgi_client(app) as client:
         extensions = (await client.get("/v2")).json()["extensions"]
     assert "sequence" not in extensions and "statistics" in extensions
+
+
+def test_a_cancelled_grpc_call_fails_and_frees_its_queued_jobs(
+    http: httpx.Client,
+    tc_http: triton_http.InferenceServerClient,
+    tc_grpc: triton_grpc.InferenceServerClient,
+) -> None:
+    """An explicit cancel (not a deadline): counted as a failed request at once, and the
+    jobs it left in the queue are dropped when a worker reaches them, not run."""
+    before = stats_of(tc_http, DEFAULT)["inference_stats"]["fail"]["count"]
+    # Two calls of a full batch each (the default maximum, 8; the message limit admits no
+    # more): the first runs, the second waits in the queue and is cancelled there.
+    tensor = triton_grpc.InferInput("frames", [8, 15, 40, 40, 3], "FP32")
+    tensor.set_data_from_numpy(frames(8))
+    answered: list[Any] = []
+    first = tc_grpc.async_infer(
+        DEFAULT, [tensor], callback=lambda result, error: answered.append(error), headers=HEADERS
+    )
+    call = tc_grpc.async_infer(DEFAULT, [tensor], callback=lambda r, e: None, headers=HEADERS)
+    deadline = time.monotonic() + 30
+    while not value(http.get("/metrics").text, "convlstm_queue_depth", model=DEFAULT):
+        assert time.monotonic() < deadline, "the call's jobs never queued"
+        time.sleep(0.01)
+    call.cancel()
+    while stats_of(tc_http, DEFAULT)["inference_stats"]["fail"]["count"] == before:
+        assert time.monotonic() < deadline, "the cancelled call was never counted"
+        time.sleep(0.05)
+    while not value(
+        http.get("/metrics").text,
+        "convlstm_dropped_requests_total",
+        model=DEFAULT,
+        reason="client_gone",
+    ):
+        assert time.monotonic() < deadline, "the cancelled call's queued jobs were run"
+        time.sleep(0.05)
+    assert value(http.get("/metrics").text, "convlstm_queue_depth", model=DEFAULT) == 0
+    np.testing.assert_equal(grpc_infer(tc_grpc, frames(1)).shape, (1, 40, 40, 3))
+    assert answered == [None]  # the first call was answered
+    del first
