@@ -24,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -175,6 +175,11 @@ $(PEERS_VENVS)/%/.installed: bench/peers/%.txt
 
 bench-peers: $(STAMP) $(PEER_STAMPS)
 	$(PY) -m bench.peers.run
+# The Open Inference Protocol over gRPC beside REST binary and JSON (cnn_lstm, 1 and 8
+# clients, server CPU per request; about a minute); also a section of `make bench`.
+bench-transports: $(STAMP)
+	$(PY) -m bench.transports
+
 # Streams against the windowed graph: per-frame cost, horizon-8 roll-out, memory per
 # stream, concurrent streams at 5 frames/s; bench/results/streams.json.
 bench-streams: $(STAMP)

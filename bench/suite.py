@@ -15,6 +15,8 @@
    size does with and without sessions per bucket.
 5. ``tracing``: the server's CPU per request with OpenTelemetry tracing off and on at
    100% sampling (``bench/tracing.py``); not in ``--smoke``.
+6. ``transports``: the Open Inference Protocol over gRPC beside REST binary and JSON at 1
+   and 8 clients, with the server's CPU per request (``bench/transports.py``).
 
 Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
 at a size that takes seconds, for CI: its figures mean nothing.
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import sim, tracing
+from bench import sim, tracing, transports
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
@@ -375,6 +377,7 @@ def run(plan: Plan, smoke: bool) -> dict[str, Any]:
         results["load_int8"] = load(plan, batching=True, model=INT8_PATH, concurrency=ends)
     results["verdicts"] = verdicts(results)
     results["sim"] = sim.run(sim.SMOKE if smoke else sim.FULL, smoke)
+    results["transports"] = transports.run(transports.SMOKE if smoke else transports.FULL, smoke)
     if not smoke:  # two more servers and a minute of load: not for CI's smoke run
         results["tracing"] = tracing.run(requests=300, concurrency=4, rounds=2)
     return results
@@ -392,8 +395,11 @@ def main() -> int:
     plot(results, args.out / "results.png")
     (args.out / "sim.json").write_text(json.dumps(results["sim"], indent=2) + "\n")
     (args.out / "sim.md").write_text(sim.markdown(results["sim"]))
+    (args.out / "transports.json").write_text(json.dumps(results["transports"], indent=2) + "\n")
+    (args.out / "transports.md").write_text(transports.markdown(results["transports"]))
     print(markdown(results))
     print(sim.markdown(results["sim"]))
+    print(transports.markdown(results["transports"]))
     if "tracing" in results:
         (args.out / "tracing.json").write_text(json.dumps(results["tracing"], indent=2) + "\n")
         (args.out / "tracing.md").write_text(tracing.markdown(results["tracing"]))

@@ -245,6 +245,15 @@ def _sim_tables() -> dict[str, Callable[[], str]]:
     }
 
 
+def transports() -> str:
+    """``bench.transports``: gRPC beside REST binary and JSON, as the benchmark writes it
+    (its machine and load average first, then the table)."""
+    from bench import transports as bench_transports
+
+    record = _read(RESULTS / "transports.json")
+    return bench_transports.markdown(record).split("\n", 2)[2]
+
+
 TABLES: dict[str, Callable[[], str]] = {
     **_sim_tables(),
     "suite-compute": suite_compute,
@@ -254,4 +263,5 @@ TABLES: dict[str, Callable[[], str]] = {
     "quality": quality,
     "fed-back": fed_back,
     "series": series,
+    "transports": transports,
 }

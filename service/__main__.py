@@ -22,6 +22,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service import logs
+from service.api.stream_socket import MAX_MESSAGE_BYTES, OpenSockets
 from service.app import create_app
 from service.config import Settings
 from service.connection_guard import ConnectionGuard, ConnectionLimits
@@ -52,11 +53,16 @@ class DrainingServer(uvicorn.Server):
     grace period to finish, then the servers stop and the process exits 0."""
 
     def __init__(
-        self, config: uvicorn.Config, registry: ModelRegistry, streams: StreamService
+        self,
+        config: uvicorn.Config,
+        registry: ModelRegistry,
+        streams: StreamService,
+        sockets: OpenSockets | None = None,
     ) -> None:
         super().__init__(config)
         self.registry = registry
         self.streams = streams
+        self.sockets = sockets or OpenSockets()
         self.grpc: grpc.aio.Server | None = None
         self.grpc_failed = False
         self._draining = False
@@ -109,7 +115,11 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.registry.settings.shutdown_grace_s
-        while self.registry.in_flight > 0 and time.monotonic() < deadline:
+        # Stream sockets finish the step under way, then close themselves with a final
+        # status (service.api.stream_socket); uvicorn's shutdown would cut them with 1012.
+        while (self.registry.in_flight > 0 or self.sockets.count > 0) and (
+            time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.02)
         if self.registry.in_flight:
             log.warning("grace period over with %d request(s) unfinished", self.registry.in_flight)
@@ -176,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         # h11 has its own header limit (the guard's counts for httptools too).
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        ws_max_size=MAX_MESSAGE_BYTES,
     )
-    server = DrainingServer(config, registry, app.state.streams)
+    server = DrainingServer(config, registry, app.state.streams, app.state.stream_sockets)
     server.run()
     return 0 if server.started and not server.grpc_failed else 1
 

@@ -15,8 +15,11 @@ from service.api.error_responses import add_error_handlers
 from service.api.examples import follow_default_model
 from service.api.middleware import BodySizeLimit, RequestObserver
 from service.api.oip import router as oip_router
+from service.api.oip_models import router as oip_models_router
 from service.api.repository import router as repository_router
 from service.api.routes import router
+from service.api.stream_socket import OpenSockets
+from service.api.stream_socket import router as stream_socket_router
 from service.api.streams import router as streams_router
 from service.api.timeseries import router as timeseries_router
 from service.api.web import mount_web
@@ -82,8 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.streams = streams
     app.state.series_accuracy = SeriesAccuracy(registry.metrics, settings.series_accuracy_series)
+    app.state.stream_sockets = OpenSockets()
     app.include_router(router)
     app.include_router(streams_router)
+    app.include_router(stream_socket_router)
+    app.include_router(oip_models_router)  # before oip_router: /v2/models/stats
     app.include_router(oip_router)
     app.include_router(repository_router)
     app.include_router(timeseries_router)

@@ -6,6 +6,7 @@ itself. Nothing here knows HTTP or protobuf; each transport converts its wire ty
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -22,7 +23,9 @@ from service.streams.sequence import check_sequence_shape, sequence_id, sequence
 from service.streams.service import StreamService
 
 SERVER_NAME = "convlstm-serve"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+"""The protocol extensions every server serves; ``sequence`` is added where a served
+model serves streams (``extensions``)."""
 # Datatypes a client may send: FP32 values in [0, 1], or UINT8 pixels scaled by 1/255.
 INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 
@@ -64,8 +67,14 @@ def invalid_request(err: ValidationError) -> InvalidInput:
     return InvalidInput(f"{where}: {first['msg']}", location=where)
 
 
-def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+def extensions(streams: StreamService) -> list[str]:
+    """The extensions this server serves now: ``sequence`` (``sequence_id``,
+    ``sequence_start``, ``sequence_end`` on infer) only while a model serves streams."""
+    return [*EXTENSIONS, *(["sequence"] if streams.models else [])]
+
+
+def server_metadata(streams: StreamService) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": extensions(streams)}
 
 
 def metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
@@ -106,6 +115,69 @@ def model_config(registry: ModelRegistry, name: str, version: str | None) -> dic
         "input": [tensor(info.input_name, info.input_shape)],
         "output": [tensor(info.output_name, info.output_shape)],
     }
+
+
+def statistics(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
+    """Triton's statistics of every served version (``name`` empty), of every version of
+    ``name``, or of one version; 404 for an unknown name or version."""
+    if not name:
+        if version:
+            raise InvalidInput("version: a version needs a model name", location="version")
+        chosen = [m for versions in registry.versions.values() for m in versions.values()]
+    elif version:
+        chosen = [registry.lookup(name, version)]
+    else:
+        if name not in registry.versions:
+            raise registry.unknown(name)
+        chosen = list(registry.versions[name].values())
+    chosen.sort(key=lambda m: (m.info.name, version_order(m.info.version)))
+    return {
+        "model_stats": [
+            m.runner.statistics.as_triton(m.info.name, str(m.info.version)) for m in chosen
+        ]
+    }
+
+
+def check_load_parameters(parameters: dict[str, Any]) -> None:
+    """A repository load's parameters: Triton's ``config`` and ``file:`` overrides (a
+    model sent in the request) are refused; models come from the directory."""
+    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        raise InvalidInput(
+            f"parameters.{overrides[0]}: a model sent in the request is not supported; "
+            "put it in the model directory and load it by name",
+            location=f"parameters.{overrides[0]}",
+        )
+
+
+def raw_request(model: ServedModel, body: bytes) -> InferRequest:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the whole
+    body is the model's one input as little-endian FP32, its batch size read from the
+    byte count. Only for inputs whose other dimensions are fixed."""
+    info = model.info
+    item = info.input_shape[1:]
+    fixed = [d for d in item if isinstance(d, int)]
+    if len(fixed) != len(item):
+        raise InvalidInput(
+            f"body: a raw binary body needs an input with only the batch dimension "
+            f"variable; {info.input_name!r} has shape {dims(info.input_shape)}; send a JSON "
+            "header with the shape",
+            location="body",
+        )
+    item_bytes = 4 * int(np.prod(fixed))
+    if not body or len(body) % item_bytes:
+        raise InvalidInput(
+            f"body: {len(body)} bytes is not a whole number of {info.input_name!r} items of "
+            f"shape {fixed} as FP32 ({item_bytes} bytes each)",
+            location="body",
+        )
+    tensor = InferTensor(
+        name=info.input_name,
+        shape=[len(body) // item_bytes, *fixed],
+        datatype="FP32",
+        parameters={"binary_data_size": len(body)},
+    )
+    return InferRequest(inputs=[tensor])
 
 
 def model_ready(registry: ModelRegistry, name: str, version: str | None) -> bool:
@@ -170,7 +242,13 @@ async def _sequence_infer(
             req, binary, model, check=lambda shape, where: check_sequence_shape(shape, frame)
         )[0]
     stream, end = sequence_stream(streams, model.info.name, seq, req.parameters)
-    predicted, _ = await wait(streams.step_arrays(stream, frames, horizon))
+    start = time.perf_counter()
+    try:
+        predicted, _ = await wait(streams.step_arrays(stream, frames, horizon))
+    except BaseException:
+        model.runner.statistics.request(False, time.perf_counter() - start)
+        raise
+    model.runner.statistics.request(True, time.perf_counter() - start)
     if end and streams.table.streams.get(stream.id) is stream:
         streams.close_stream(stream.id)
     out: NDArray[np.float32] = predicted[None, 0] if horizon == 1 else predicted[None]

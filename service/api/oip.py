@@ -54,9 +54,9 @@ _WHY = {
 }
 
 
-@router.get("", summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return dataplane.server_metadata()
+@router.get("", summary="Server metadata: name, version and the extensions served")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return dataplane.server_metadata(request.app.state.streams)
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -159,8 +159,13 @@ async def version_infer(
 
 async def _infer(model: ServedModel, request: Request) -> Response:
     raw = await request.body()
-    header, binary = _split(raw, request.headers.get(HEADER_LENGTH))
-    req = parse_request(header)
+    header_length = request.headers.get(HEADER_LENGTH)
+    header, binary = _split(raw, header_length)
+    if header_length is not None and not header:
+        # Triton's raw binary request: a header length of 0, the body one input's bytes.
+        req = dataplane.raw_request(model, binary)
+    else:
+        req = parse_request(header)
     streams: StreamService = request.app.state.streams
 
     def wait(work: Awaitable[Any]) -> Awaitable[Any]:

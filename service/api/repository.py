@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service import dataplane
 from service.api.deps import RegistryDep, require_api_key
 from service.api.error_responses import OIP_PREFIX
 from service.errors import InvalidInput
@@ -85,13 +86,7 @@ async def index(request: Request, registry: RegistryDep) -> list[IndexRow]:
 )
 async def load(name: str, request: Request, registry: RegistryDep) -> Response:
     body: ControlRequest = await _body(request, ControlRequest)
-    overrides = sorted(k for k in body.parameters if k == "config" or k.startswith("file:"))
-    if overrides:
-        raise InvalidInput(
-            f"parameters.{overrides[0]}: a model sent in the request is not supported; "
-            "put it in the model directory and load it by name",
-            location=f"parameters.{overrides[0]}",
-        )
+    dataplane.check_load_parameters(body.parameters)
     await registry.load_named(name)
     return Response(status_code=200)
 

@@ -1,5 +1,6 @@
 """The gRPC services: Triton's ``inference.GRPCInferenceService`` (health, metadata,
-configuration, inference, streamed inference; the other RPCs answer UNIMPLEMENTED) and
+configuration, statistics, the model repository, inference, streamed inference; the
+shared-memory, trace and logging RPCs answer UNIMPLEMENTED) and
 ``grpc.health.v1.Health``. Each RPC admits the call, checks the API key and counts it as
 the HTTP middleware does, then calls the data plane; a ``ServiceError`` becomes the status ``errors.status_code`` gives
 it, with the message HTTP sends."""
@@ -22,7 +23,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from service import dataplane
 from service.admission import admit, check_api_key
 from service.errors import ServiceError
-from service.grpc.convert import infer_request, infer_response, model_metadata
+from service.grpc.convert import infer_request, infer_response, model_metadata, parameters
 from service.grpc.errors import status_code
 from service.registry import ModelRegistry
 from service.streams.service import StreamService
@@ -63,7 +64,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def work() -> Any:
-            return pb.ServerMetadataResponse(**dataplane.server_metadata())
+            return pb.ServerMetadataResponse(**dataplane.server_metadata(self.streams))
 
         return await self._call(context, "ServerMetadata", work, auth=False)
 
@@ -80,6 +81,41 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return pb.ModelConfigResponse(config=json_format.ParseDict(config, ModelConfig()))
 
         return await self._call(context, "ModelConfig", work)
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work() -> Any:
+            stats = dataplane.statistics(self.registry, request.name, request.version or None)
+            return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+        return await self._call(context, "ModelStatistics", work)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work() -> Any:
+            response = pb.RepositoryIndexResponse()
+            for row in self.registry.index(ready_only=request.ready):
+                response.models.add(
+                    name=row.name, version=row.version, state=row.state, reason=row.reason
+                )
+            return response
+
+        return await self._call(context, "RepositoryIndex", work)
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work() -> Any:
+            dataplane.check_load_parameters(parameters(request.parameters))
+            await self.registry.load_named(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call(context, "RepositoryModelLoad", work)
+
+    async def RepositoryModelUnload(  # noqa: N802
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def work() -> Any:
+            await self.registry.unload_named(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call(context, "RepositoryModelUnload", work)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return await self._call(context, "ModelInfer", lambda: self._infer(request))

@@ -5,6 +5,7 @@ of the model's task adapter (``service.tasks``), never the runner's."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from service.config import Settings
 from service.errors import Overloaded
 from service.inference.scheduler import BatchStats, Rollout, Scheduler
 from service.inference.session import GPU_PROVIDERS, OnnxSession
+from service.inference.statistics import ModelStatistics
 from service.metrics import Metrics
 
 
@@ -46,6 +48,8 @@ class ModelRunner:
         self.info = info
         self.timeout_s = settings.request_timeout_s
         self.metrics = metrics
+        self.statistics = ModelStatistics()
+        """The protocol's statistics of this version (``/stats``, ``ModelStatistics``)."""
         self.scheduler = Scheduler(
             session.run,
             rollout=rollout,
@@ -69,6 +73,7 @@ class ModelRunner:
         return wanted in GPU_PROVIDERS and self.session.provider != wanted
 
     def _observe_batch(self, stats: BatchStats) -> None:
+        self.statistics.batch(stats.sizes, stats.queue_waits, stats.run_seconds)
         for size in stats.sizes:
             self.metrics.batch_size.labels(self.info.name).observe(size)
         for wait in stats.queue_waits:
@@ -96,13 +101,17 @@ class ModelRunner:
         """Checked model inputs (N, ...) -> every item's output after ``steps`` steps,
         stacked, and the longest time any of them spent in the model. Each item is its
         own job, so the scheduler batches them with whatever else is queued."""
+        start = time.perf_counter()
         try:
             results = await asyncio.gather(
                 *(self.scheduler.submit(item, steps, self.timeout_s) for item in batch)
             )
-        except Overloaded:
-            self.metrics.rejected.labels("overloaded").inc()
+        except BaseException as err:
+            if isinstance(err, Overloaded):
+                self.metrics.rejected.labels("overloaded").inc()
+            self.statistics.request(False, time.perf_counter() - start)
             raise
+        self.statistics.request(True, time.perf_counter() - start, len(batch))
         seconds = max(s for _, s in results)
         self.metrics.inference_seconds.labels(self.info.name, self.info.provider).observe(seconds)
         # One step of one item is one predicted frame for a next-frame model.

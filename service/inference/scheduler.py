@@ -69,6 +69,8 @@ class BatchStats:
     dropped_expired: int
     queue_waits: list[float] = field(default_factory=list)
     """Seconds each job run in the batch waited in the queue."""
+    run_seconds: float = 0.0
+    """Seconds the batch's roll-out took in the model (0 when nothing ran)."""
 
 
 class Scheduler:
@@ -179,6 +181,7 @@ class Scheduler:
                 else:
                     live.append(job)
             sizes: list[int] = []
+            seconds = 0.0
             waits = [now - job.queued_at for job in live]
             if live:
                 self._running += len(live)
@@ -206,7 +209,7 @@ class Scheduler:
                     self._running -= len(live)
                     if traced is not None:
                         traced.end(failure)
-            self._on_batch(BatchStats(sizes, abandoned, expired, waits))
+            self._on_batch(BatchStats(sizes, abandoned, expired, waits, seconds))
 
     def _run(self, jobs: list[Job]) -> tuple[list[NDArray[np.float32]], float, list[int]]:
         start = time.perf_counter()

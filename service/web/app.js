@@ -1,4 +1,5 @@
-// The demo page: pick a sample or upload frames, call POST /predict, show the answer.
+// The demo page: pick a sample or upload frames, call POST /predict, show the answer; or
+// go live: feed the frames one at a time to a stream over its WebSocket.
 // Plain JavaScript, no build step. Every URL is relative to the page, so the page also
 // works behind a proxy that serves the service under a path prefix.
 "use strict";
@@ -19,8 +20,14 @@
     sample: $("sample"),
     files: $("files"),
     horizon: $("horizon"),
+    modelPicker: $("model"),
     apiKey: $("api-key"),
     run: $("run"),
+    live: $("live"),
+    livePanel: $("live-panel"),
+    liveStatus: $("live-status"),
+    liveSent: $("live-sent"),
+    livePredicted: $("live-predicted"),
     busy: $("busy"),
     error: $("error"),
     info: $("result-info"),
@@ -211,13 +218,8 @@
       if (!Number.isFinite(body.horizon)) {
         throw new PageError("Horizon: enter a whole number of frames to predict.");
       }
-      const headers = { "Content-Type": "application/json" };
-      const key = el.apiKey.value.trim();
-      // fetch() refuses header values outside Latin-1 with an obscure TypeError.
-      if (!/^[\x20-\x7e]*$/.test(key)) {
-        throw new PageError("API key: only printable ASCII characters can be sent.");
-      }
-      if (key) headers["X-API-Key"] = key;
+      if (el.modelPicker.value) body.model = el.modelPicker.value;
+      const { headers, key } = requestHeaders();
       const started = performance.now();
       const answer = await postJson("predict", body, headers, Boolean(key));
       const roundtrip = performance.now() - started;
@@ -235,6 +237,136 @@
     } finally {
       el.run.disabled = false;
       el.busy.hidden = true;
+    }
+  }
+
+  /** JSON headers with the API key, if one was entered. */
+  function requestHeaders() {
+    const headers = { "Content-Type": "application/json" };
+    const key = el.apiKey.value.trim();
+    // fetch() refuses header values outside Latin-1 with an obscure TypeError.
+    if (!/^[\x20-\x7e]*$/.test(key)) {
+      throw new PageError("API key: only printable ASCII characters can be sent.");
+    }
+    if (key) headers["X-API-Key"] = key;
+    return { headers, key };
+  }
+
+  // ---- live: a stream over its WebSocket -----------------------------------------------
+
+  // The socket of the live run under way, if any; Live again stops it.
+  const live = { socket: null, streamId: null };
+
+  async function goLive() {
+    hideError();
+    if (live.socket) {
+      stopLive("Stopped.");
+      return;
+    }
+    if (view.inputs.length === 0) {
+      showError(new PageError("Choose a sample or upload frames first."));
+      return;
+    }
+    el.livePanel.hidden = false;
+    el.liveSent.replaceChildren();
+    el.livePredicted.replaceChildren();
+    try {
+      const { headers, key } = requestHeaders();
+      const model = el.modelPicker.value || undefined;
+      const opened = await fetch("v1/streams", {
+        method: "POST",
+        headers,
+        body: JSON.stringify(model ? { model } : {}),
+      });
+      const info = await opened.json().catch(() => null);
+      if (!opened.ok) throw new PageError(describeFailure(opened, info, "", Boolean(key)));
+      live.streamId = info.stream_id;
+      const frames = await Promise.all(view.inputs.map((f) => f.base64()));
+      await runLive(info, frames, key);
+    } catch (err) {
+      stopLive("");
+      showError(err);
+    }
+  }
+
+  function runLive(info, frames, key) {
+    const url = new URL(`v1/streams/${encodeURIComponent(info.stream_id)}/ws`, location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(url);
+    live.socket = socket;
+    el.live.textContent = "Stop";
+    let sent = 0;
+    let sentAt = 0;
+    const send = () => {
+      if (sent >= frames.length) {
+        stopLive(`Done: ${frames.length} frames streamed to ${info.model}.`);
+        return;
+      }
+      const bytes = Uint8Array.from(atob(frames[sent]), (c) => c.charCodeAt(0));
+      sentAt = performance.now();
+      socket.send(bytes); // a binary message: the frame itself
+      addLiveFrame(el.liveSent, `data:image/png;base64,${frames[sent]}`, sent + 1, "sent");
+      sent += 1;
+    };
+    return new Promise((resolve) => {
+      socket.addEventListener("open", () => {
+        // A browser cannot set headers on a WebSocket: the key goes first, as a message.
+        if (key) socket.send(JSON.stringify({ api_key: key }));
+        el.liveStatus.textContent = `Streaming to ${info.model} (stream ${info.stream_id})\u2026`;
+        send();
+      });
+      socket.addEventListener("message", (event) => {
+        const answer = JSON.parse(event.data);
+        if (answer.error) {
+          showError(new PageError(`The stream refused a frame (${answer.error.type}): ${answer.error.message}`));
+          return;
+        }
+        const ms = performance.now() - sentAt;
+        addLiveFrame(el.livePredicted, `data:image/png;base64,${answer.frames[0]}`, sent + 1, "predicted");
+        el.liveStatus.textContent =
+          `Frame ${sent} of ${frames.length} answered in ${ms.toFixed(0)} ms ` +
+          `(${answer.inference_ms.toFixed(1)} ms in the model).`;
+        setTimeout(send, FRAME_MS);
+      });
+      socket.addEventListener("close", (event) => {
+        if (live.socket === socket) {
+          const why = event.reason ? `: ${event.reason}` : "";
+          stopLive(`The stream closed (code ${event.code})${why}.`);
+        }
+        resolve();
+      });
+    });
+  }
+
+  function addLiveFrame(strip, src, step, kind) {
+    const figure = document.createElement("figure");
+    const img = new Image();
+    img.src = src;
+    img.alt = `${kind} frame t=${step}`;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `t=${step}`;
+    figure.append(img, caption);
+    strip.append(figure);
+  }
+
+  function stopLive(status) {
+    const { socket, streamId } = live;
+    live.socket = null;
+    live.streamId = null;
+    el.live.textContent = "Live";
+    if (status) el.liveStatus.textContent = status;
+    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000, "done");
+    if (streamId) {
+      // The stream's state is freed now rather than when it expires.
+      let headers = {};
+      try {
+        headers = requestHeaders().headers;
+      } catch {
+        // the key was refused before the stream opened
+      }
+      fetch(`v1/streams/${encodeURIComponent(streamId)}`, { method: "DELETE", headers }).catch(
+        () => {},
+      );
     }
   }
 
@@ -458,13 +590,29 @@
         spec.frame_shape.join() === SAMPLE_SHAPE.frame_shape.join();
       if (!fits) words.push("The samples (15 RGB frames of 40x40) do not fit it: upload your own.");
     }
-    const others = served.filter((m) => m.name !== body.model).map((m) => m.name);
+    fillModelPicker(served, body.model);
+    const others = served.filter((m) => m.name !== body.model && !m.predict).map((m) => m.name);
     if (others.length > 0) {
       words.push(`Also served, through the API only: ${others.join(", ")}.`);
     }
     const failed = Array.isArray(body.failed) ? body.failed.map((f) => f.name) : [];
     if (failed.length > 0) words.push(`Failed to load: ${failed.join(", ")}.`);
     return " " + words.join(" ");
+  }
+
+  /** Every served frame model in the picker (tensor and series models have no frames). */
+  function fillModelPicker(served, defaultName) {
+    const chosen = el.modelPicker.value;
+    const frameModels = served.filter((m) => m.predict);
+    el.modelPicker.replaceChildren(
+      ...frameModels.map((m) => {
+        const [h, w] = m.predict.frame_shape;
+        const label = `${m.name} ${m.version} (${m.predict.frames} frames of ${w}x${h})`;
+        const option = new Option(m.name === defaultName ? `${label}, default` : label, m.name);
+        option.selected = chosen ? m.name === chosen : m.name === defaultName;
+        return option;
+      }),
+    );
   }
 
   // ---- start ---------------------------------------------------------------------------
@@ -479,6 +627,7 @@
   }
 
   el.form.addEventListener("submit", predict);
+  el.live.addEventListener("click", goLive);
   el.sample.addEventListener("change", () => {
     hideError();
     showSample();

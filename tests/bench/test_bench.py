@@ -70,6 +70,13 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     controls = sim["change_cost"]["controls"]
     assert len(controls) == 4 and all(r["ok"] == r["requests"] > 0 for r in controls), controls
     assert "simulated device" in (tmp_path / "sim.md").read_text()
+    # The transports section: every transport answered at both client counts.
+    transports = json.loads((tmp_path / "transports.json").read_text())
+    assert {(r["transport"], r["clients"]) for r in transports["rows"]} == {
+        (t, c) for t in ("gRPC raw", "REST binary", "REST JSON") for c in (1, 8)
+    }
+    assert all(r["ok"] > 0 and r["failed"] == 0 and r["of_raw"] > 0 for r in transports["rows"])
+    assert "gRPC beside REST" in (tmp_path / "transports.md").read_text()
 
 
 def test_soak_smoke_reports_windows_and_memory() -> None:

@@ -353,3 +353,40 @@ def test_api_key_on(browser: Browser) -> None:
         assert predict(page, 1).status == 200
         expect(page.locator("#error")).to_be_hidden()
         expect(page.locator("#predicted img")).to_have_count(1)
+
+
+def test_model_picker_lists_every_served_frame_model(page: Page, client: httpx.Client) -> None:
+    served = client.get("/readyz").json()["served"]
+    frame_models = [m["name"] for m in served if m["predict"]]
+    assert len(frame_models) >= 2  # the committed directory serves the CNN-LSTM too
+    expect(page.locator("#model option")).to_have_count(len(frame_models))
+    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == frame_models
+    assert page.eval_on_selector("#model", "s => s.value") == "convlstm"
+    page.select_option("#model", "cnn_lstm")
+    response = predict(page, 1)
+    assert response.status == 200
+    sent = response.request.post_data_json
+    assert sent is not None and sent["model"] == "cnn_lstm"
+    expect(page.locator("#info-model")).to_contain_text("cnn_lstm")
+
+
+def test_live_mode_streams_the_frames_over_the_websocket(page: Page, client: httpx.Client) -> None:
+    page.select_option("#sample", FIRST)
+    expect(page.locator("#inputs img")).to_have_count(15)
+    page.click("#live")
+    expect(page.locator("#live-predicted img")).to_have_count(15, timeout=PREDICT_MS)
+    expect(page.locator("#live-status")).to_contain_text("Done: 15 frames streamed to convlstm")
+    expect(page.locator("#error")).to_be_hidden()
+    # After the 15th frame the stream predicts what /predict does from the 15 frames.
+    folder = WEB / "samples" / FIRST
+    frames = [
+        base64.b64encode((folder / f"input_{i:02d}.png").read_bytes()).decode() for i in range(15)
+    ]
+    windowed = client.post("/predict", json={"frames": frames}).json()["frames"][0]
+    last = shown_frames(page, "#live-predicted img")[-1]
+    np.testing.assert_array_equal(last, read_png(base64.b64decode(windowed)))
+    # The page closed its stream when done.
+    page.wait_for_function(
+        "() => fetch('metrics').then(r => r.text()).then(t => "
+        '/convlstm_streams_open\\{model="convlstm"\\} 0\\.0/.test(t))'
+    )
