@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -165,6 +166,19 @@ def test_stream_step_traces_its_state_and_its_step_graph_run(
     httpx.delete(f"{server.url}/v1/streams/{stream_id}", timeout=30)
 
 
+def access_line(server: RunningServer, request_id: str) -> dict[str, Any]:
+    """The JSON access line of one request; the server writes it after the answer has
+    left, so it is waited for (bounded) rather than read at once."""
+    deadline = time.monotonic() + 30
+    while True:
+        for text in server.output().splitlines():
+            if f'"{request_id}"' in text and "POST /predict" in text:
+                found: dict[str, Any] = json.loads(text)
+                return found
+        assert time.monotonic() < deadline, f"no access line for {request_id}"
+        time.sleep(0.1)
+
+
 def test_malformed_traceparent_starts_a_new_trace(
     server: RunningServer, receiver: OtlpReceiver
 ) -> None:
@@ -179,11 +193,7 @@ def test_malformed_traceparent_starts_a_new_trace(
     assert answer.status_code == 200
     assert receiver.of_trace(bad_trace) == []
     # The access line of that request names the trace the server started instead.
-    line = next(
-        json.loads(text)
-        for text in server.output().splitlines()
-        if '"malformed-traceparent"' in text and "POST /predict" in text
-    )
+    line = access_line(server, "malformed-traceparent")
     trace_id = line["trace_id"]
     assert len(trace_id) == 32 and trace_id != bad_trace
     assert len(line["span_id"]) == 16
