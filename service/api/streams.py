@@ -120,7 +120,7 @@ def describe(streams: StreamService, stream: Stream) -> StreamInfo:
     return StreamInfo(
         stream_id=stream.id,
         model=stream.model,
-        model_version=model.version,
+        model_version=stream.model_version or model.version,
         frames_seen=stream.frames_seen,
         steps=stream.steps,
         created=datetime.fromtimestamp(stream.created, UTC),
@@ -149,7 +149,7 @@ def describe(streams: StreamService, stream: Stream) -> StreamInfo:
 async def open_stream(
     streams: StreamsDep, request: Annotated[OpenStreamRequest | None, Body()] = None
 ) -> StreamInfo:
-    stream = streams.open(request.model if request is not None else None)
+    stream = await streams.open(request.model if request is not None else None)
     return describe(streams, stream)
 
 
@@ -183,7 +183,7 @@ async def step_stream(
     dependencies=[Depends(require_api_key)],
 )
 async def get_stream(stream_id: str, streams: StreamsDep) -> StreamInfo:
-    return describe(streams, streams.get(stream_id))
+    return describe(streams, await streams.get(stream_id))
 
 
 @router.delete(
@@ -195,5 +195,5 @@ async def get_stream(stream_id: str, streams: StreamsDep) -> StreamInfo:
     dependencies=[Depends(require_api_key)],
 )
 async def close_stream(stream_id: str, streams: StreamsDep) -> Response:
-    streams.close_stream(stream_id)
+    await streams.close_stream(stream_id)
     return Response(status_code=204)

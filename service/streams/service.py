@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.config import Settings
-from service.errors import InvalidInput, ModelLoadError
+from service.errors import InvalidInput, ModelLoadError, ServiceError
 from service.inference.codec import check_shape, decode_frames, decode_tensor
 from service.registry import ModelRegistry, ServedModel
 from service.streams.batcher import StepBatcher, StepResult, StepWork
+from service.streams.keeper import StreamKeeper
 from service.streams.metrics import StreamMetrics
-from service.streams.session import StepSession
+from service.streams.session import State, StepSession
+from service.streams.store import CorruptState, StoredStream
 from service.streams.table import Stream, StreamTable, UnknownStream
 from service.tasks.next_frame import (
     INLINE_TENSOR_CHARS,
@@ -46,6 +50,19 @@ DEFAULT_ROLLOUT: Literal["window", "state"] = "window"
 # Frames one request on a stream may carry: each is one step that holds up the batch.
 MAX_FRAMES_PER_REQUEST = 256
 
+# The ids this service hands out: a uuid4's hex for /v1/streams, oip:MODEL:SEQ for the
+# Open Inference Protocol's sequences. Anything else is answered 404 without asking the
+# store.
+STREAM_ID = re.compile(r"[0-9a-f]{32}|oip:.{1,300}", re.DOTALL)
+
+
+class StreamGone(ServiceError):
+    """The stream existed, but can no longer be stepped: its model version is no longer
+    served, or it reached ``max_stream_duration_s``."""
+
+    status_code = 410
+    error_type = "stream_gone"
+
 
 @dataclass(frozen=True)
 class StreamModel:
@@ -53,6 +70,7 @@ class StreamModel:
 
     name: str
     version: str
+    sha256: str
     session: StepSession
     batcher: StepBatcher
     task: NextFrameTask
@@ -89,6 +107,7 @@ class StreamService:
         )
         self.models: dict[str, StreamModel] = {}
         self.unavailable: dict[str, str] = {}
+        self.keeper = StreamKeeper(settings)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -120,7 +139,7 @@ class StreamService:
             )
             batcher.start()
             self.models[name] = StreamModel(
-                name, served.info.version, session, batcher, served.task
+                name, served.info.version, served.info.sha256, session, batcher, served.task
             )
             self.metrics.open.labels(name).set_function(self._counter(name))
             log.info(
@@ -130,19 +149,24 @@ class StreamService:
                 session.state_bytes,
             )
         self.metrics.state_bytes.set_function(lambda: self.table.state_bytes)
+        await self.keeper.start()
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def close(self) -> None:
-        """Stop expiring and stepping, and drop every stream: state is not kept across a
-        restart."""
+        """Stop expiring and stepping; with ``drain`` durability write every stream to
+        the store, then drop them from memory."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         for model in self.models.values():
             await model.batcher.stop()
+        kept = await self.keeper.drain(map(self._stored, list(self.table.streams.values())))
         dropped = self.table.clear()
-        if dropped:
-            log.info("closed %d open stream(s); their state is not kept", dropped)
+        await self.keeper.close()
+        if kept:
+            log.info("wrote %d open stream(s) to %s", kept, self.keeper.where)
+        if dropped > kept and not self.keeper.write_through:
+            log.info("closed %d open stream(s); their state is not kept", dropped - kept)
 
     def _counter(self, name: str) -> Callable[[], float]:
         return lambda: sum(1 for s in self.table.streams.values() if s.model == name)
@@ -180,8 +204,13 @@ class StreamService:
             )
         return found
 
-    def open(self, name: str | None, stream_id: str | None = None) -> Stream:
+    async def open(self, name: str | None, stream_id: str | None = None) -> Stream:
         model = self.model(name)
+        if self.keeper.shared and len(self.table) >= self.table.max_streams:
+            # Streams held here are copies of the store's: the idlest makes room.
+            idlest = self.table.least_recently_used()
+            if idlest is not None:
+                self.table.forget(idlest.id)
         try:
             stream = self.table.open(
                 model.name, model.session.zero_state(), model.session.state_bytes, stream_id
@@ -189,14 +218,104 @@ class StreamService:
         except Exception:
             self.metrics.refused.inc()
             raise
+        stream.model_version, stream.sha256 = model.version, model.sha256
+        try:
+            stream.fence = await self.keeper.opened(self._stored(stream))
+        except BaseException:
+            self.table.forget(stream.id)
+            raise
         self.metrics.opened.labels(model.name).inc()
         return stream
 
-    def get(self, stream_id: str) -> Stream:
-        return self.table.get(stream_id)
+    async def get(self, stream_id: str) -> Stream:
+        """The open stream ``stream_id``: held here, or loaded from the store."""
+        if not STREAM_ID.fullmatch(stream_id):
+            raise UnknownStream(
+                f"stream_id: no stream {stream_id[:64]!r}: not a stream id of this service "
+                "(POST /v1/streams answers with one)",
+                location="stream_id",
+            )
+        try:
+            stream = self.table.get(stream_id)
+        except UnknownStream:
+            if self.keeper.store is None:
+                raise
+            stored = await self._fetch(stream_id)
+            if stored is None:
+                raise
+            stream = self._adopt(stored)
+        self._check_age(stream)
+        return stream
 
-    def close_stream(self, stream_id: str) -> Stream:
-        return self.table.close(stream_id)
+    async def close_stream(self, stream_id: str) -> Stream:
+        stream = await self.get(stream_id)
+        self.table.close(stream_id)
+        await self.keeper.closed(stream_id)
+        return stream
+
+    async def _fetch(self, stream_id: str) -> StoredStream | None:
+        """The store's copy of a stream; a corrupt one is removed there and answered 409
+        for this stream only."""
+        try:
+            return await self.keeper.fetch(stream_id)
+        except CorruptState:
+            await self.keeper.closed(stream_id)
+            self.table.forget(stream_id, "closed")
+            raise
+
+    def _adopt(self, stored: StoredStream, into: Stream | None = None) -> Stream:
+        """A stored stream held here (``into`` refreshed, or a new entry), after checking
+        it belongs to a model version served here: 410 when that version is gone, 409
+        when the stored state is not this model's."""
+        model = self.models.get(stored.model)
+        if model is None or model.version != stored.version:
+            now = f"version {model.version} is served" if model else "it serves no streams"
+            raise StreamGone(
+                f"stream_id: stream {stored.id!r} was opened on model {stored.model!r} version "
+                f"{stored.version}, which this server no longer serves ({now}); open a new "
+                "stream",
+                location="stream_id",
+            )
+        why = _mismatch(stored, model)
+        if why is not None:
+            self.table.forget(stored.id, "closed")
+            raise CorruptState(
+                f"stream_id: the stored state of stream {stored.id!r} {why}; the stream is "
+                "closed, open a new one",
+                location="stream_id",
+            )
+        stream = into or Stream(stored.id, stored.model, stored.state, model.session.state_bytes)
+        stream.state = stored.state
+        stream.model_version, stream.sha256 = stored.version, stored.sha256
+        stream.frames_seen, stream.steps = stored.frames_seen, stored.steps
+        stream.created, stream.last_used_wall = stored.created, stored.last_used
+        stream.last_used = time.monotonic() - max(0.0, time.time() - stored.last_used)
+        if into is None:
+            self.table.add(stream)
+        return stream
+
+    def _stored(self, stream: Stream, state: State | None = None) -> StoredStream:
+        return StoredStream(
+            id=stream.id,
+            model=stream.model,
+            version=stream.model_version,
+            sha256=stream.sha256,
+            frames_seen=stream.frames_seen,
+            steps=stream.steps,
+            created=stream.created,
+            last_used=stream.last_used_wall,
+            state=stream.state if state is None else state,
+        )
+
+    def _check_age(self, stream: Stream) -> None:
+        limit = self.settings.max_stream_duration_s
+        if limit is not None and time.time() - stream.created > limit:
+            self.table.forget(stream.id, "closed")
+            raise StreamGone(
+                f"stream_id: stream {stream.id!r} ended: it reached the maximum stream "
+                f"duration of {limit:g} s (max_stream_duration_s); open a new one",
+                location="stream_id",
+            )
 
     def decode(self, model: StreamModel, source: FramesInput | TensorInput) -> NDArray[np.float32]:
         """Any number k >= 1 of frames, in ``/predict``'s forms -> (k, H, W, C)."""
@@ -236,7 +355,7 @@ class StreamService:
     ) -> tuple[Stream, Prediction]:
         """Feed a stream its next frames; the ``horizon`` frames that follow everything it
         has seen, as ``/predict`` answers them."""
-        stream = self.table.get(stream_id)
+        stream = await self.get(stream_id)
         model = self.models[stream.model]
         model.task.steps(horizon)
         size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
@@ -256,14 +375,32 @@ class StreamService:
         async with stream.lock:
             if self.table.streams.get(stream.id) is not stream:  # closed while waiting
                 raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
-            stream.touch()
+            self._check_age(stream)
+            begun = await self.keeper.begin(stream.id, stream.fence)
             try:
-                result = await self._run(model, StepWork(frames, horizon, stream.state))
-            finally:
+                if begun.gone:
+                    self.table.forget(stream.id)
+                    raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
+                if begun.fresher is not None:  # another replica stepped it meanwhile
+                    self._adopt(begun.fresher, into=stream)
                 stream.touch()
-            stream.state = result.state
-            stream.frames_seen += len(frames)
-            stream.steps += len(frames) + horizon - 1
+                try:
+                    result = await self._run(model, StepWork(frames, horizon, stream.state))
+                finally:
+                    stream.touch()
+                after = self._stored(stream, result.state)
+                after.frames_seen += len(frames)
+                after.steps += len(frames) + horizon - 1
+                fence = await self.keeper.commit(begun.lease, after)
+            except BaseException:
+                await self.keeper.abort(begun.lease)
+                if begun.lease is not None:
+                    stream.fence = -1  # read the store's state again before the next step
+                raise
+            # Only once the store has it (with ``step``): a request answered with an error
+            # leaves its stream as it was, here and in the store.
+            stream.state, stream.fence = result.state, fence or stream.fence
+            stream.frames_seen, stream.steps = after.frames_seen, after.steps
             self._score(model, stream, frames, result.predicted)
         return result.predicted, result.seconds
 
@@ -332,3 +469,13 @@ class StreamService:
             raise
         self.metrics.steps.labels(model.name).inc(work.steps)
         return result
+
+
+def _mismatch(stored: StoredStream, model: StreamModel) -> str | None:
+    """How a stored stream differs from what ``model``'s step graph takes, or None."""
+    if stored.sha256 != model.sha256:
+        return f"is of model file sha256 {stored.sha256[:12]}..., not {model.sha256[:12]}..."
+    shapes = {name: tuple(value.shape) for name, value in stored.state.items()}
+    if shapes != model.session.state_shapes:
+        return f"has tensors {shapes}, the step graph takes {model.session.state_shapes}"
+    return None
