@@ -183,7 +183,7 @@ async def step_stream(
     dependencies=[Depends(require_api_key)],
 )
 async def get_stream(stream_id: str, streams: StreamsDep) -> StreamInfo:
-    return describe(streams, await streams.get(stream_id))
+    return describe(streams, await streams.get(stream_id, fresh=True))
 
 
 @router.delete(

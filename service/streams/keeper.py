@@ -173,11 +173,13 @@ class StreamKeeper:
                     location="stream_id",
                 )
             await asyncio.sleep(LEASE_POLL_S)
-        if not self.shared or lease.stored_fence == fence:
+        if not self.shared:
             return Begun(lease, None)
         if lease.stored_fence == -1:
             await self.store.release(lease)
             return Begun(None, None, gone=True)
+        if lease.stored_fence == fence:
+            return Begun(lease, None)
         try:
             fresher = await self.fetch(stream_id)
         except BaseException:

@@ -227,23 +227,34 @@ class StreamService:
         self.metrics.opened.labels(model.name).inc()
         return stream
 
-    async def get(self, stream_id: str) -> Stream:
-        """The open stream ``stream_id``: held here, or loaded from the store."""
+    async def get(self, stream_id: str, *, fresh: bool = False) -> Stream:
+        """The open stream ``stream_id``: held here, or loaded from the store. ``fresh``:
+        where replicas share the store, as the store has it now (another replica may have
+        stepped it since this one did)."""
         if not STREAM_ID.fullmatch(stream_id):
             raise UnknownStream(
                 f"stream_id: no stream {stream_id[:64]!r}: not a stream id of this service "
                 "(POST /v1/streams answers with one)",
                 location="stream_id",
             )
-        try:
-            stream = self.table.get(stream_id)
-        except UnknownStream:
-            if self.keeper.store is None:
-                raise
+        held = self.table.streams.get(stream_id)
+        if fresh and self.keeper.shared and (held is None or not held.busy):
             stored = await self._fetch(stream_id)
             if stored is None:
-                raise
-            stream = self._adopt(stored)
+                self.table.forget(stream_id)
+                raise UnknownStream(self.table.why_unknown(stream_id), location="stream_id")
+            stream = self._adopt(stored, into=held)
+            stream.fence = -1  # read whole, not under a lease: checked again at the next step
+        else:
+            try:
+                stream = self.table.get(stream_id)
+            except UnknownStream:
+                if self.keeper.store is None:
+                    raise
+                stored = await self._fetch(stream_id)
+                if stored is None:
+                    raise
+                stream = self._adopt(stored)
         self._check_age(stream)
         return stream
 

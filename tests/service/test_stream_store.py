@@ -75,7 +75,12 @@ def test_blob_is_exact_and_compact() -> None:
         assert back.state[name].dtype == np.float32
         np.testing.assert_array_equal(back.state[name], value)  # bit for bit
     assert (back.model, back.version, back.sha256) == (s.model, s.version, s.sha256)
-    assert (back.frames_seen, back.steps, back.created, back.last_used) == (7, 9, s.created, 1_700_000_010.5)
+    assert (back.frames_seen, back.steps, back.created, back.last_used) == (
+        7,
+        9,
+        s.created,
+        1_700_000_010.5,
+    )
     assert list(back.state) == ["h0", "c0"]
 
 
