@@ -24,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,13 @@ load-tools:
 # not start it, no init system runs in the test machines).
 stream-tools:
 	@command -v redis-server >/dev/null && command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx-light; } || echo "no redis-server/nginx and not root: the stream store tests skip"
+
+# Streams across real server processes sharing a real Redis (two replicas alternating,
+# one killed with SIGKILL, SIGTERM and restart with drain): six server starts, 2 to 4
+# minutes on a shared 2-core machine, so not in `make test`.
+# CONVLSTM_STREAM_REPLICAS=full runs 32 streams x 40 frames instead of 8 x 20.
+test-stream-replicas: $(STAMP) stream-tools
+	CONVLSTM_STREAM_REPLICAS=$${CONVLSTM_STREAM_REPLICAS:-1} $(PY) -m pytest tests/service/test_streams_replicas.py -p no:cacheprovider
 
 # The documentation site (mkdocs.yml), into site/. The settings table, the HTTP
 # operations and the results tables are generated at build time (docs_build/hooks.py);
