@@ -132,7 +132,9 @@ async def test_a_corrupt_or_foreign_state_is_an_error_for_that_stream_only(
         bad, other, foreign, old = ids
         with sync_redis.Redis(port=redis.port) as r:
             r.hset(state_key(bad), "blob", b"not a state at all")
-            stored = decode(r.hget(state_key(foreign), "blob"), foreign)  # type: ignore[arg-type]
+            blob = r.hget(state_key(foreign), "blob")
+            assert isinstance(blob, bytes)
+            stored = decode(blob, foreign)
             stored.sha256 = "0" * 64
             r.hset(state_key(foreign), "blob", encode(stored))
             stored.sha256, stored.version, stored.id = "x", "99", old

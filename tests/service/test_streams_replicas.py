@@ -105,7 +105,9 @@ def step(client: httpx.Client, stream_id: str, frame: NDArray[np.float32]) -> ht
 def prediction(r: httpx.Response) -> NDArray[np.float32]:
     assert r.status_code == 200, r.text
     t = r.json()["tensor"]
-    return np.frombuffer(base64.b64decode(t["data"]), "<f4").reshape(t["shape"])[0]
+    frames: NDArray[np.float32] = np.frombuffer(base64.b64decode(t["data"]), "<f4")
+    first: NDArray[np.float32] = frames.reshape(t["shape"])[0]
+    return first
 
 
 def open_streams(server: RunningServer, n: int) -> list[str]:
