@@ -99,7 +99,7 @@ stream-tools:
 # Streams across real server processes sharing a real Redis (two replicas alternating,
 # one killed with SIGKILL, SIGTERM and restart with drain): six server starts, 2 to 4
 # minutes on a shared 2-core machine, so not in `make test`.
-# CONVLSTM_STREAM_REPLICAS=full runs 32 streams x 40 frames instead of 8 x 20.
+# CONVLSTM_STREAM_REPLICAS=full runs 32 streams x 40 frames instead of 16 x 20.
 test-stream-replicas: $(STAMP) stream-tools
 	CONVLSTM_STREAM_REPLICAS=$${CONVLSTM_STREAM_REPLICAS:-1} $(PY) -m pytest tests/service/test_streams_replicas.py -p no:cacheprovider
 

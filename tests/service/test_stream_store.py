@@ -22,7 +22,7 @@ from service.streams.store import (
     decode,
     encode,
 )
-from tests.service.redis_server import RedisServer, redis_server
+from tests.service.stream_tools import RedisServer, redis_server
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,7 @@ from service.api.examples import moving_square_frames
 from service.config import Settings
 from service.streams.store import decode, encode
 from tests.service.conftest import COMMITTED_MODEL, asgi_client, running_app
-from tests.service.redis_server import RedisServer, redis_server
+from tests.service.stream_tools import RedisServer, redis_server
 from tests.service.test_streams import feed, open_stream, tensor_of
 
 pytestmark = pytest.mark.anyio

@@ -3,12 +3,14 @@ whose frames alternate between two replicas answer what the step graph answers o
 same frames (onnxruntime in this process, the reference); a replica killed with SIGKILL
 mid-run loses at most its frames in flight and every stream carries on on the other
 after the lease expiry, no frame applied twice; SIGTERM and a restart with ``drain``
-(Redis, and the snapshot directory without Redis) carry the streams on exactly.
+(Redis, and the snapshot directory without Redis) carry the streams on exactly; Debian's
+nginx with the project's edge config keeps each stream on one replica, and a replica
+leaving moves only its own streams.
 
 Each server process takes 5 to 30 s to start on the project's shared 2-core machine, and
 these tests start six: opt-in, ``CONVLSTM_STREAM_REPLICAS=1`` (``make test-stream-replicas``,
 about 2 to 4 minutes). ``CONVLSTM_STREAM_REPLICAS=full`` runs the 32 streams x 40 frames
-the issue names instead of 8 x 20.
+the issue names instead of 16 x 20.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import base64
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +33,7 @@ from convlstm_card import read_card
 from service.config import Settings
 from service.streams.session import StepSession
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
-from tests.service.redis_server import RedisServer, redis_server
+from tests.service.stream_tools import RedisServer, nginx_edge, redis_server
 
 MODE = os.environ.get("CONVLSTM_STREAM_REPLICAS", "")
 pytestmark = pytest.mark.skipif(
@@ -38,7 +41,7 @@ pytestmark = pytest.mark.skipif(
     reason="starts six server processes (2-4 minutes): CONVLSTM_STREAM_REPLICAS=1 or "
     "make test-stream-replicas",
 )
-STREAMS, FRAMES = (32, 40) if MODE == "full" else (8, 20)
+STREAMS, FRAMES = (32, 40) if MODE == "full" else (16, 20)
 # Short, so that the kill test waits little for the dead replica's leases; long enough
 # for a step on a loaded 2-core machine (a step that outlasts it is refused with 409 and
 # sent again, as the message says).
@@ -123,22 +126,77 @@ def frames_seen(server: RunningServer, stream_id: str) -> int:
         return seen
 
 
-def test_streams_alternating_between_replicas_answer_as_the_step_graph(
-    redis: RedisServer, reference: list[NDArray[np.float32]]
-) -> None:
+@pytest.fixture(scope="module")
+def pair(redis: RedisServer) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """Two replicas sharing ``redis`` with ``step`` durability."""
     with (
         run_server(COMMITTED_MODEL, env=env(stream_store=redis.url)) as a,
         run_server(COMMITTED_MODEL, env=env(stream_store=redis.url)) as b,
     ):
-        ids = open_streams(a, STREAMS)
-        clients = [a.client(), b.client()]
-        for t in range(FRAMES):
+        yield a, b
+
+
+def test_streams_alternating_between_replicas_answer_as_the_step_graph(
+    pair: tuple[RunningServer, RunningServer], reference: list[NDArray[np.float32]]
+) -> None:
+    a, b = pair
+    ids = open_streams(a, STREAMS)
+    clients = [a.client(), b.client()]
+    for t in range(FRAMES):
+        for s, stream_id in enumerate(ids):
+            got = prediction(step(clients[(t + s) % 2], stream_id, frames_of(s)[t]))
+            np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
+    for c in clients:
+        c.close()
+    assert {frames_seen(b, i) for i in ids} == {FRAMES}
+
+
+def steps_logged(server: RunningServer, stream_id: str) -> int:
+    """Steps of ``stream_id`` in the server's access log."""
+    return server.output().count(f"POST /v1/streams/{stream_id} 200")
+
+
+def test_nginx_keeps_each_stream_on_one_replica_and_moves_only_a_leaving_ones(
+    pair: tuple[RunningServer, RunningServer],
+    reference: list[NDArray[np.float32]],
+    tmp_path: Path,
+) -> None:
+    a, b = pair
+    n = STREAMS
+    replicas = [a.url.removeprefix("http://"), b.url.removeprefix("http://")]
+    with nginx_edge(tmp_path, replicas) as edge, httpx.Client(base_url=edge, timeout=60) as c:
+        ids = [c.post("/v1/streams").json()["stream_id"] for _ in range(n)]
+        half = 6
+        for t in range(half):
             for s, stream_id in enumerate(ids):
-                got = prediction(step(clients[(t + s) % 2], stream_id, frames_of(s)[t]))
+                got = prediction(step(c, stream_id, frames_of(s)[t]))
                 np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
-        for c in clients:
-            c.close()
-        assert {frames_seen(b, i) for i in ids} == {FRAMES}
+        # Affinity: every step of a stream on one replica; the streams spread over both.
+        # (A request's log line is written just after its answer: waited for, briefly.)
+        deadline = time.monotonic() + 10
+        while True:
+            on_a = [i for i in ids if steps_logged(a, i) == half]
+            on_b = [i for i in ids if steps_logged(b, i) == half]
+            if sorted(on_a + on_b) == sorted(ids) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sorted(on_a + on_b) == sorted(ids), [
+            (steps_logged(a, i), steps_logged(b, i)) for i in ids
+        ]
+        assert on_a and on_b
+        # Replica a leaves: its streams go on on b from Redis, b's stay where they were.
+        a.process.send_signal(signal.SIGTERM)
+        assert a.process.wait(timeout=60) == 0
+        before = {i: steps_logged(b, i) for i in ids}
+        for t in range(half, half + 3):
+            for s, stream_id in enumerate(ids):
+                got = prediction(step(c, stream_id, frames_of(s)[t]))
+                np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
+        deadline = time.monotonic() + 10
+        while not all(steps_logged(b, i) == before[i] + 3 for i in ids):
+            assert time.monotonic() < deadline, [steps_logged(b, i) - before[i] for i in ids]
+            time.sleep(0.1)
+        assert [frames_seen(b, i) for i in ids] == [half + 3] * n
 
 
 def test_a_replica_killed_mid_run_loses_at_most_its_frames_in_flight(

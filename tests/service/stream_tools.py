@@ -1,0 +1,169 @@
+"""Debian's ``redis-server`` and ``nginx`` for the stream tests: each started on a free
+loopback port in a temporary directory (Redis writing nothing to disk, nginx with the
+project's own ``deploy/nginx/nginx.conf``), stopped by its pid. Installed by
+``make stream-tools`` (``make test`` depends on it); where one is missing its tests skip,
+unless ``REQUIRE_STREAM_TOOLS=1`` (as ``.ci/run`` sets) makes that a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+EDGE_CONFIG = REPO / "deploy" / "nginx" / "nginx.conf"
+
+
+def require(program: str) -> None:
+    """Skip (or fail, under ``REQUIRE_STREAM_TOOLS=1``) where ``program`` is missing."""
+    if Path(program).is_file():
+        return
+    why = f"{Path(program).name} is not installed (make stream-tools installs Debian's)"
+    if os.environ.get("REQUIRE_STREAM_TOOLS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@dataclass
+class RedisServer:
+    """A running (or stopped) redis-server on ``port``."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "redis.log").read_text(errors="replace")
+                raise RuntimeError(f"redis-server did not start:\n{log}")
+            time.sleep(0.02)
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            with client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port, stopped on exit."""
+    require(REDIS_SERVER)
+    server = RedisServer(free_port(), directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def edge_config(directory: Path, replicas: list[str], port: int) -> Path:
+    """The project's nginx.conf in ``directory``, in front of ``replicas`` (host:port),
+    listening on loopback ``port``; its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "nginx.conf"
+    conf.write_text(EDGE_CONFIG.read_text())
+    servers = "".join(f"server {r} max_fails=1 fail_timeout=5s;\n" for r in replicas)
+    (directory / "upstreams.conf").write_text(servers)
+    (directory / "listen.conf").write_text(f"listen 127.0.0.1:{port};\n")
+    return conf
+
+
+def check_edge_config(directory: Path) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` on the project's config, as written by ``edge_config``."""
+    require(NGINX)
+    conf = edge_config(directory, ["127.0.0.1:1", "127.0.0.1:2"], free_port())
+    return subprocess.run(
+        [NGINX, "-t", "-p", str(directory), "-c", str(conf), "-e", "stderr"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@contextmanager
+def nginx_edge(directory: Path, replicas: list[str]) -> Iterator[str]:
+    """Debian's nginx with the project's config in front of ``replicas``, on a free
+    loopback port; its URL. Stopped (SIGQUIT, then SIGKILL) by its pid."""
+    require(NGINX)
+    port = free_port()
+    conf = edge_config(directory, replicas, port)
+    process = subprocess.Popen(
+        [NGINX, "-p", str(directory), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=(directory / "nginx.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {(directory / 'nginx.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.02)
+        yield url
+    finally:
+        process.send_signal(signal.SIGQUIT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
