@@ -85,7 +85,8 @@ async def burst(
 
 def components(redis_url: str, rounds: int) -> dict[str, Any]:
     """One stream's state: bytes, encode and decode, Redis save and load (ms, median)."""
-    from service.streams.store import RedisStore, StoredStream, decode, encode
+    from service.streams.redis_store import RedisStore
+    from service.streams.store import StoredStream, decode, encode
 
     card = read_card(Path("models/convlstm.json"))
     assert card.stream is not None

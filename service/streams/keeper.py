@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.errors import ServiceError
+from service.streams.redis_store import RedisStore
 from service.streams.store import (
     Lease,
     LeaseHeld,
-    RedisStore,
     SnapshotStore,
     StoredStream,
     StoreUnavailable,

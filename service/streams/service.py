@@ -23,14 +23,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.config import Settings
-from service.errors import InvalidInput, ModelLoadError, ServiceError
+from service.errors import InvalidInput, ModelLoadError
 from service.inference.codec import check_shape, decode_frames, decode_tensor
 from service.registry import ModelRegistry, ServedModel
 from service.streams.batcher import StepBatcher, StepResult, StepWork
 from service.streams.keeper import StreamKeeper
 from service.streams.metrics import StreamMetrics
-from service.streams.session import State, StepSession
+from service.streams.session import StepSession
 from service.streams.store import CorruptState, StoredStream
+from service.streams.stored import StreamGone, check_stored, restore, to_stored
 from service.streams.table import Stream, StreamTable, UnknownStream
 from service.tasks.next_frame import (
     INLINE_TENSOR_CHARS,
@@ -54,14 +55,6 @@ MAX_FRAMES_PER_REQUEST = 256
 # Open Inference Protocol's sequences. Anything else is answered 404 without asking the
 # store.
 STREAM_ID = re.compile(r"[0-9a-f]{32}|oip:.{1,300}", re.DOTALL)
-
-
-class StreamGone(ServiceError):
-    """The stream existed, but can no longer be stepped: its model version is no longer
-    served, or it reached ``max_stream_duration_s``."""
-
-    status_code = 410
-    error_type = "stream_gone"
 
 
 @dataclass(frozen=True)
@@ -160,7 +153,7 @@ class StreamService:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         for model in self.models.values():
             await model.batcher.stop()
-        kept = await self.keeper.drain(map(self._stored, list(self.table.streams.values())))
+        kept = await self.keeper.drain(map(to_stored, list(self.table.streams.values())))
         dropped = self.table.clear()
         await self.keeper.close()
         if kept:
@@ -220,7 +213,7 @@ class StreamService:
             raise
         stream.model_version, stream.sha256 = model.version, model.sha256
         try:
-            stream.fence = await self.keeper.opened(self._stored(stream))
+            stream.fence = await self.keeper.opened(to_stored(stream))
         except BaseException:
             self.table.forget(stream.id)
             raise
@@ -275,48 +268,25 @@ class StreamService:
             raise
 
     def _adopt(self, stored: StoredStream, into: Stream | None = None) -> Stream:
-        """A stored stream held here (``into`` refreshed, or a new entry), after checking
-        it belongs to a model version served here: 410 when that version is gone, 409
-        when the stored state is not this model's."""
+        """A stored stream held here (``into`` refreshed, or a new entry), once checked
+        against the model version served here (410 when gone, 409 when not its state:
+        that stream is closed)."""
         model = self.models.get(stored.model)
-        if model is None or model.version != stored.version:
-            now = f"version {model.version} is served" if model else "it serves no streams"
-            raise StreamGone(
-                f"stream_id: stream {stored.id!r} was opened on model {stored.model!r} version "
-                f"{stored.version}, which this server no longer serves ({now}); open a new "
-                "stream",
-                location="stream_id",
+        try:
+            check_stored(
+                stored,
+                model.version if model else None,
+                model.sha256 if model else "",
+                model.session.state_shapes if model else {},
             )
-        why = _mismatch(stored, model)
-        if why is not None:
+        except CorruptState:
             self.table.forget(stored.id, "closed")
-            raise CorruptState(
-                f"stream_id: the stored state of stream {stored.id!r} {why}; the stream is "
-                "closed, open a new one",
-                location="stream_id",
-            )
-        stream = into or Stream(stored.id, stored.model, stored.state, model.session.state_bytes)
-        stream.state = stored.state
-        stream.model_version, stream.sha256 = stored.version, stored.sha256
-        stream.frames_seen, stream.steps = stored.frames_seen, stored.steps
-        stream.created, stream.last_used_wall = stored.created, stored.last_used
-        stream.last_used = time.monotonic() - max(0.0, time.time() - stored.last_used)
+            raise
+        assert model is not None  # check_stored refused a stream of no model served here
+        stream = restore(stored, into, model.session.state_bytes)
         if into is None:
             self.table.add(stream)
         return stream
-
-    def _stored(self, stream: Stream, state: State | None = None) -> StoredStream:
-        return StoredStream(
-            id=stream.id,
-            model=stream.model,
-            version=stream.model_version,
-            sha256=stream.sha256,
-            frames_seen=stream.frames_seen,
-            steps=stream.steps,
-            created=stream.created,
-            last_used=stream.last_used_wall,
-            state=stream.state if state is None else state,
-        )
 
     def _check_age(self, stream: Stream) -> None:
         limit = self.settings.max_stream_duration_s
@@ -399,7 +369,7 @@ class StreamService:
                     result = await self._run(model, StepWork(frames, horizon, stream.state))
                 finally:
                     stream.touch()
-                after = self._stored(stream, result.state)
+                after = to_stored(stream, result.state)
                 after.frames_seen += len(frames)
                 after.steps += len(frames) + horizon - 1
                 fence = await self.keeper.commit(begun.lease, after)
@@ -480,13 +450,3 @@ class StreamService:
             raise
         self.metrics.steps.labels(model.name).inc(work.steps)
         return result
-
-
-def _mismatch(stored: StoredStream, model: StreamModel) -> str | None:
-    """How a stored stream differs from what ``model``'s step graph takes, or None."""
-    if stored.sha256 != model.sha256:
-        return f"is of model file sha256 {stored.sha256[:12]}..., not {model.sha256[:12]}..."
-    shapes = {name: tuple(value.shape) for name, value in stored.state.items()}
-    if shapes != model.session.state_shapes:
-        return f"has tensors {shapes}, the step graph takes {model.session.state_shapes}"
-    return None

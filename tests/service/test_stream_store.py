@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.streams.redis_store import RedisStore
 from service.streams.store import (
     MAGIC,
     CorruptState,
-    RedisStore,
     SnapshotStore,
     StoredStream,
     StoreUnavailable,
