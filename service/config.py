@@ -232,6 +232,11 @@ class Settings(BaseSettings):
     """With Redis: a connection or a command not answered within this many seconds fails,
     and the stream call answers 503 saying the store does not answer."""
 
+    max_streams_per_model: dict[str, int] = Field(default_factory=dict)
+    """Streams one model may have open at once on this server, by model name, e.g.
+    ``{"convlstm": 32}`` (JSON in the variable); a model not named has only
+    ``max_streams``. One more answers 503 with ``Retry-After``, as a full table does."""
+
     max_stream_duration_s: float | None = Field(default=None, gt=0.0, le=31_536_000.0)
     """A stream this many seconds old is ended, however busy (TorchServe's
     ``sequenceTimeoutMSec``); its next step answers 410. Unset: no limit."""
@@ -308,6 +313,13 @@ class Settings(BaseSettings):
                 "this installation refuses it (CONVLSTM_SIMULATED_ALLOWED=false, as the "
                 "runtime images set); set CONVLSTM_SIMULATED_ALLOWED=true to ask for it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _stream_limits_are_positive(self) -> Settings:
+        for name, limit in self.max_streams_per_model.items():
+            if limit < 1:
+                raise ValueError(f"max_streams_per_model[{name!r}]={limit}: must be at least 1")
         return self
 
     @model_validator(mode="after")

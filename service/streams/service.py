@@ -32,7 +32,7 @@ from service.streams.metrics import StreamMetrics
 from service.streams.session import StepSession
 from service.streams.store import CorruptState, StoredStream
 from service.streams.stored import StreamGone, check_stored, restore, to_stored
-from service.streams.table import Stream, StreamTable, UnknownStream
+from service.streams.table import Stream, StreamsFull, StreamTable, UnknownStream
 from service.tasks.next_frame import (
     INLINE_TENSOR_CHARS,
     FramesInput,
@@ -205,6 +205,7 @@ class StreamService:
             if idlest is not None:
                 self.table.forget(idlest.id)
         try:
+            self._check_model_limit(model.name)
             stream = self.table.open(
                 model.name, model.session.zero_state(), model.session.state_bytes, stream_id
             )
@@ -219,6 +220,19 @@ class StreamService:
             raise
         self.metrics.opened.labels(model.name).inc()
         return stream
+
+    def _check_model_limit(self, name: str) -> None:
+        limit = self.settings.max_streams_per_model.get(name)
+        if limit is None:
+            return
+        self.table.expire()
+        if self._counter(name)() >= limit:
+            raise StreamsFull(
+                f"model: all {limit} stream slots of model {name!r} are in use "
+                "(max_streams_per_model); close a stream or retry when an idle one expires",
+                location="model",
+                headers={"Retry-After": str(self.table.retry_after())},
+            )
 
     async def get(self, stream_id: str, *, fresh: bool = False) -> Stream:
         """The open stream ``stream_id``: held here, or loaded from the store. ``fresh``:

@@ -208,3 +208,17 @@ async def test_a_stream_past_its_maximum_duration_answers_410() -> None:
             r = await feed(client, stream_id, FRAMES[1:2])
             assert r.status_code == 410 and "maximum stream duration" in r.text
             assert (await feed(client, stream_id, FRAMES[1:2])).status_code == 404
+
+
+async def test_a_model_past_its_stream_limit_answers_503_naming_it() -> None:
+    limits = settings("memory", max_streams_per_model={"convlstm": 2})
+    async with running_app(limits) as app, asgi_client(app) as client:
+        first = await open_stream(client)
+        await open_stream(client)
+        r = await client.post("/v1/streams")
+        assert r.status_code == 503 and "Retry-After" in r.headers
+        assert "all 2 stream slots of model 'convlstm'" in r.json()["error"]["message"]
+        assert (await client.delete(f"/v1/streams/{first}")).status_code == 204
+        await open_stream(client)
+    with pytest.raises(ValidationError, match="must be at least 1"):
+        settings("memory", max_streams_per_model={"convlstm": 0})
