@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results/stream_store.json"))
     args = p.parse_args(argv)
     seq = data.generate(1, seed=data.SPLIT_SEEDS["test"], split="test", frames=30)[0]
-    frames = [tensor(seq[i]) for i in range(len(seq))]
+    frames = [tensor(seq[i : i + 1]) for i in range(len(seq))]
     results: dict[str, Any] = {"machine": describe(), "load_average_at_start": os.getloadavg()}
     with ExitStack() as stack:
         redis = stack.enter_context(

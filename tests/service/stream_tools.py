@@ -6,6 +6,7 @@ unless ``REQUIRE_STREAM_TOOLS=1`` (as ``.ci/run`` sets) makes that a failure."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -16,7 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from bench.redis_server import REDIS_SERVER, RedisServer, running_redis
 from bench.server import free_port
@@ -24,6 +28,7 @@ from bench.server import free_port
 REPO = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 EDGE_CONFIG = REPO / "deploy" / "nginx" / "nginx.conf"
+FRAMES_PER_STREAM = 20
 
 
 def require(program: str) -> None:
@@ -99,3 +104,36 @@ def nginx_edge(directory: Path, replicas: list[str]) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# -- a stream's frames and steps over HTTP, for the real-process tests -----------------
+
+
+def frames_of(stream: int, frames: int = FRAMES_PER_STREAM) -> NDArray[np.float32]:
+    """A stream's frames (frames, 40, 40, 3) in [0, 1]: a square moving on its own path."""
+    out = np.zeros((frames, 40, 40, 3), np.float32)
+    for t in range(frames):
+        y, x = (3 * t + 5 * stream) % 32, (2 * t + 7 * stream) % 32
+        out[t, y : y + 8, x : x + 8, stream % 3] = 1.0
+    return out
+
+
+def step(client: httpx.Client, stream_id: str, frame: NDArray[np.float32]) -> httpx.Response:
+    tensor = {
+        "data": base64.b64encode(frame.tobytes()).decode(),
+        "dtype": "float32",
+        "shape": [1, *frame.shape],
+    }
+    for _ in range(3):
+        r = client.post(f"/v1/streams/{stream_id}", json={"tensor": tensor, "return_tensor": True})
+        if r.status_code != 409 or r.json()["error"]["type"] != "stream_lease_lost":
+            break
+    return r
+
+
+def prediction(r: httpx.Response) -> NDArray[np.float32]:
+    assert r.status_code == 200, r.text
+    t = r.json()["tensor"]
+    frames: NDArray[np.float32] = np.frombuffer(base64.b64decode(t["data"]), "<f4")
+    first: NDArray[np.float32] = frames.reshape(t["shape"])[0]
+    return first

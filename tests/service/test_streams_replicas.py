@@ -15,7 +15,6 @@ the issue names instead of 16 x 20.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import threading
@@ -33,7 +32,14 @@ from convlstm_card import read_card
 from service.config import Settings
 from service.streams.session import StepSession
 from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
-from tests.service.stream_tools import RedisServer, nginx_edge, redis_server
+from tests.service.stream_tools import (
+    RedisServer,
+    frames_of,
+    nginx_edge,
+    prediction,
+    redis_server,
+    step,
+)
 
 MODE = os.environ.get("CONVLSTM_STREAM_REPLICAS", "")
 pytestmark = pytest.mark.skipif(
@@ -48,15 +54,6 @@ STREAMS, FRAMES = (32, 40) if MODE == "full" else (16, 20)
 LEASE_S = 3.0
 
 
-def frames_of(stream: int) -> NDArray[np.float32]:
-    """A stream's frames (FRAMES, 40, 40, 3) in [0, 1]: a square moving on its own path."""
-    out = np.zeros((FRAMES, 40, 40, 3), np.float32)
-    for t in range(FRAMES):
-        y, x = (3 * t + 5 * stream) % 32, (2 * t + 7 * stream) % 32
-        out[t, y : y + 8, x : x + 8, stream % 3] = 1.0
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference() -> list[NDArray[np.float32]]:
     """Each stream's predictions after each frame, from the step graph alone: (FRAMES,
@@ -68,7 +65,7 @@ def reference() -> list[NDArray[np.float32]]:
     for s in range(STREAMS):
         state = {k: v[None] for k, v in session.zero_state().items()}
         predicted = []
-        for frame in frames_of(s):
+        for frame in frames_of(s, FRAMES):
             y, state = session.run(frame[None], state)
             predicted.append(y[0])
         out.append(np.stack(predicted))
@@ -90,27 +87,6 @@ def env(**more: str) -> dict[str, str]:
         "CONVLSTM_STREAM_LEASE_S": str(LEASE_S),
         **{f"CONVLSTM_{k.upper()}": v for k, v in more.items()},
     }
-
-
-def step(client: httpx.Client, stream_id: str, frame: NDArray[np.float32]) -> httpx.Response:
-    tensor = {
-        "data": base64.b64encode(frame.tobytes()).decode(),
-        "dtype": "float32",
-        "shape": [1, *frame.shape],
-    }
-    for _ in range(3):
-        r = client.post(f"/v1/streams/{stream_id}", json={"tensor": tensor, "return_tensor": True})
-        if r.status_code != 409 or r.json()["error"]["type"] != "stream_lease_lost":
-            break
-    return r
-
-
-def prediction(r: httpx.Response) -> NDArray[np.float32]:
-    assert r.status_code == 200, r.text
-    t = r.json()["tensor"]
-    frames: NDArray[np.float32] = np.frombuffer(base64.b64decode(t["data"]), "<f4")
-    first: NDArray[np.float32] = frames.reshape(t["shape"])[0]
-    return first
 
 
 def open_streams(server: RunningServer, n: int) -> list[str]:
@@ -144,7 +120,7 @@ def test_streams_alternating_between_replicas_answer_as_the_step_graph(
     clients = [a.client(), b.client()]
     for t in range(FRAMES):
         for s, stream_id in enumerate(ids):
-            got = prediction(step(clients[(t + s) % 2], stream_id, frames_of(s)[t]))
+            got = prediction(step(clients[(t + s) % 2], stream_id, frames_of(s, FRAMES)[t]))
             np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
     for c in clients:
         c.close()
@@ -169,7 +145,7 @@ def test_nginx_keeps_each_stream_on_one_replica_and_moves_only_a_leaving_ones(
         half = 6
         for t in range(half):
             for s, stream_id in enumerate(ids):
-                got = prediction(step(c, stream_id, frames_of(s)[t]))
+                got = prediction(step(c, stream_id, frames_of(s, FRAMES)[t]))
                 np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
         # Affinity: every step of a stream on one replica; the streams spread over both.
         # (A request's log line is written just after its answer: waited for, briefly.)
@@ -190,7 +166,7 @@ def test_nginx_keeps_each_stream_on_one_replica_and_moves_only_a_leaving_ones(
         before = {i: steps_logged(b, i) for i in ids}
         for t in range(half, half + 3):
             for s, stream_id in enumerate(ids):
-                got = prediction(step(c, stream_id, frames_of(s)[t]))
+                got = prediction(step(c, stream_id, frames_of(s, FRAMES)[t]))
                 np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
         deadline = time.monotonic() + 10
         while not all(steps_logged(b, i) == before[i] + 3 for i in ids):
@@ -211,7 +187,7 @@ def test_a_replica_killed_mid_run_loses_at_most_its_frames_in_flight(
         lost: list[tuple[int, int]] = []  # applied, but the answer never came
 
         def run(s: int) -> None:
-            stream_id, frames = ids[s], frames_of(s)
+            stream_id, frames = ids[s], frames_of(s, FRAMES)
             with a.client(timeout=30) as ca, b.client(timeout=30) as cb:
                 for t in range(FRAMES):
                     if t == FRAMES // 2 and s == 0:
@@ -255,13 +231,13 @@ def test_sigterm_and_restart_with_drain_carry_streams_on(
         with first.client() as c:
             for t in range(half):
                 for s, stream_id in enumerate(ids):
-                    prediction(step(c, stream_id, frames_of(s)[t]))
+                    prediction(step(c, stream_id, frames_of(s, FRAMES)[t]))
         first.process.send_signal(signal.SIGTERM)
         assert first.process.wait(timeout=60) == 0
         assert f"wrote {n} open stream(s)" in first.output()
     with run_server(COMMITTED_MODEL, env=settings) as second, second.client() as c:
         for t in range(half, FRAMES):
             for s, stream_id in enumerate(ids):
-                got = prediction(step(c, stream_id, frames_of(s)[t]))
+                got = prediction(step(c, stream_id, frames_of(s, FRAMES)[t]))
                 np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
         assert [frames_seen(second, i) for i in ids] == [FRAMES] * n
