@@ -24,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams bench-stream-store soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -193,6 +193,12 @@ bench-peers: $(STAMP) $(PEER_STAMPS)
 # stream, concurrent streams at 5 frames/s; bench/results/streams.json.
 bench-streams: $(STAMP)
 	$(PY) -m bench.streams
+
+# What keeping stream state in Redis costs: memory, redis+drain and redis+step servers
+# side by side, interleaved rounds at 4 and 16 streams, and where the time goes (blob
+# encode/decode, Redis save/load); bench/results/stream_store.json. About 5 minutes.
+bench-stream-store: $(STAMP) stream-tools
+	$(PY) -m bench.stream_store
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
