@@ -13,6 +13,8 @@
 4. ``sim``: the serving path against the simulated device (``bench/sim.py``): the
    server's share of a fast accelerator's ideal rate, and what a costly change of batch
    size does with and without sessions per bucket.
+5. ``tracing``: the server's CPU per request with OpenTelemetry tracing off and on at
+   100% sampling (``bench/tracing.py``); not in ``--smoke``.
 
 Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
 at a size that takes seconds, for CI: its figures mean nothing.
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import sim
+from bench import sim, tracing
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.server import REPO, serve
@@ -373,6 +375,8 @@ def run(plan: Plan, smoke: bool) -> dict[str, Any]:
         results["load_int8"] = load(plan, batching=True, model=INT8_PATH, concurrency=ends)
     results["verdicts"] = verdicts(results)
     results["sim"] = sim.run(sim.SMOKE if smoke else sim.FULL, smoke)
+    if not smoke:  # two more servers and a minute of load: not for CI's smoke run
+        results["tracing"] = tracing.run(requests=300, concurrency=4, rounds=2)
     return results
 
 
@@ -390,6 +394,10 @@ def main() -> int:
     (args.out / "sim.md").write_text(sim.markdown(results["sim"]))
     print(markdown(results))
     print(sim.markdown(results["sim"]))
+    if "tracing" in results:
+        (args.out / "tracing.json").write_text(json.dumps(results["tracing"], indent=2) + "\n")
+        (args.out / "tracing.md").write_text(tracing.markdown(results["tracing"]))
+        print(tracing.markdown(results["tracing"]))
     return 0
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from convlstm_card import card_path
+from service import payload_log, tracing
 
 Provider = Literal["auto", "cuda", "tensorrt", "cpu", "simulated"]
 ConvAlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
@@ -303,6 +304,38 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
 
+    series_accuracy_series: int = Field(default=10_000, ge=0, le=1_000_000)
+    """Series (by model version and series name) whose latest forecast is remembered, to
+    be scored when the series comes back with the observations it forecast
+    (``convlstm_series_forecast_mse``); the least recently forecast is forgotten first.
+    0 turns live accuracy of series off."""
+
+    payload_log_url: str | None = None
+    """Where to send each inference request and its answer as CloudEvents (HTTP, binary
+    content mode, KServe's event types and ``ce-*`` attributes), for example a KServe
+    message dumper or a Knative broker. Unset: nothing is sent. Sent from a bounded queue
+    by a thread of its own: a slow or unreachable sink never slows or fails a request; what
+    it loses is counted in ``convlstm_payload_log_events_total``. Headers (and so API
+    keys) are never sent."""
+
+    payload_log_mode: Literal["metadata", "request", "response", "all"] = "all"
+    """What the payload log sends: ``request`` or ``response`` events, ``all`` (both), or
+    ``metadata`` (both events, without their bodies)."""
+
+    payload_log_queue: int = Field(default=100, ge=1, le=100_000)
+    """Events waiting for the payload log's sink; one more is dropped and counted. Each
+    holds a body, up to the body limit: this bounds the memory they take."""
+
+    payload_log_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    """Time the payload log gives its sink to answer one event."""
+
+    tracing: bool | None = None
+    """OpenTelemetry traces of HTTP and gRPC requests, exported over OTLP/HTTP. Unset:
+    on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is
+    set. Everything else comes from the standard ``OTEL_*`` variables (endpoint, headers,
+    ``OTEL_TRACES_SAMPLER``, ``OTEL_SERVICE_NAME``, ``OTEL_BSP_*``); a protocol other than
+    ``http/protobuf`` is refused at start-up. ``OTEL_SDK_DISABLED=true`` turns it off."""
+
     @model_validator(mode="after")
     def _gpu_requirement_needs_gpu_provider(self) -> Settings:
         if self.require_gpu and self.provider in ("cpu", "simulated"):
@@ -313,6 +346,17 @@ class Settings(BaseSettings):
                 "this installation refuses it (CONVLSTM_SIMULATED_ALLOWED=false, as the "
                 "runtime images set); set CONVLSTM_SIMULATED_ALLOWED=true to ask for it"
             )
+        return self
+
+    @field_validator("payload_log_url")
+    @classmethod
+    def _payload_log_url_is_http(cls, url: str | None) -> str | None:
+        return None if url is None else payload_log.check_url(url)
+
+    @model_validator(mode="after")
+    def _tracing_exporter_is_shipped(self) -> Settings:
+        if tracing.wanted(self.tracing):
+            tracing.check_environment()
         return self
 
     @model_validator(mode="after")

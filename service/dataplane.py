@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service import __version__
+from service import __version__, tracing
 from service.errors import InvalidInput
 from service.inference.codec import array_from_bytes
 from service.model_repository import version_order
@@ -145,7 +145,8 @@ async def infer(
     seq = sequence_id(req.parameters)
     if seq is not None:
         return await _sequence_infer(req, binary, model, streams, seq, horizon, wait)
-    batch = input_batch(req, binary, model)
+    with tracing.span("decode"):
+        batch = input_batch(req, binary, model)
     steps = model.task.steps(horizon)
     predicted, _ = await wait(model.runner.run(batch, steps))
     out: NDArray[np.float32] = model.task.batch_output(predicted, steps)
@@ -164,9 +165,10 @@ async def _sequence_infer(
     stream_model = streams.model(model.info.name)
     stream_model.task.steps(horizon)
     frame = stream_model.task.spec.shape[1:]
-    frames = input_batch(
-        req, binary, model, check=lambda shape, where: check_sequence_shape(shape, frame)
-    )[0]
+    with tracing.span("decode"):
+        frames = input_batch(
+            req, binary, model, check=lambda shape, where: check_sequence_shape(shape, frame)
+        )[0]
     stream, end = await sequence_stream(streams, model.info.name, seq, req.parameters)
     predicted, _ = await wait(streams.step_arrays(stream, frames, horizon))
     if end and streams.table.streams.get(stream.id) is stream:

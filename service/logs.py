@@ -1,4 +1,6 @@
-"""Logging: the request id on every line, as text or as JSON lines."""
+"""Logging: the request id on every line, as text or as JSON lines; in a traced request
+the JSON lines also carry its ``trace_id`` and ``span_id``, as OpenTelemetry writes them
+(32 and 16 hex digits), so a log line leads to its trace."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextvars
 import logging
 import sys
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -16,6 +19,18 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        return True
+
+
+class TraceIdFilter(logging.Filter):
+    """Stamps a record made inside a traced request with its trace and span ids (the
+    JSON formatter writes every extra attribute of a record); others get none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = trace.format_trace_id(context.trace_id)
+            record.span_id = trace.format_span_id(context.span_id)
         return True
 
 
@@ -34,6 +49,7 @@ def configure(level: str, fmt: str) -> None:
     handler.addFilter(RequestIdFilter())
     handler.addFilter(OneLineStartupFailure())
     if fmt == "json":
+        handler.addFilter(TraceIdFilter())
         handler.setFormatter(
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",

@@ -56,6 +56,33 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+        # Squared errors in the model's scaled units (the card's offset and scale).
+        series_buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+        self.series_forecast_mse = Histogram(
+            "convlstm_series_forecast_mse",
+            "Live accuracy of series forecasts: MSE (scaled units) of a forecast's steps "
+            "against the observations a later request for the same series brought, by model "
+            "and version.",
+            ["model", "version"],
+            buckets=series_buckets,
+            registry=r,
+        )
+        self.series_copy_last_mse = Histogram(
+            "convlstm_series_copy_last_mse",
+            "The same observations' MSE had the forecast repeated the series' last "
+            "observation (the baseline); rate(forecast_mse_sum) / rate(copy_last_mse_sum) "
+            "above 1: the model no longer beats copying.",
+            ["model", "version"],
+            buckets=series_buckets,
+            registry=r,
+        )
+        self.payload_log_events = Counter(
+            "convlstm_payload_log_events",
+            "Payload log events (CONVLSTM_PAYLOAD_LOG_URL) by CloudEvents type and outcome: "
+            "sent, dropped (queue full) or failed (the sink refused or could not be reached).",
+            ["type", "outcome"],
+            registry=r,
+        )
         self.dropped = Counter(
             "convlstm_dropped_requests",
             "Accepted requests dropped before reaching the model: client_gone or deadline.",

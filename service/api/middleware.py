@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -96,6 +97,7 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                _name_server_span(scope)
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
@@ -136,6 +138,17 @@ class RequestObserver:
                         "%s %s %d %.1f ms", method, scope["path"], status, elapsed * 1000.0
                     )
             request_id.reset(token)
+
+
+def _name_server_span(scope: Scope) -> None:
+    # The ASGI instrumentation names its span before routing, by the raw path, and ends
+    # it with the response's last body message; so here, at the response's start, is
+    # where the route's template (the name OTel asks for) is known and can still be set.
+    span = trace.get_current_span()
+    if span.is_recording():
+        route = _route_template(scope)
+        span.update_name(f"{scope['method']} {route}")
+        span.set_attribute("http.route", route)
 
 
 def _route_template(scope: Scope) -> str:

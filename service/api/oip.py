@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 
-from service import dataplane
+from service import dataplane, tracing
 from service.api.body_limit import declared_length
 from service.api.deps import RegistryDep, require_api_key
 from service.api.error_responses import OIP_PREFIX
@@ -167,7 +167,8 @@ async def _infer(model: ServedModel, request: Request) -> Response:
         return until_client_leaves(request, work)
 
     out = await dataplane.infer(req, binary, model, streams, wait)
-    return _response(req, model, out)
+    with tracing.span("encode"):
+        return _response(req, model, out)
 
 
 def parse_request(header: bytes) -> InferRequest:

@@ -12,10 +12,9 @@ none, and each forecast's ``note`` says so.
 
 from __future__ import annotations
 
-import calendar
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -28,7 +27,9 @@ from service.api.error_responses import TIMESERIES_PREFIX
 from service.api.lifecycle import until_client_leaves
 from service.errors import InvalidInput
 from service.registry import ServedModel
-from service.tasks.series import SeriesTask
+from service.series_accuracy import Forecast, SeriesAccuracy
+from service.tasks.series import SeriesTask, parse_series
+from service.tasks.series_time import after
 
 router = APIRouter(prefix=TIMESERIES_PREFIX, tags=["time series (KServe)"])
 SeriesType = Literal["univariate_time_series", "multivariate_time_series"]
@@ -155,17 +156,21 @@ async def forecast(
             f"inputs: {len(body.inputs)} series; at most {limit} per request (CONVLSTM_MAX_QUEUE)",
             location="inputs",
         )
-    windows = []
+    windows, observed = [], []
     for i, series in enumerate(body.inputs):
         where = f"inputs[{i}]"
         check_frequency(series.frequency, spec.frequency, f"{where}.frequency")
         kind = "univariate" if series.type == "univariate_time_series" else "multivariate"
-        windows.append(task.window(series.series, kind, f"{where}.series"))
+        rows = parse_series(series.series, kind, spec.features, f"{where}.series")
+        windows.append(task.fold(rows, f"{where}.series"))
+        observed.append(rows[:, spec.targets])
         forecast_start(series, f"{where}.start_timestamp")  # checked before the model runs
     outputs, _ = await until_client_leaves(request, model.runner.run(np.stack(windows), runs))
+    accuracy: SeriesAccuracy = request.app.state.series_accuracy
     answers = []
-    for series, output in zip(body.inputs, outputs, strict=True):
+    for series, output, rows in zip(body.inputs, outputs, observed, strict=True):
         mean = task.forecast(output, horizon)
+        remember(accuracy, model, task, series, rows, mean)
         quantiles, note = (None, None)
         if body.options.quantiles:
             quantiles, note = task.quantiles(mean, body.options.quantiles)
@@ -183,6 +188,28 @@ async def forecast(
     return ForecastResponse(
         id=str(uuid.uuid4()), created_at=int(time.time()), model=model.info.name, outputs=answers
     )
+
+
+def remember(
+    accuracy: SeriesAccuracy,
+    model: ServedModel,
+    task: SeriesTask,
+    series: TimeSeriesInput,
+    observed: np.ndarray[Any, Any],
+    mean: np.ndarray[Any, Any],
+) -> None:
+    """Score the series' previous forecast on the observations it now brings, and keep
+    this one for its next request (``service.series_accuracy``)."""
+    word = frequency_word(series.frequency) or ""
+    start = datetime.fromisoformat(series.start_timestamp or SERIES_START_UNSTATED)
+    scaled = task.scaled_targets(observed)
+    forecast = Forecast(
+        start=datetime.fromisoformat(forecast_start(series, "")),
+        word=word,
+        values=task.scaled_targets(mean),
+        last=scaled[-1],
+    )
+    accuracy.observe(model.info.name, model.info.version, series.name, start, scaled, forecast)
 
 
 def series_task(model: ServedModel) -> SeriesTask:
@@ -228,34 +255,11 @@ def forecast_start(series: TimeSeriesInput, where: str) -> str:
     word = frequency_word(series.frequency)
     steps = len(series.series)
     try:
-        return _after(start, word or "", steps).isoformat()
+        return after(start, word or "", steps).isoformat()
     except OverflowError:
         raise InvalidInput(
             f"{where}: {steps} {word}s after {start} is beyond the calendar", location=where
         ) from None
-
-
-_FIXED = {
-    "second": timedelta(seconds=1),
-    "minute": timedelta(minutes=1),
-    "hour": timedelta(hours=1),
-    "day": timedelta(days=1),
-    "week": timedelta(weeks=1),
-}
-_MONTHS = {"month": 1, "quarter": 3, "year": 12}
-
-
-def _after(start: datetime, word: str, steps: int) -> datetime:
-    if word in _FIXED:
-        return start + _FIXED[word] * steps
-    # Calendar months by hand (the day clipped to the month's length, as dateutil's
-    # relativedelta does): the server has no dateutil.
-    months = start.month - 1 + _MONTHS[word] * steps
-    year, month = start.year + months // 12, months % 12 + 1
-    if not 1 <= year <= 9999:
-        raise OverflowError(year)
-    day = min(start.day, calendar.monthrange(year, month)[1])
-    return start.replace(year=year, month=month, day=day)
 
 
 def _listed(values: np.ndarray[Any, Any]) -> list[float] | list[list[float]]:

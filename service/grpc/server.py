@@ -9,12 +9,26 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from service import tracing
 from service.api.body_limit import grpc_message_limit
 from service.grpc.servicer import HealthServicer, InferenceServicer
 from service.registry import ModelRegistry
 from service.streams.service import StreamService
 
 log = logging.getLogger("service.grpc")
+
+
+def _tracing_interceptors(wanted: bool | None) -> list[grpc.aio.ServerInterceptor]:
+    """A server span per RPC (the caller's ``traceparent`` metadata continued), health
+    checks left out as on HTTP; none when tracing is off."""
+    if not tracing.wanted(wanted):
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+    tracing.configure()
+    health = filters.service_name("grpc.health.v1.Health")
+    # The instrumentation ships no type hints for this factory.
+    return [aio_server_interceptor(filter_=filters.negate(health))]  # type: ignore[no-untyped-call]
 
 
 async def start_grpc(registry: ModelRegistry, streams: StreamService) -> grpc.aio.Server | None:
@@ -31,7 +45,8 @@ async def start_grpc(registry: ModelRegistry, streams: StreamService) -> grpc.ai
             # gRPC binds with SO_REUSEPORT by default: a second server on the same port
             # would start and silently take half the calls, instead of failing.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        interceptors=_tracing_interceptors(settings.tracing),
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(registry, streams), server

@@ -55,6 +55,11 @@ class ModelRunner:
             max_wait_s=settings.max_batch_wait_ms / 1000.0,
             cohort_wait=settings.batch_cohort_wait,
             on_batch=self._observe_batch,
+            span_attributes={
+                "convlstm.model": info.name,
+                "convlstm.model_version": info.version,
+                "convlstm.provider": info.provider,
+            },
         )
 
     @property

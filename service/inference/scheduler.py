@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
 from numpy.typing import NDArray
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
 
+from service import tracing
 from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Job:
     future: asyncio.Future[tuple[NDArray[np.float32], float]]
     abandoned: bool = field(default=False)
     queued_at: float = field(default_factory=time.monotonic)
+    trace_context: SpanContext = field(default=INVALID_SPAN_CONTEXT)
+    """The span of the request that submitted it (invalid when it is not traced)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ class Scheduler:
         max_wait_s: float,
         cohort_wait: float = 0.0,
         on_batch: Callable[[BatchStats], None] = lambda stats: None,
+        span_attributes: dict[str, Any] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._span_attributes = span_attributes or {}
         self._cohort_wait = cohort_wait
         self._rollout = rollout
         self._workers = workers
@@ -137,6 +143,7 @@ class Scheduler:
             raise ShuttingDown("the service is shutting down")
         loop = asyncio.get_running_loop()
         job = Job(inputs, steps, time.monotonic() + timeout_s, loop.create_future())
+        job.trace_context = tracing.request_span_context()
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -175,11 +182,16 @@ class Scheduler:
             waits = [now - job.queued_at for job in live]
             if live:
                 self._running += len(live)
+                traced = tracing.trace_batch(
+                    [job.trace_context for job in live], waits, self._span_attributes
+                )
+                failure: BaseException | None = None
                 try:
                     outputs, seconds, sizes = await _finish(
                         asyncio.get_running_loop().run_in_executor(thread, self._run, live)
                     )
                 except Exception as err:  # a model failure fails its batch, not the server
+                    failure = err
                     log.exception("model run failed for a batch of %d", len(live))
                     for job in live:
                         if not job.future.done():
@@ -192,6 +204,8 @@ class Scheduler:
                         cohort.answered(len(live) + self._queue.qsize(), seconds)
                 finally:
                     self._running -= len(live)
+                    if traced is not None:
+                        traced.end(failure)
             self._on_batch(BatchStats(sizes, abandoned, expired, waits))
 
     def _run(self, jobs: list[Job]) -> tuple[list[NDArray[np.float32]], float, list[int]]:

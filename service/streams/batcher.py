@@ -19,11 +19,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import numpy as np
 from numpy.typing import NDArray
+from opentelemetry.trace import SpanContext
 
+from service import tracing
 from service.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from service.inference.scheduler import Cohort, collect_batch
 from service.streams.session import State
@@ -105,6 +108,8 @@ class StepJob:
     future: asyncio.Future[StepResult]
     abandoned: bool = field(default=False)
     started: bool = field(default=False)
+    queued_at: float = field(default_factory=time.monotonic)
+    trace_context: SpanContext = field(default_factory=tracing.request_span_context)
 
 
 class StepBatcher:
@@ -119,7 +124,9 @@ class StepBatcher:
         max_wait_s: float,
         cohort_wait: float = 0.0,
         on_batch: Callable[[list[int]], None] = lambda sizes: None,
+        span_attributes: dict[str, Any] | None = None,
     ) -> None:
+        self._span_attributes = span_attributes or {}
         self._cohort = Cohort(cohort_wait) if cohort_wait > 0 else None
         self._run_step = run_step
         self._max_batch = max_batch
@@ -201,16 +208,25 @@ class StepBatcher:
             run = asyncio.get_running_loop().run_in_executor(
                 self._thread, advance, self._run_step, [j.work for j in live]
             )
+            traced = tracing.trace_batch(
+                [j.trace_context for j in live],
+                [now - j.queued_at for j in live],
+                self._span_attributes,
+            )
             try:
                 results, sizes = await _finish(run)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # a failed run fails its batch, not the server
+                if traced is not None:
+                    traced.end(err)
                 log.exception("stream step failed for a batch of %d", len(live))
                 for job in live:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
+            if traced is not None:
+                traced.end()
             for job, result in zip(live, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)

@@ -22,6 +22,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
+from service import tracing
 from service.config import Settings
 from service.errors import InvalidInput, ModelLoadError
 from service.inference.codec import check_shape, decode_frames, decode_tensor
@@ -129,6 +130,12 @@ class StreamService:
                 max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
                 cohort_wait=self.settings.batch_cohort_wait,
                 on_batch=self._observe(name),
+                span_attributes={
+                    "convlstm.model": name,
+                    "convlstm.model_version": served.info.version,
+                    "convlstm.provider": session.provider,
+                    "convlstm.graph": "step",
+                },
             )
             batcher.start()
             self.models[name] = StreamModel(
@@ -350,14 +357,16 @@ class StreamService:
     ) -> tuple[Stream, Prediction]:
         """Feed a stream its next frames; the ``horizon`` frames that follow everything it
         has seen, as ``/predict`` answers them."""
-        stream = await self.get(stream_id)
+        with tracing.span("stream.state.load"):
+            stream = await self.get(stream_id)
         model = self.models[stream.model]
         model.task.steps(horizon)
         size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
-        if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
-            frames = self.decode(model, source)
-        else:
-            frames = await anyio.to_thread.run_sync(self.decode, model, source)
+        with tracing.span("decode"):
+            if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
+                frames = self.decode(model, source)
+            else:
+                frames = await anyio.to_thread.run_sync(self.decode, model, source)
         predicted, seconds = await self.step_arrays(stream, frames, horizon)
         return stream, await model.task.answer(predicted, seconds, return_tensor=return_tensor)
 
@@ -371,7 +380,9 @@ class StreamService:
             if self.table.streams.get(stream.id) is not stream:  # closed while waiting
                 raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
             self._check_age(stream)
-            begun = await self.keeper.begin(stream.id, stream.fence)
+            # The lease, and the stored state when another replica stepped it last.
+            with tracing.span("stream.state.load", store=self.keeper.kind):
+                begun = await self.keeper.begin(stream.id, stream.fence)
             try:
                 if begun.gone:
                     self.table.forget(stream.id)
@@ -386,7 +397,8 @@ class StreamService:
                 after = to_stored(stream, result.state)
                 after.frames_seen += len(frames)
                 after.steps += len(frames) + horizon - 1
-                fence = await self.keeper.commit(begun.lease, after)
+                with tracing.span("stream.state.store", store=self.keeper.kind):
+                    fence = await self.keeper.commit(begun.lease, after)
             except BaseException:
                 await self.keeper.abort(begun.lease)
                 if begun.lease is not None:

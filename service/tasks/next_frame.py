@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convlstm_card import ModelCard
+from service import tracing
 from service.errors import InvalidInput, ModelLoadError
 from service.inference.codec import (
     IMAGE_MODES,
@@ -223,10 +224,11 @@ class NextFrameTask:
         """One sequence in ``/predict``'s forms -> its ``horizon`` frames as PNG (of the
         model's output mode; the last step's frame for a frame-per-step model)."""
         steps = self.steps(horizon)
-        if isinstance(source, TensorInput) and len(source.data) <= INLINE_TENSOR_CHARS:
-            sequence = self.decode(source)
-        else:
-            sequence = await anyio.to_thread.run_sync(self.decode, source)
+        with tracing.span("decode"):
+            if isinstance(source, TensorInput) and len(source.data) <= INLINE_TENSOR_CHARS:
+                sequence = self.decode(source)
+            else:
+                sequence = await anyio.to_thread.run_sync(self.decode, source)
         batch, seconds = await runner.run(sequence[None], steps)
         predicted = self.output.last_frame(batch[0]) if steps == 1 else batch[0]
         return await self.answer(predicted, seconds, return_tensor=return_tensor)
@@ -238,15 +240,17 @@ class NextFrameTask:
         model's output mode, and the tensor where asked for or where no image holds it."""
         as_image = self.output.channels in IMAGE_MODES
         pngs: list[str] = []
-        if as_image and predicted.size <= INLINE_PNG_VALUES:
-            pngs = [encode_png(f) for f in predicted]
-        elif as_image:
-            pngs = await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])
+        with tracing.span("encode"):
+            if as_image and predicted.size <= INLINE_PNG_VALUES:
+                pngs = [encode_png(f) for f in predicted]
+            elif as_image:
+                pngs = await anyio.to_thread.run_sync(lambda: [encode_png(f) for f in predicted])
+            tensor = encode_tensor(predicted) if return_tensor or not as_image else None
         return Prediction(
             png_frames=pngs,
             shape=list(predicted.shape),
             inference_seconds=seconds,
-            tensor=encode_tensor(predicted) if return_tensor or not as_image else None,
+            tensor=tensor,
         )
 
 

@@ -119,7 +119,10 @@ class SeriesTask:
         """A client's series (``univariate``: numbers; ``multivariate``: rows of F
         numbers, one row per time step) -> the model input: its last W rows, scaled and
         folded. ``InvalidInput`` naming the index of the first bad value."""
-        rows = parse_series(values, kind, self.spec.features, where)
+        return self.fold(parse_series(values, kind, self.spec.features, where), where)
+
+    def fold(self, rows: NDArray[np.float64], where: str) -> NDArray[np.float32]:
+        """Parsed rows (T, F) -> the model input: the last W rows, scaled and folded."""
         if len(rows) < self.spec.window:
             s = self.spec
             raise InvalidInput(
@@ -167,6 +170,12 @@ class SeriesTask:
         targets = self.spec.targets
         values = output.astype(np.float64).reshape(-1, len(targets))[:horizon]
         return values * self.scale[targets] + self.offset[targets]
+
+    def scaled_targets(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Target values (..., targets) in the client's units -> the model's scaled units."""
+        targets = self.spec.targets
+        scaled: NDArray[np.float64] = (values - self.offset[targets]) / self.scale[targets]
+        return scaled
 
     def quantiles(
         self, mean: NDArray[np.float64], asked: list[float]
