@@ -24,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools bench bench-swap bench-peers bench-streams bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams bench-stream-store bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +64,7 @@ check: $(STAMP)
 	$(PY) -m model_export check
 	$(PY) -m model_export evaluate --samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
 
-test: $(STAMP) $(GPU_ENV_STAMP) $(PEERS_VENVS)/kserve/.installed lint typecheck docs-strict browser load-tools
+test: $(STAMP) $(GPU_ENV_STAMP) $(PEERS_VENVS)/kserve/.installed lint typecheck docs-strict browser load-tools stream-tools
 	$(PY) -m pytest
 
 # The long fuzz run (`make test` runs a bounded one: about 25,000 cases and 1.5 minutes):
@@ -88,6 +88,20 @@ kserve-env: $(PEERS_VENVS)/kserve/.installed
 load-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } || echo "no wrk and not root: the load tests use the Python generator"
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || echo "no promtool and not root: the alert-rule check skips"
+
+# Debian's redis-server and nginx for the stream tests: shared stream state across real
+# replicas, and the nginx edge hashing on the stream id (tests/service/test_streams_*.py
+# start them on free loopback ports in temporary directories; installing nginx here does
+# not start it, no init system runs in the test machines).
+stream-tools:
+	@command -v redis-server >/dev/null && command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx-light; } || echo "no redis-server/nginx and not root: the stream store tests skip"
+
+# Streams across real server processes sharing a real Redis (two replicas alternating,
+# one killed with SIGKILL, SIGTERM and restart with drain): six server starts, 2 to 4
+# minutes on a shared 2-core machine, so not in `make test`.
+# CONVLSTM_STREAM_REPLICAS=full runs 32 streams x 40 frames instead of 16 x 20.
+test-stream-replicas: $(STAMP) stream-tools
+	CONVLSTM_STREAM_REPLICAS=$${CONVLSTM_STREAM_REPLICAS:-1} $(PY) -m pytest tests/service/test_streams_replicas.py -p no:cacheprovider
 
 # The documentation site (mkdocs.yml), into site/. The settings table, the HTTP
 # operations and the results tables are generated at build time (docs_build/hooks.py);
@@ -184,6 +198,12 @@ bench-transports: $(STAMP)
 # stream, concurrent streams at 5 frames/s; bench/results/streams.json.
 bench-streams: $(STAMP)
 	$(PY) -m bench.streams
+
+# What keeping stream state in Redis costs: memory, redis+drain and redis+step servers
+# side by side, interleaved rounds at 4 and 16 streams, and where the time goes (blob
+# encode/decode, Redis save/load); bench/results/stream_store.json. About 5 minutes.
+bench-stream-store: $(STAMP) stream-tools
+	$(PY) -m bench.stream_store
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -201,6 +202,46 @@ class Settings(BaseSettings):
     """A stream without a request for this many seconds is dropped; its id then answers
     404 saying it expired."""
 
+    stream_store: str = "memory"
+    """Where stream state lives. ``memory``: in this process only (with
+    ``stream_snapshot_dir``, written there at shutdown and read back after a restart).
+    ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``): in Redis, shared
+    by every replica, each stream expiring ``stream_idle_s`` after its last use (the keys'
+    TTL), stepped by one replica at a time under a lease. A server whose Redis does not
+    answer is not ready (``/readyz`` says why)."""
+
+    stream_durability: Literal["step", "drain"] = "step"
+    """When state reaches the store. ``step``: every step's new state before its answer
+    leaves (a replica killed loses at most the frame in flight, whose client got no
+    answer). ``drain``: kept in memory, written at shutdown (SIGTERM) and read back by
+    whichever server next gets the stream, which then holds it in memory alone; cheaper,
+    but a crash loses the streams, and several replicas need affinity (the nginx edge).
+    With ``memory`` and no ``stream_snapshot_dir`` there is no store and this is moot."""
+
+    stream_snapshot_dir: Path | None = None
+    """With ``stream_store=memory``: a directory where the open streams are written (one
+    file each) at shutdown, or at every step with ``stream_durability=step``, so a
+    restarted single server carries them on."""
+
+    stream_lease_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """With Redis: how long a replica may hold a stream for one step. A step that
+    outlasts it writes nothing and answers 409; a replica that dies holding one blocks the
+    stream for at most this long. Other requests for the stream wait up to this long for
+    the lease, then get 409."""
+
+    stream_store_timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    """With Redis: a connection or a command not answered within this many seconds fails,
+    and the stream call answers 503 saying the store does not answer."""
+
+    max_streams_per_model: dict[str, int] = Field(default_factory=dict)
+    """Streams one model may have open at once on this server, by model name, e.g.
+    ``{"convlstm": 32}`` (JSON in the variable); a model not named has only
+    ``max_streams``. One more answers 503 with ``Retry-After``, as a full table does."""
+
+    max_stream_duration_s: float | None = Field(default=None, gt=0.0, le=31_536_000.0)
+    """A stream this many seconds old is ended, however busy (TorchServe's
+    ``sequenceTimeoutMSec``); its next step answers 410. Unset: no limit."""
+
     max_body_bytes: int | None = Field(default=None, ge=1024)
     """Request bodies above this many bytes are refused with 413 before being read whole.
     Unset (the default), the limit follows the served models: the largest valid request,
@@ -316,6 +357,42 @@ class Settings(BaseSettings):
     def _tracing_exporter_is_shipped(self) -> Settings:
         if tracing.wanted(self.tracing):
             tracing.check_environment()
+        return self
+
+    @model_validator(mode="after")
+    def _stream_limits_are_positive(self) -> Settings:
+        for name, limit in self.max_streams_per_model.items():
+            if limit < 1:
+                raise ValueError(f"max_streams_per_model[{name!r}]={limit}: must be at least 1")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_store_is_known(self) -> Settings:
+        store = self.stream_store
+        if store == "memory":
+            return self
+        if not store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"stream_store={store!r}: give 'memory' or a Redis URL "
+                "(redis://host:port/db, rediss://..., unix:///path/to/socket)"
+            )
+        if self.stream_snapshot_dir is not None:
+            raise ValueError("stream_snapshot_dir applies to stream_store=memory only")
+        url = urlsplit(store)
+        try:
+            port = url.port
+        except ValueError as err:
+            raise ValueError(f"stream_store: {err}") from None
+        db = url.path.strip("/")
+        if url.scheme == "unix" and not url.path:
+            raise ValueError(
+                "stream_store: unix:// takes the socket's path, unix:///run/redis.sock"
+            )
+        if url.scheme != "unix" and (not url.hostname or (db and not db.isdigit())):
+            raise ValueError(
+                f"stream_store: redis://host:port/db with a host and a database number, "
+                f"got host {url.hostname!r}, port {port}, database {db!r}"
+            )
         return self
 
     @model_validator(mode="after")

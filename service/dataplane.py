@@ -241,7 +241,7 @@ async def _sequence_infer(
         frames = input_batch(
             req, binary, model, check=lambda shape, where: check_sequence_shape(shape, frame)
         )[0]
-    stream, end = sequence_stream(streams, model.info.name, seq, req.parameters)
+    stream, end = await sequence_stream(streams, model.info.name, seq, req.parameters)
     start = time.perf_counter()
     try:
         predicted, _ = await wait(streams.step_arrays(stream, frames, horizon))
@@ -250,7 +250,7 @@ async def _sequence_infer(
         raise
     model.runner.statistics.request(True, time.perf_counter() - start)
     if end and streams.table.streams.get(stream.id) is stream:
-        streams.close_stream(stream.id)
+        await streams.close_stream(stream.id)
     out: NDArray[np.float32] = predicted[None, 0] if horizon == 1 else predicted[None]
     return out
 

@@ -64,6 +64,10 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
     model = registry.default
     if not registry.fully_ready or model is None:
         return error_response(http.url.path, 503, "not_ready", registry.readiness_problem)
+    streams: StreamService = http.app.state.streams
+    store_problem = await streams.keeper.readiness_problem()
+    if store_problem is not None:
+        return error_response(http.url.path, 503, "not_ready", store_problem)
     info, runner = model.info, model.runner
     limit = body_limit(registry)
     return ReadyResponse(
@@ -81,6 +85,8 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
         failed=_failed(registry),
         max_body_bytes=limit.bytes,
         max_body_bytes_source=limit.source,
+        stream_store=streams.keeper.kind,
+        stream_durability=streams.keeper.durability,
     )
 
 

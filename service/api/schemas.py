@@ -177,6 +177,14 @@ class ReadyResponse(BaseModel):
         description="`setting`: CONVLSTM_MAX_BODY_BYTES; `models`: the largest valid "
         "request of the served models at max_batch_size, as JSON"
     )
+    stream_store: Literal["memory", "snapshot", "redis"] = Field(
+        default="memory",
+        description="where stream state lives (CONVLSTM_STREAM_STORE; `snapshot`: memory "
+        "and CONVLSTM_STREAM_SNAPSHOT_DIR)",
+    )
+    stream_durability: Literal["step", "drain"] = Field(
+        default="step", description="when stream state reaches the store"
+    )
 
 
 class ErrorDetail(BaseModel):

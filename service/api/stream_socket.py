@@ -124,7 +124,7 @@ async def _serve(
         check_api_key(registry, authorization, api_key)
     elif registry.settings.api_key is not None:
         await _key_from_first_message(websocket, registry)
-    stream = streams.get(stream_id)  # 404 now, not at the first frame
+    stream = await streams.get(stream_id)  # 404 now, not at the first frame
     served = registry.lookup(stream.model).info
     while True:
         message = await _next_message(websocket, registry)

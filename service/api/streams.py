@@ -37,12 +37,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         401: "an API key is configured and the request did not carry it",
         404: "no such model, or no such stream (never opened, closed, expired, or opened "
-        "before a restart): the message says which",
+        "before a restart without a stream store): the message says which",
+        409: "the stream is being stepped by another request or replica (stream_busy), "
+        "its lease ran out before its state was kept (stream_lease_lost: send the frames "
+        "again), or its stored state is corrupt or of another model (corrupt_stream_state: "
+        "the stream is closed)",
+        410: "the stream's model version is no longer served, or it reached "
+        "CONVLSTM_MAX_STREAM_DURATION_S: open a new one",
         415: "the body is not application/json",
         422: "the content is not usable (the model serves no streams, frames of the wrong "
         "size, a horizon out of range); the message says where",
-        503: "every stream slot is taken, the step queue is full, or the service is not "
-        "ready or shutting down; Retry-After says when to try again",
+        503: "every stream slot is taken, the step queue is full, the stream store does "
+        "not answer, or the service is not ready or shutting down; Retry-After says when "
+        "to try again",
         504: "the request was not answered within the configured deadline",
     }.items()
 }
@@ -120,7 +127,7 @@ def describe(streams: StreamService, stream: Stream) -> StreamInfo:
     return StreamInfo(
         stream_id=stream.id,
         model=stream.model,
-        model_version=model.version,
+        model_version=stream.model_version or model.version,
         frames_seen=stream.frames_seen,
         steps=stream.steps,
         created=datetime.fromtimestamp(stream.created, UTC),
@@ -143,13 +150,13 @@ def describe(streams: StreamService, stream: Stream) -> StreamInfo:
     status_code=201,
     summary="Open a stream: the model's state, kept on the server",
     response_model=StreamInfo,
-    responses={k: v for k, v in _ERRORS.items() if k != 504},
+    responses={k: v for k, v in _ERRORS.items() if k not in (409, 410, 504)},
     dependencies=[Depends(require_api_key)],
 )
 async def open_stream(
     streams: StreamsDep, request: Annotated[OpenStreamRequest | None, Body()] = None
 ) -> StreamInfo:
-    stream = streams.open(request.model if request is not None else None)
+    stream = await streams.open(request.model if request is not None else None)
     return describe(streams, stream)
 
 
@@ -179,11 +186,11 @@ async def step_stream(
     "/{stream_id}",
     summary="A stream: its model, frames seen, last use",
     response_model=StreamInfo,
-    responses={k: _ERRORS[k] for k in (401, 404)},
+    responses={k: _ERRORS[k] for k in (401, 404, 409, 410, 503)},
     dependencies=[Depends(require_api_key)],
 )
 async def get_stream(stream_id: str, streams: StreamsDep) -> StreamInfo:
-    return describe(streams, streams.get(stream_id))
+    return describe(streams, await streams.get(stream_id, fresh=True))
 
 
 @router.delete(
@@ -191,9 +198,9 @@ async def get_stream(stream_id: str, streams: StreamsDep) -> StreamInfo:
     status_code=204,
     summary="Close a stream and free its state",
     response_class=Response,
-    responses={k: _ERRORS[k] for k in (401, 404)},
+    responses={k: _ERRORS[k] for k in (401, 404, 409, 410, 503)},
     dependencies=[Depends(require_api_key)],
 )
 async def close_stream(stream_id: str, streams: StreamsDep) -> Response:
-    streams.close_stream(stream_id)
+    await streams.close_stream(stream_id)
     return Response(status_code=204)

@@ -54,7 +54,7 @@ def check_sequence_shape(shape: list[int], frame: tuple[int, ...]) -> None:
         )
 
 
-def sequence_stream(
+async def sequence_stream(
     streams: StreamService, model: str, seq: int | str, parameters: dict[str, Any]
 ) -> tuple[Stream, bool]:
     """The stream of sequence ``seq`` of ``model`` (opened anew on ``sequence_start``) and
@@ -63,10 +63,10 @@ def sequence_stream(
     key = f"oip:{model}:{seq}"
     if start:
         if key in streams.table.streams:
-            streams.close_stream(key)
-        return streams.open(model, stream_id=key), end
+            await streams.close_stream(key)
+        return await streams.open(model, stream_id=key), end
     try:
-        return streams.get(key), end
+        return await streams.get(key), end
     except UnknownStream as err:
         why = streams.table.why_unknown(key)
         state = "expired" if "expired" in why else "was ended" if "closed" in why else "is unknown"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,12 @@ from service.errors import InvalidInput, ModelLoadError
 from service.inference.codec import check_shape, decode_frames, decode_tensor
 from service.registry import ModelRegistry, ServedModel
 from service.streams.batcher import StepBatcher, StepResult, StepWork
+from service.streams.keeper import StreamKeeper
 from service.streams.metrics import StreamMetrics
 from service.streams.session import StepSession
-from service.streams.table import Stream, StreamTable, UnknownStream
+from service.streams.store import CorruptState, StoredStream
+from service.streams.stored import StreamGone, check_stored, restore, to_stored
+from service.streams.table import Stream, StreamsFull, StreamTable, UnknownStream
 from service.tasks.next_frame import (
     INLINE_TENSOR_CHARS,
     FramesInput,
@@ -47,6 +52,11 @@ DEFAULT_ROLLOUT: Literal["window", "state"] = "window"
 # Frames one request on a stream may carry: each is one step that holds up the batch.
 MAX_FRAMES_PER_REQUEST = 256
 
+# The ids this service hands out: a uuid4's hex for /v1/streams, oip:MODEL:SEQ for the
+# Open Inference Protocol's sequences. Anything else is answered 404 without asking the
+# store.
+STREAM_ID = re.compile(r"[0-9a-f]{32}|oip:.{1,300}", re.DOTALL)
+
 
 @dataclass(frozen=True)
 class StreamModel:
@@ -54,6 +64,7 @@ class StreamModel:
 
     name: str
     version: str
+    sha256: str
     session: StepSession
     batcher: StepBatcher
     task: NextFrameTask
@@ -90,6 +101,7 @@ class StreamService:
         )
         self.models: dict[str, StreamModel] = {}
         self.unavailable: dict[str, str] = {}
+        self.keeper = StreamKeeper(settings)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -127,7 +139,7 @@ class StreamService:
             )
             batcher.start()
             self.models[name] = StreamModel(
-                name, served.info.version, session, batcher, served.task
+                name, served.info.version, served.info.sha256, session, batcher, served.task
             )
             self.metrics.open.labels(name).set_function(self._counter(name))
             log.info(
@@ -137,19 +149,24 @@ class StreamService:
                 session.state_bytes,
             )
         self.metrics.state_bytes.set_function(lambda: self.table.state_bytes)
+        await self.keeper.start()
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def close(self) -> None:
-        """Stop expiring and stepping, and drop every stream: state is not kept across a
-        restart."""
+        """Stop expiring and stepping; with ``drain`` durability write every stream to
+        the store, then drop them from memory."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         for model in self.models.values():
             await model.batcher.stop()
+        kept = await self.keeper.drain(map(to_stored, list(self.table.streams.values())))
         dropped = self.table.clear()
-        if dropped:
-            log.info("closed %d open stream(s); their state is not kept", dropped)
+        await self.keeper.close()
+        if kept:
+            log.info("wrote %d open stream(s) to %s", kept, self.keeper.where)
+        if dropped > kept and not self.keeper.write_through:
+            log.info("closed %d open stream(s); their state is not kept", dropped - kept)
 
     def _counter(self, name: str) -> Callable[[], float]:
         return lambda: sum(1 for s in self.table.streams.values() if s.model == name)
@@ -187,23 +204,120 @@ class StreamService:
             )
         return found
 
-    def open(self, name: str | None, stream_id: str | None = None) -> Stream:
+    async def open(self, name: str | None, stream_id: str | None = None) -> Stream:
         model = self.model(name)
+        if self.keeper.shared and len(self.table) >= self.table.max_streams:
+            # Streams held here are copies of the store's: the idlest makes room.
+            idlest = self.table.least_recently_used()
+            if idlest is not None:
+                self.table.forget(idlest.id)
         try:
+            self._check_model_limit(model.name)
             stream = self.table.open(
                 model.name, model.session.zero_state(), model.session.state_bytes, stream_id
             )
         except Exception:
             self.metrics.refused.inc()
             raise
+        stream.model_version, stream.sha256 = model.version, model.sha256
+        try:
+            stream.fence = await self.keeper.opened(to_stored(stream))
+        except BaseException:
+            self.table.forget(stream.id)
+            raise
         self.metrics.opened.labels(model.name).inc()
         return stream
 
-    def get(self, stream_id: str) -> Stream:
-        return self.table.get(stream_id)
+    def _check_model_limit(self, name: str) -> None:
+        limit = self.settings.max_streams_per_model.get(name)
+        if limit is None:
+            return
+        self.table.expire()
+        if self._counter(name)() >= limit:
+            raise StreamsFull(
+                f"model: all {limit} stream slots of model {name!r} are in use "
+                "(max_streams_per_model); close a stream or retry when an idle one expires",
+                location="model",
+                headers={"Retry-After": str(self.table.retry_after())},
+            )
 
-    def close_stream(self, stream_id: str) -> Stream:
-        return self.table.close(stream_id)
+    async def get(self, stream_id: str, *, fresh: bool = False) -> Stream:
+        """The open stream ``stream_id``: held here, or loaded from the store. ``fresh``:
+        where replicas share the store, as the store has it now (another replica may have
+        stepped it since this one did)."""
+        if not STREAM_ID.fullmatch(stream_id):
+            raise UnknownStream(
+                f"stream_id: no stream {stream_id[:64]!r}: not a stream id of this service "
+                "(POST /v1/streams answers with one)",
+                location="stream_id",
+            )
+        held = self.table.streams.get(stream_id)
+        if fresh and self.keeper.shared and (held is None or not held.busy):
+            stored = await self._fetch(stream_id)
+            if stored is None:
+                self.table.forget(stream_id)
+                raise UnknownStream(self.table.why_unknown(stream_id), location="stream_id")
+            stream = self._adopt(stored, into=held)
+            stream.fence = -1  # read whole, not under a lease: checked again at the next step
+        else:
+            try:
+                stream = self.table.get(stream_id)
+            except UnknownStream:
+                if self.keeper.store is None:
+                    raise
+                stored = await self._fetch(stream_id)
+                if stored is None:
+                    raise
+                stream = self._adopt(stored)
+        self._check_age(stream)
+        return stream
+
+    async def close_stream(self, stream_id: str) -> Stream:
+        stream = await self.get(stream_id)
+        self.table.close(stream_id)
+        await self.keeper.closed(stream_id)
+        return stream
+
+    async def _fetch(self, stream_id: str) -> StoredStream | None:
+        """The store's copy of a stream; a corrupt one is removed there and answered 409
+        for this stream only."""
+        try:
+            return await self.keeper.fetch(stream_id)
+        except CorruptState:
+            await self.keeper.closed(stream_id)
+            self.table.forget(stream_id, "closed")
+            raise
+
+    def _adopt(self, stored: StoredStream, into: Stream | None = None) -> Stream:
+        """A stored stream held here (``into`` refreshed, or a new entry), once checked
+        against the model version served here (410 when gone, 409 when not its state:
+        that stream is closed)."""
+        model = self.models.get(stored.model)
+        try:
+            check_stored(
+                stored,
+                model.version if model else None,
+                model.sha256 if model else "",
+                model.session.state_shapes if model else {},
+            )
+        except CorruptState:
+            self.table.forget(stored.id, "closed")
+            raise
+        assert model is not None  # check_stored refused a stream of no model served here
+        stream = restore(stored, into, model.session.state_bytes)
+        if into is None:
+            self.table.add(stream)
+        return stream
+
+    def _check_age(self, stream: Stream) -> None:
+        limit = self.settings.max_stream_duration_s
+        if limit is not None and time.time() - stream.created > limit:
+            self.table.forget(stream.id, "closed")
+            raise StreamGone(
+                f"stream_id: stream {stream.id!r} ended: it reached the maximum stream "
+                f"duration of {limit:g} s (max_stream_duration_s); open a new one",
+                location="stream_id",
+            )
 
     def decode(self, model: StreamModel, source: FramesInput | TensorInput) -> NDArray[np.float32]:
         """Any number k >= 1 of frames, in ``/predict``'s forms -> (k, H, W, C)."""
@@ -244,7 +358,7 @@ class StreamService:
         """Feed a stream its next frames; the ``horizon`` frames that follow everything it
         has seen, as ``/predict`` answers them."""
         with tracing.span("stream.state.load"):
-            stream = self.table.get(stream_id)
+            stream = await self.get(stream_id)
         model = self.models[stream.model]
         model.task.steps(horizon)
         size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
@@ -265,15 +379,35 @@ class StreamService:
         async with stream.lock:
             if self.table.streams.get(stream.id) is not stream:  # closed while waiting
                 raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
-            stream.touch()
+            self._check_age(stream)
+            # The lease, and the stored state when another replica stepped it last.
+            with tracing.span("stream.state.load", store=self.keeper.kind):
+                begun = await self.keeper.begin(stream.id, stream.fence)
             try:
-                result = await self._run(model, StepWork(frames, horizon, stream.state))
-            finally:
+                if begun.gone:
+                    self.table.forget(stream.id)
+                    raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
+                if begun.fresher is not None:  # another replica stepped it meanwhile
+                    self._adopt(begun.fresher, into=stream)
                 stream.touch()
-            with tracing.span("stream.state.store"):
-                stream.state = result.state
-            stream.frames_seen += len(frames)
-            stream.steps += len(frames) + horizon - 1
+                try:
+                    result = await self._run(model, StepWork(frames, horizon, stream.state))
+                finally:
+                    stream.touch()
+                after = to_stored(stream, result.state)
+                after.frames_seen += len(frames)
+                after.steps += len(frames) + horizon - 1
+                with tracing.span("stream.state.store", store=self.keeper.kind):
+                    fence = await self.keeper.commit(begun.lease, after)
+            except BaseException:
+                await self.keeper.abort(begun.lease)
+                if begun.lease is not None:
+                    stream.fence = -1  # read the store's state again before the next step
+                raise
+            # Only once the store has it (with ``step``): a request answered with an error
+            # leaves its stream as it was, here and in the store.
+            stream.state, stream.fence = result.state, fence or stream.fence
+            stream.frames_seen, stream.steps = after.frames_seen, after.steps
             self._score(model, stream, frames, result.predicted)
         return result.predicted, result.seconds
 

@@ -1,8 +1,10 @@
 """The open streams: each one's model, state and counters, the limit on how many may be
 open, and their expiry when idle.
 
-State lives in this process only: a restart (or another replica) knows none of the
-streams, and a client whose stream is gone gets 404 and opens a new one.
+The table is what this process holds in memory. Where a store is configured
+(``CONVLSTM_STREAM_STORE``, ``service.streams.keeper``), a stream missing here may be in
+the store and is loaded from it; with Redis and ``step`` durability the table is a cache
+of the store, checked against it (the fence) before every step.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class Stream:
     model: str
     state: State
     state_bytes: int
+    model_version: str = ""
+    sha256: str = ""
+    """The model file's sha256: a stored state is carried on only by that file."""
+    fence: int = 0
+    """The store's fence of the write that made ``state`` (0 without a store)."""
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     last_used_wall: float = field(default_factory=time.time)
@@ -168,14 +175,34 @@ class StreamTable:
         if why == "closed":
             return f"stream_id: stream {stream_id!r} was closed; open a new one (POST /v1/streams)"
         return (
-            f"stream_id: no stream {stream_id!r} (streams are kept in memory and do not "
-            "outlive a restart); open one with POST /v1/streams"
+            f"stream_id: no stream {stream_id!r} (never opened, closed, or expired after "
+            f"{self.idle_s:g} s without a request); open one with POST /v1/streams"
         )
 
     def close(self, stream_id: str) -> Stream:
         stream = self.get(stream_id)
         self._drop(stream, "closed")
         return stream
+
+    def add(self, stream: Stream) -> None:
+        """A stream loaded from the store, held here from now on (beyond ``max_streams``
+        if need be: refusing it would strand a stream the client was promised)."""
+        self.streams[stream.id] = stream
+        self._gone.pop(stream.id, None)
+
+    def forget(self, stream_id: str, why: str | None = None) -> None:
+        """Drop a stream held here without expiring it: its copy in the store goes on
+        (``why`` None), or it is gone there too (``why`` says how, for the 404)."""
+        stream = self.streams.pop(stream_id, None)
+        if why is not None:
+            self._gone[stream_id] = why
+        elif stream is not None:
+            self._gone.pop(stream_id, None)
+
+    def least_recently_used(self) -> Stream | None:
+        """The idle stream used longest ago, None when every one is busy."""
+        idle = [s for s in self.streams.values() if not s.busy]
+        return min(idle, key=lambda s: s.last_used) if idle else None
 
     def expire(self) -> list[Stream]:
         """Drop every stream idle longer than ``idle_s``; those dropped."""

@@ -1,5 +1,6 @@
 """Ray Serve: the deployment's sizing from settings, and two CPU replicas of the real app
-answering through Ray Serve's HTTP proxy on loopback."""
+answering through Ray Serve's HTTP proxy on loopback, streams across both through a real
+Redis."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -34,6 +36,7 @@ from service.ray_serve import (  # noqa: E402
     sized_deployment,
 )
 from tests.service.conftest import COMMITTED_MODEL, REPO, free_port  # noqa: E402
+from tests.service.stream_tools import RedisServer, frames_of, prediction, redis_server, step  # noqa: E402  # noqa: E402
 
 SERVE_CONFIG = REPO / "deploy" / "ray" / "serve.yaml"
 
@@ -153,9 +156,16 @@ def test_replica_header_names_the_replica_on_every_answer() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_serve_url() -> Iterator[str]:
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ray_serve_url(redis: RedisServer) -> Iterator[str]:
     """Ray on this machine (2 CPUs, no dashboard), Serve's proxy on a free loopback port,
-    two replicas of the committed model at half a CPU each."""
+    two replicas of the committed model at half a CPU each, sharing stream state in a
+    real redis-server on loopback."""
     # The node address on loopback keeps the proxy and the agents' HTTP there; Ray 2.60
     # still binds its gRPC servers on every interface (behind its token auth).
     ray.init(
@@ -174,6 +184,7 @@ def ray_serve_url() -> Iterator[str]:
             provider="cpu",
             intra_op_threads=1,
             max_batch_size=4,
+            stream_store=redis.url,
         )
         sizing = RayServeSettings(replicas=2, num_cpus=0.5, num_gpus=0)
         serve.run(convlstm_application(settings, sizing), name="convlstm", route_prefix="/")
@@ -212,3 +223,26 @@ def test_both_replicas_answer_through_the_proxy(ray_serve_url: str) -> None:
         message = short.json()["error"]["message"]
         assert message.startswith("frames: expected 15 frames, got 14; the model takes 15 ")
         assert short.headers[REPLICA_HEADER] in replicas
+
+
+@pytest.mark.slow
+def test_a_stream_goes_on_across_both_replicas_through_redis(ray_serve_url: str) -> None:
+    from convlstm_card import read_card
+    from service.streams.session import StepSession
+
+    spec = read_card(COMMITTED_MODEL.with_suffix(".json")).stream
+    assert spec is not None
+    session = StepSession(COMMITTED_MODEL, spec, Settings())
+    state = {k: v[None] for k, v in session.zero_state().items()}
+    frames = frames_of(0)
+    replicas: set[str] = set()
+    with httpx.Client(base_url=ray_serve_url, timeout=60.0) as client:
+        stream_id = client.post("/v1/streams").json()["stream_id"]
+        for t in range(len(frames)):  # the proxy picks a replica for each request
+            answer = step(client, stream_id, frames[t])
+            want, state = session.run(frames[t][None], state)
+            np.testing.assert_allclose(prediction(answer), want[0], atol=1e-5)
+            replicas.add(answer.headers[REPLICA_HEADER])
+        info = client.get(f"/v1/streams/{stream_id}").json()
+    assert info["frames_seen"] == len(frames)
+    assert len(replicas) == 2, f"only {replicas} answered: the stream never changed replica"

@@ -118,7 +118,10 @@ async def test_unknown_id_is_404_saying_so(app_client: httpx.AsyncClient) -> Non
     assert r.status_code == 404
     error = r.json()["error"]
     assert error["location"] == "stream_id" and "no stream 'nope'" in error["message"]
-    assert "restart" in error["message"]
+    assert "not a stream id of this service" in error["message"]
+    r = await feed(app_client, "0" * 32, FRAMES[:1])
+    assert r.status_code == 404
+    assert "never opened, closed, or expired" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
