@@ -13,13 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
-from bench.server import serve
+from bench.server import free_port, serve
 from gpu import pack, receive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -264,18 +266,36 @@ def test_gpu_wheel_without_driver_falls_back_with_a_reason() -> None:
 
 
 @pytest.mark.slow
-def test_gpu_wheel_without_driver_refuses_when_gpu_is_required() -> None:
+def test_gpu_wheel_without_driver_stays_not_ready_when_gpu_is_required(tmp_path: Path) -> None:
     python = gpu_env()
-    result = subprocess.run(
-        [python, "-m", "service", "--port", "1", "--model", str(COMMITTED_MODEL)],
-        cwd=REPO,
-        env={**os.environ, "CONVLSTM_REQUIRE_GPU": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = result.stdout + result.stderr
-    assert result.returncode != 0
-    lines = [line for line in out.splitlines() if "cannot serve:" in line]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    assert "a GPU provider is required" in lines[0] and "no NVIDIA driver" in lines[0]
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "CONVLSTM_REQUIRE_GPU": "1", "CONVLSTM_GRPC_PORT": str(free_port())}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [python, "-m", "service", "--port", str(port), "--model", str(COMMITTED_MODEL)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready = alive = None
+        deadline = time.monotonic() + 120
+        while ready is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                alive = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert process.poll() is None, log.read_text()  # alive: no exit, no restart loop
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert alive is not None and alive.status_code == 200
+    assert ready is not None and ready.status_code == 503
+    message = ready.json()["error"]["message"]
+    assert "a GPU provider is required" in message and "no NVIDIA driver" in message
+    lines = [ln for ln in log.read_text().splitlines() if "not ready, and staying so" in ln]
+    assert len(lines) == 1 and "Traceback" not in log.read_text(), log.read_text()
+    assert message in lines[0]
