@@ -173,6 +173,7 @@ RUN python -c "$PINS" gpu > /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 
+# One of the two stages above, not an image from a registry: there is no tag to give.
 # hadolint ignore=DL3006
 FROM gpu-base-${GPU_BASE} AS runtime
 ARG PINS

@@ -98,6 +98,16 @@ def parse_dockerfile(text: str) -> dict[str, Stage]:
     return stages
 
 
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM, which FROM lines may use, with their defaults."""
+    found = {}
+    for line in DOCKERFILE.read_text().split("\nFROM ", 1)[0].splitlines():
+        if line.startswith("ARG "):
+            name, _, default = line.removeprefix("ARG ").partition("=")
+            found[name] = default
+    return found
+
+
 def healthcheck_command(args: str) -> list[str]:
     """The exec-form command of a HEALTHCHECK instruction, without its options."""
     command: list[str] = json.loads(args.split(" CMD ", 1)[1])
@@ -200,9 +210,20 @@ def test_gpu_runtime_base_matches_the_onnxruntime_gpu_pin(stages: dict[str, Stag
     (pin,) = extras["optional-dependencies"]["gpu"]
     name, _, version = pin.partition("==")
     assert name == "onnxruntime-gpu" and version in ONNXRUNTIME_GPU_CUDA, pin
-    base = stages["runtime"].base
+    major = ONNXRUNTIME_GPU_CUDA[version]
+    # The runtime stage stands on the base GPU_BASE names, `pip` unless told.
+    assert stages["runtime"].base == "gpu-base-${GPU_BASE}"
+    assert {f"gpu-base-{b}" for b in ("pip", "cuda")} <= set(stages)
+    assert global_args()["GPU_BASE"] == "pip"
+    # pip: the CPU image's Debian base, with the CUDA major's wheels of the cuda extra.
+    assert stages["gpu-base-pip"].base == stages["runtime-cpu"].base
+    cuda = dict(p.split("==") for p in extras["optional-dependencies"]["cuda"])
+    assert cuda["nvidia-cuda-runtime"].split(".")[0] == major, cuda
+    assert "nvidia-cudnn-cu" + major in cuda and cuda["nvidia-cudnn-cu" + major].startswith("9.")
+    # cuda: NVIDIA's image of the same CUDA major.
+    base = stages["gpu-base-cuda"].base
     assert re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu[\d.]+", base), base
-    assert base.split(":")[1].split(".")[0] == ONNXRUNTIME_GPU_CUDA[version]
+    assert base.split(":")[1].split(".")[0] == major
 
 
 def installed_pins(stage: Stage) -> list[str]:
@@ -219,6 +240,9 @@ def installed_pins(stage: Stage) -> list[str]:
     return [line.split(";")[0].strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+GPU_LIBRARIES = {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-cufft"}
+
+
 @pytest.mark.parametrize(
     ("stage", "wanted", "unwanted"),
     [
@@ -228,10 +252,14 @@ def installed_pins(stage: Stage) -> list[str]:
             {"fastapi", "onnxruntime", "grpcio", "grpcio-health-checking", "tritonclient"},
             {"onnxruntime-gpu", "tensorflow-cpu"},
         ),
+        # The GPU image is its base stage's install plus the runtime stage's.
+        ("gpu-base-pip", {"onnxruntime-gpu", *GPU_LIBRARIES}, {"onnxruntime", "fastapi"}),
+        # NVIDIA's image has the libraries already: the wheels would be a second copy.
+        ("gpu-base-cuda", {"onnxruntime-gpu"}, {"onnxruntime", *GPU_LIBRARIES}),
         (
             "runtime",
-            {"fastapi", "onnxruntime-gpu", "grpcio", "grpcio-health-checking", "tritonclient"},
-            {"onnxruntime", "tensorflow-cpu", "keras"},
+            {"fastapi", "grpcio", "grpcio-health-checking", "tritonclient"},
+            {"onnxruntime", "onnxruntime-gpu", "tensorflow-cpu", "keras", *GPU_LIBRARIES},
         ),
     ],
 )
@@ -495,9 +523,10 @@ def test_compose_builds_each_server_from_its_stage(
     assert "profiles" not in services["convlstm"], "`docker compose up` must start it"
     assert services["convlstm-cpu"]["build"]["target"] == "runtime-cpu"
     assert services["convlstm-cpu"]["profiles"] == ["cpu"]
+    build_args = set(stages["train"].arg_defaults()) | set(global_args())
     for name in SERVERS:
         assert services[name]["restart"] in {"always", "unless-stopped", "on-failure"}
-        assert set(services[name]["build"].get("args", {})) <= set(stages["train"].arg_defaults())
+        assert set(services[name]["build"].get("args", {})) <= build_args
     (gpu,) = services["convlstm"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert "deploy" not in services["convlstm-cpu"]
@@ -562,6 +591,20 @@ class _ComposeLoader(yaml.SafeLoader):
 
 
 _ComposeLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+def test_cdi_override_names_the_gpu_the_way_podman_does(compose: dict[str, Any]) -> None:
+    text = (REPO / "deploy" / "compose" / "gpu-cdi.yml").read_text()
+    override = yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 (a SafeLoader)
+    service = override["services"]["convlstm"]
+    assert set(override["services"]) == {"convlstm"}
+    assert service["devices"] == ["nvidia.com/gpu=all"] and service["deploy"] == "!reset"
+    # Merged as Compose merges it (the reset key gone), it is still a valid compose file.
+    merged = copy.deepcopy(compose)
+    merged["services"]["convlstm"].pop("deploy")
+    merged["services"]["convlstm"]["devices"] = service["devices"]
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    assert not [e.message for e in validator.iter_errors(merged)]
 
 
 def test_cpu_override_runs_the_default_service_on_the_cpu_image(
