@@ -82,6 +82,23 @@ def test_pack_splits_into_parts_and_plans_one_call_each(packed: Path) -> None:
     assert {"fastapi", "uvicorn", "pydantic_core", "onnxconverter_common"} <= infer
     assert "numpy" not in infer and "onnxruntime_gpu" not in infer
     assert {w["file"].split("-")[0] for w in manifest["train"]} >= {"keras", "namex", "optree"}
+    # One list of pins: the GPU image's CUDA and cuDNN wheels, as pyproject.toml has them.
+    assert manifest["cuda_libraries"] == pack.pins()["cuda"]
+    assert any(p.startswith("nvidia-cudnn-cu13==") for p in manifest["cuda_libraries"])
+
+
+def test_cuda_libraries_are_held_to_the_images_pins() -> None:
+    import importlib.metadata
+
+    numpy = importlib.metadata.version("numpy")
+    compared = receive.cuda_libraries(
+        [f"numpy=={numpy}", "pytest==0.0.1", "nvidia-no-such-library==1.0"]
+    )
+    assert compared["same"] == ["numpy"]
+    assert compared["differ"] == {
+        "pytest": {"image": "0.0.1", "here": importlib.metadata.version("pytest")}
+    }
+    assert compared["absent"] == ["nvidia-no-such-library"]
 
 
 def one_call(packed: Path, carried: Path, part: str) -> Path:
@@ -108,7 +125,11 @@ def test_receive_part_by_part_then_install(packed: Path, tmp_path: Path) -> None
     assert receive.main([*args, "--install", "infer"]) == 1
     (tmp_path / "held-back").rename(stage / parts[0])
     shutil.copytree(packed / "infer", last / "infer")
-    assert receive.main([*args, "--install", "infer"]) == 0
+    record = tmp_path / "out" / "cuda_libraries.json"
+    assert receive.main([*args, "--install", "infer", "--record", str(record)]) == 0
+    compared = json.loads(record.read_text())
+    names = {p.split("==")[0] for p in manifest["cuda_libraries"]}
+    assert set(compared["same"]) | set(compared["differ"]) | set(compared["absent"]) == names
     assert (target / "onnxruntime" / "capi" / "libfake.so").stat().st_size == 3_000_000
     assert (target / "fastapi").is_dir() and (target / "onnxconverter_common").is_dir()
 
