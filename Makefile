@@ -13,8 +13,9 @@ GPU_ENV_STAMP := $(GPU_ENV)/.installed
 # One venv per peer server (make bench-peers); KServe's also holds the types that judge
 # this server's bodies in make test (make kserve-env).
 PEERS_VENVS := .venv-peers
-# onnxruntime-gpu where an NVIDIA driver answers, the CPU wheel everywhere else.
-ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# onnxruntime-gpu with the CUDA and cuDNN wheels it loads (the GPU image's pins) where an
+# NVIDIA driver answers, the CPU wheel everywhere else.
+ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu,cuda || echo cpu)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # The default model; MODEL=models/int8/convlstm_int8.onnx serves the opt-in int8 graph.
