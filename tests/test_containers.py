@@ -203,6 +203,9 @@ def test_stages_and_default_target(stages: dict[str, Stage]) -> None:
     assert list(stages)[-1] == "runtime", "the last stage is what a plain `docker build` makes"
 
 
+NVIDIA_BASE = re.compile(r"GPU_BASE=(nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu[\d.]+)")
+
+
 def test_gpu_runtime_base_matches_the_onnxruntime_gpu_pin(stages: dict[str, Stage]) -> None:
     import tomllib
 
@@ -211,24 +214,25 @@ def test_gpu_runtime_base_matches_the_onnxruntime_gpu_pin(stages: dict[str, Stag
     name, _, version = pin.partition("==")
     assert name == "onnxruntime-gpu" and version in ONNXRUNTIME_GPU_CUDA, pin
     major = ONNXRUNTIME_GPU_CUDA[version]
-    # The runtime stage stands on the base GPU_BASE names, `pip` unless told.
-    assert stages["runtime"].base == "gpu-base-${GPU_BASE}"
-    assert {f"gpu-base-{b}" for b in ("pip", "cuda")} <= set(stages)
-    assert global_args()["GPU_BASE"] == "pip"
-    # pip: the CPU image's Debian base, with the CUDA major's wheels of the cuda extra.
-    assert stages["gpu-base-pip"].base == stages["runtime-cpu"].base
+    # The runtime stage stands on GPU_BASE: by default the CPU image's Debian base, with
+    # the CUDA major's wheels of the cuda extra.
+    assert stages["runtime"].base == "${GPU_BASE}"
+    assert global_args()["GPU_BASE"] == stages["runtime-cpu"].base
     cuda = dict(p.split("==") for p in extras["optional-dependencies"]["cuda"])
     assert cuda["nvidia-cuda-runtime"].split(".")[0] == major, cuda
-    assert "nvidia-cudnn-cu" + major in cuda and cuda["nvidia-cudnn-cu" + major].startswith("9.")
-    # cuda: NVIDIA's image of the same CUDA major.
-    base = stages["gpu-base-cuda"].base
-    assert re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu[\d.]+", base), base
-    assert base.split(":")[1].split(".")[0] == major
+    assert cuda["nvidia-cudnn-cu" + major].startswith("9."), cuda
+    # The NVIDIA image the comments and docs offer instead: the same CUDA major.
+    offered = {m.group(1): m.group(2) for m in NVIDIA_BASE.finditer(DOCKERFILE.read_text())}
+    assert offered and set(offered.values()) == {major}, offered
+    documented = (REPO / "docs" / "deploy" / "compose.md").read_text()
+    assert all(image in documented for image in offered), offered
 
 
 def installed_pins(stage: Stage) -> list[str]:
-    """What the stage's `python -c "$PINS" EXTRA...` line computes from pyproject.toml."""
-    (run,) = [r for r in stage.all("RUN") if '"$PINS"' in r]
+    """What the stage's `python -c "$PINS" EXTRA... > requirements` line computes from
+    pyproject.toml (the step that starts with it; the GPU runtime's conditional step for
+    onnxruntime-gpu has a test of its own)."""
+    (run,) = [r for r in stage.all("RUN") if r.startswith('python -c "$PINS"')]
     extras = shlex.split(run.split('"$PINS"', 1)[1].split(">", 1)[0])
     (line,) = [ln for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("ARG PINS=")]
     (code,) = shlex.split(line.removeprefix("ARG PINS="))
@@ -252,10 +256,6 @@ GPU_LIBRARIES = {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13", "n
             {"fastapi", "onnxruntime", "grpcio", "grpcio-health-checking", "tritonclient"},
             {"onnxruntime-gpu", "tensorflow-cpu"},
         ),
-        # The GPU image is its base stage's install plus the runtime stage's.
-        ("gpu-base-pip", {"onnxruntime-gpu", *GPU_LIBRARIES}, {"onnxruntime", "fastapi"}),
-        # NVIDIA's image has the libraries already: the wheels would be a second copy.
-        ("gpu-base-cuda", {"onnxruntime-gpu"}, {"onnxruntime", *GPU_LIBRARIES}),
         (
             "runtime",
             {"fastapi", "grpcio", "grpcio-health-checking", "tritonclient"},
@@ -270,6 +270,21 @@ def test_each_stage_installs_its_pinned_extras(
     assert all("==" in p for p in pins), pins
     names = {p.split("==")[0] for p in pins}
     assert wanted <= names and not unwanted & names, names
+
+
+def test_gpu_runtime_installs_the_cuda_wheels_only_where_the_base_lacks_them(
+    stages: dict[str, Stage],
+) -> None:
+    """On NVIDIA's image (which sets CUDA_VERSION) onnxruntime-gpu alone; on the Debian
+    base the cuda extra's wheels too. Both in the layer before the server's packages."""
+    (run,) = [r for r in stages["runtime"].all("RUN") if "-c /tmp/constraints.txt" in r]
+    on_nvidia, on_debian = re.findall(r'python -c "\$PINS" ([\w ]+?);', run)
+    assert run.startswith('if [ -n "${CUDA_VERSION:-}" ]; then')
+    assert (on_nvidia.split(), on_debian.split()) == (["gpu"], ["gpu", "cuda"])
+    runs = stages["runtime"].all("RUN")
+    assert runs.index(run) < runs.index(
+        next(r for r in runs if '"$PINS" serve >' in r and r != run)
+    )
 
 
 FIRST_PARTY = ("convlstm_card", "model_export", "service", "bench")
