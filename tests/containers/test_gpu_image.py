@@ -205,6 +205,24 @@ def test_require_gpu_stays_up_and_not_ready_without_restarting() -> None:
     report(f"CONVLSTM_REQUIRE_GPU=1, no GPU: running, not ready: {message}")
 
 
+def test_a_gpu_asked_for_on_a_host_without_the_toolkit_is_refused_by_podman() -> None:
+    """What deploy/compose/gpu-cdi.yml (and podman-compose's reading of the device
+    request) asks podman for, on a host without the NVIDIA Container Toolkit's CDI spec:
+    podman refuses to create the container and names the device; nothing starts, so
+    nothing restarts."""
+    podman("rm", "--force", "--ignore", NAME)
+    out = subprocess.run(
+        ["podman", "run", "-d", "--name", NAME, "--device", "nvidia.com/gpu=all", IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    podman("rm", "--force", "--ignore", NAME)
+    assert out.returncode != 0, out.stdout
+    assert "nvidia.com/gpu=all" in out.stderr, out.stderr
+    report(f"CDI device without the toolkit: {out.stderr.strip().splitlines()[-1]}")
+
+
 def test_stop_drains_requests_in_flight_and_exits_0() -> None:
     """As in the CPU image: clients keep /predict busy while `podman stop` stops it;
     every request taken is answered, later ones refused, never cut off; exit 0."""
