@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from bench.server import free_port
-from tests.containers.test_compose import REQUEST, UID, podman, report, wait_healthy
+from tests.containers.test_compose import REQUEST, UID, podman, wait_healthy
 from tests.test_containers import healthcheck_command, parse_dockerfile
 
 pytestmark = pytest.mark.skipif(
@@ -47,6 +47,11 @@ LIBRARY_DIRS = (
     "print(os.path.dirname(onnxruntime.__file__));"
     "print(':'.join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], '*', 'lib')))))"
 )
+
+
+def report(line: str) -> None:
+    """A measured figure; `make gpu-image-test` runs pytest with -s, so it is shown."""
+    print(f"\ngpu-image-test: {line}", flush=True)
 
 
 def in_image(*command: str, entrypoint: str = "python", user: str = UID) -> str:
