@@ -5,7 +5,8 @@
 #                committed Keras checkpoint (the export refuses to write when parity > 1e-4);
 #                --build-arg RETRAIN=1 trains the checkpoint from scratch first.
 #   runtime-cpu  the server on a slim Python image with the CPU onnxruntime.
-#   runtime      the server on CUDA + cuDNN with onnxruntime-gpu; the default target (last).
+#   runtime      the server on CUDA + cuDNN with onnxruntime-gpu; the default target (last),
+#                on the base GPU_BASE names (the CPU image's, unless told; see below).
 #
 #   docker build -t convlstm-serve:gpu .
 #   docker build --target runtime-cpu -t convlstm-serve:cpu .
@@ -15,6 +16,9 @@
 # edit reuses the dependency layers. `python -c "$PINS" EXTRA...` prints the project's
 # dependencies plus those of each named extra, one per line (tomllib is in the stdlib).
 ARG PINS="import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *(r for e in sys.argv[1:] for r in p['optional-dependencies'][e]), sep=chr(10))"
+# The base of the GPU image (the `runtime` stage): the CPU image's Debian Python with CUDA
+# from PyPI's NVIDIA wheels, or NVIDIA's CUDA image (see the runtime stage).
+ARG GPU_BASE=python:3.11-slim-bookworm
 
 
 FROM python:3.11-slim-bookworm AS train
@@ -103,14 +107,32 @@ HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["python", "-m", "service"]
 
 
-# onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9: its PyPI metadata (extras `cuda`
-# and `cudnn`) asks for nvidia-cuda-runtime~=13.0, nvidia-cuda-nvrtc~=13.0, nvidia-cufft~=12.0,
-# nvidia-curand~=10.0 and nvidia-cudnn-cu13~=9.0, and ONNX Runtime's CUDA EP requirements page
-# says a build runs on any CUDA minor release of its major version but never across cuDNN
-# majors. The cudnn-runtime image already holds cudart, cuBLAS, cuFFT, cuRAND, NVRTC (CUDA
-# 13.0) and cuDNN 9, so those pip extras are not installed. The host needs an NVIDIA driver
-# for CUDA 13 (R580 or newer) and the NVIDIA Container Toolkit.
-FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS runtime
+# The GPU image: the server with onnxruntime-gpu and the CUDA 13 + cuDNN 9 libraries its
+# CUDA provider loads, on the base GPU_BASE names (see the ARG at the top):
+#
+#   python:3.11-slim-bookworm (default)  the CPU image's Debian Python, with CUDA and cuDNN
+#       from PyPI's NVIDIA wheels at the `cuda` extra's pins (what onnxruntime-gpu's own
+#       `cuda` and `cudnn` extras resolve to). Needs no CUDA base image, so it builds
+#       wherever the CPU image does; `make gpu-image-test` builds and checks this one.
+#   nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04  NVIDIA's image, which holds the same
+#       libraries (cudart, cuBLAS, cuFFT, cuRAND, NVRTC, cuDNN 9) as Ubuntu packages, for
+#       those who can pull it; its Python is Ubuntu's 3.12 in a venv, and the `cuda`
+#       extra is not installed (it would be a second copy).
+#
+#   docker build -t convlstm-serve:gpu .
+#   docker build --build-arg GPU_BASE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 -t convlstm-serve:gpu .
+#
+# One stage whose steps ask which base they are on (NVIDIA's images set CUDA_VERSION),
+# rather than a stage per base picked by `FROM stage-${GPU_BASE}`: podman's builder (buildah
+# 1.28) decides which stages are used before it expands the ARG, skips the base stage,
+# then finds no image of that name.
+#
+# onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9: ONNX Runtime's CUDA EP
+# requirements page says a build runs on any CUDA minor release of its major version but
+# never across cuDNN majors. Either way the host needs an NVIDIA driver for CUDA 13 (R580 or
+# newer) and the NVIDIA Container Toolkit; without them the server starts on the CPU and
+# says why (or, with CONVLSTM_REQUIRE_GPU=true, stays up, not ready, and says why).
+FROM ${GPU_BASE} AS runtime
 ARG PINS
 ARG DEBIAN_FRONTEND=noninteractive
 LABEL org.opencontainers.image.title="convlstm-serve (GPU)" \
@@ -126,20 +148,39 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CONVLSTM_SIMULATED_ALLOWED=false \
     MALLOC_ARENA_MAX=2
 
-# Ubuntu 24.04's Python is 3.12 (the project supports 3.11 and 3.12). Its packages are not
-# version-pinned: the Ubuntu archive keeps only the newest build of each, so a pin would
-# break the build at the next security update; the Python packages are all pinned.
+# On NVIDIA's Ubuntu image: Ubuntu 24.04's Python 3.12 (the project supports 3.11 and 3.12)
+# in a venv at /opt/venv, first on PATH. Its packages are not version-pinned: the Ubuntu
+# archive keeps only the newest build of each, so a pin would break the build at the next
+# security update; the Python packages are all pinned.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3.12 -m venv /opt/venv \
+RUN if [ -n "${CUDA_VERSION:-}" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+        && rm -rf /var/lib/apt/lists/* \
+        && python3.12 -m venv /opt/venv; \
+    fi \
     && groupadd --gid 10001 convlstm \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin convlstm
 
 WORKDIR /app
 COPY pyproject.toml ./
-RUN python -c "$PINS" serve gpu > /tmp/requirements.txt \
+# onnxruntime-gpu, and on the Debian base the `cuda` extra's NVIDIA wheels, in a layer of
+# their own below the server's packages. The serve extra's pins constrain what
+# onnxruntime-gpu pulls in (protobuf, packaging), so the next layer changes nothing here.
+# Only what the CUDA provider loads stays: the wheels' headers, static archives, cuBLAS's
+# NVBLAS and cuFFT's FFTW interface (nothing in onnxruntime links them) go in the same
+# layer, so they never reach the image. ort.preload_dlls() (service/inference/session.py)
+# finds the libraries in site-packages/nvidia/*/lib; no LD_LIBRARY_PATH is needed.
+RUN if [ -n "${CUDA_VERSION:-}" ]; then python -c "$PINS" gpu; \
+    else python -c "$PINS" gpu cuda; fi > /tmp/requirements.txt \
+    && python -c "$PINS" serve > /tmp/constraints.txt \
+    && pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/constraints.txt \
+    && nvidia=$(python -c "import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null || true) \
+    && if [ -n "$nvidia" ]; then \
+        find "$nvidia" \( -name include -o -name '*.a' -o -name 'libnvblas.so*' -o -name 'libcufftw.so*' \) -prune -exec rm -rf {} +; \
+    fi
+RUN python -c "$PINS" serve > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

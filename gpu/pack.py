@@ -6,7 +6,8 @@ be downloaded there. Every device call carries the tracked tree (about 25 MB) an
 most 64 MiB in all, so the ~255 MB onnxruntime-gpu wheel travels in parts:
 
 1. ``pip download`` the cp312 manylinux wheels: onnxruntime-gpu at the ``gpu`` extra's
-   pin; the ``serve`` extra and what it pulls in (for the **infer** job); keras at the
+   pin, the one the GPU image installs (the image's CUDA and cuDNN wheels, the ``cuda``
+   extra, stay behind: 1.3 GB; the machine's own are compared with them there); the ``serve`` extra and what it pulls in (for the **infer** job); keras at the
    ``train`` extra's pin with namex and optree (for the **train** job). Wheels the GPU
    machine already holds in a version that works (numpy, onnx, protobuf, h5py, ...) stay
    behind: carrying them would only shadow the machine's own.
@@ -88,12 +89,19 @@ TRAIN_EXTRA = ["namex", "optree"]
 
 
 def pins() -> dict[str, list[str]]:
-    """The project's own pins, read from pyproject.toml: one source of versions."""
+    """The project's own pins, read from pyproject.toml: one source of versions. ``cuda``
+    is the GPU image's CUDA and cuDNN wheels (its default base installs them); the GPU
+    machine has its own, which ``gpu.receive`` holds to these pins in every job's record."""
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     keras = [p for p in extras["train"] if p.startswith("keras==")]
-    return {"gpu": list(extras["gpu"]), "serve": list(extras["serve"]), "train": keras}
+    return {
+        "gpu": list(extras["gpu"]),
+        "cuda": list(extras["cuda"]),
+        "serve": list(extras["serve"]),
+        "train": keras,
+    }
 
 
 def sha256_of(path: Path) -> str:
@@ -279,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "infer": describe(infer),
         "train": describe(train),
+        # What the GPU image ships beside onnxruntime-gpu; too large to carry (1.3 GB), so
+        # the jobs say where the machine's own copies differ (gpu.receive).
+        "cuda_libraries": versions["cuda"],
     }
     manifest["calls"] = call_plan(manifest, out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -130,12 +130,39 @@ def install_wheels(pack: Path, job: str, target: Path, manifest: dict[str, Any])
     )
 
 
+def cuda_libraries(pins: list[str]) -> dict[str, Any]:
+    """The machine's CUDA and cuDNN wheels against the GPU image's pins (``name==version``):
+    those at the pinned version, those at another, those absent. A job's numbers are the
+    image's only where nothing differs."""
+    import importlib.metadata
+
+    same, differ, absent = [], {}, []
+    for pin in pins:
+        name, _, version = pin.partition("==")
+        try:
+            there = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            absent.append(name)
+            continue
+        if there == version:
+            same.append(name)
+        else:
+            differ[name] = {"image": version, "here": there}
+    return {"same": same, "differ": differ, "absent": absent}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m gpu.receive", description=__doc__.split("\n")[0])
     p.add_argument("--pack", type=Path, default=Path(".gpu-pack"))
     p.add_argument("--stage", type=Path, default=Path("/tmp/gpu-pack"))
     p.add_argument("--install", choices=["infer", "train"], default=None)
     p.add_argument("--target", type=Path, default=Path("/tmp/site"))
+    p.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="write the CUDA libraries here compared with the GPU image's (JSON)",
+    )
     args = p.parse_args(argv)
     start = time.perf_counter()
     manifest = json.loads((args.pack / "manifest.json").read_text())
@@ -158,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         checked = install_runtime(args.stage, args.target, manifest)
         print(f"receive: onnxruntime-gpu unpacked into {args.target}, {checked} files match RECORD")
     install_wheels(args.pack, args.install, args.target, manifest)
+    compared = cuda_libraries(manifest.get("cuda_libraries", []))
+    print(
+        f"receive: CUDA libraries against the GPU image's pins: {len(compared['same'])} the "
+        f"same, differ {compared['differ'] or 'none'}, absent {compared['absent'] or 'none'}"
+    )
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(compared, indent=2) + "\n")
     print(
         f"receive: {len(manifest[args.install])} {args.install} wheels installed into "
         f"{args.target}; {time.perf_counter() - start:.1f} s"

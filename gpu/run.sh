@@ -13,17 +13,17 @@ receive)
     python3 -m gpu.receive
     ;;
 diagnose)
-    python3 -m gpu.receive --install infer || exit 1
+    python3 -m gpu.receive --install infer --record "$OUT/cuda_libraries.json" || exit 1
     export PYTHONPATH="/tmp/site:$PWD" PATH="/tmp/site/bin:$PATH"
     python3 -m gpu.diagnose --out "$OUT" "$@" 2>&1 | tee "$OUT/diagnose.log"
     ;;
 infer)
-    python3 -m gpu.receive --install infer || exit 1
+    python3 -m gpu.receive --install infer --record "$OUT/cuda_libraries.json" || exit 1
     export PYTHONPATH="/tmp/site:$PWD"
     python3 -m gpu.infer --out "$OUT" "$@" 2>&1 | tee "$OUT/infer.log"
     ;;
 train)
-    python3 -m gpu.receive --install train || exit 1
+    python3 -m gpu.receive --install train --record "$OUT/cuda_libraries.json" || exit 1
     export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=torch
     python3 -m gpu.train --out "$OUT" "$@" 2>&1 | tee "$OUT/train.log"
     ;;

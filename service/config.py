@@ -123,7 +123,9 @@ class Settings(BaseSettings):
     CPU's answer; ``false`` keeps full float32 (5.7e-7)."""
 
     require_gpu: bool = False
-    """Refuse to start when no GPU provider could be initialised, instead of falling back."""
+    """Refuse to serve from the CPU when no GPU provider could be initialised: instead of
+    falling back, the server stays up but not ready (``/readyz`` 503 with the reason), so
+    that a container or pod is neither used nor restarted in a loop."""
 
     intra_op_threads: int = Field(default=0, ge=0)
     """onnxruntime threads inside one operator; 0 lets onnxruntime use every core."""

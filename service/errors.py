@@ -88,6 +88,11 @@ class ModelLoadError(ServiceError):
     error_type = "model_load_error"
 
 
+class GpuUnavailable(ModelLoadError):
+    """``require_gpu`` is set and no GPU provider started: the server stays up, not
+    ready, saying why, rather than exiting into a restart loop."""
+
+
 class ModelNotLoaded(ServiceError):
     """A control call asked to load a model that cannot be served; whatever served
     under its name still does (Triton answers a failed load with 400 too)."""

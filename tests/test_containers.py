@@ -98,6 +98,16 @@ def parse_dockerfile(text: str) -> dict[str, Stage]:
     return stages
 
 
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM, which FROM lines may use, with their defaults."""
+    found = {}
+    for line in DOCKERFILE.read_text().split("\nFROM ", 1)[0].splitlines():
+        if line.startswith("ARG "):
+            name, _, default = line.removeprefix("ARG ").partition("=")
+            found[name] = default
+    return found
+
+
 def healthcheck_command(args: str) -> list[str]:
     """The exec-form command of a HEALTHCHECK instruction, without its options."""
     command: list[str] = json.loads(args.split(" CMD ", 1)[1])
@@ -193,6 +203,9 @@ def test_stages_and_default_target(stages: dict[str, Stage]) -> None:
     assert list(stages)[-1] == "runtime", "the last stage is what a plain `docker build` makes"
 
 
+NVIDIA_BASE = re.compile(r"GPU_BASE=(nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu[\d.]+)")
+
+
 def test_gpu_runtime_base_matches_the_onnxruntime_gpu_pin(stages: dict[str, Stage]) -> None:
     import tomllib
 
@@ -200,14 +213,26 @@ def test_gpu_runtime_base_matches_the_onnxruntime_gpu_pin(stages: dict[str, Stag
     (pin,) = extras["optional-dependencies"]["gpu"]
     name, _, version = pin.partition("==")
     assert name == "onnxruntime-gpu" and version in ONNXRUNTIME_GPU_CUDA, pin
-    base = stages["runtime"].base
-    assert re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu[\d.]+", base), base
-    assert base.split(":")[1].split(".")[0] == ONNXRUNTIME_GPU_CUDA[version]
+    major = ONNXRUNTIME_GPU_CUDA[version]
+    # The runtime stage stands on GPU_BASE: by default the CPU image's Debian base, with
+    # the CUDA major's wheels of the cuda extra.
+    assert stages["runtime"].base == "${GPU_BASE}"
+    assert global_args()["GPU_BASE"] == stages["runtime-cpu"].base
+    cuda = dict(p.split("==") for p in extras["optional-dependencies"]["cuda"])
+    assert cuda["nvidia-cuda-runtime"].split(".")[0] == major, cuda
+    assert cuda["nvidia-cudnn-cu" + major].startswith("9."), cuda
+    # The NVIDIA image the comments and docs offer instead: the same CUDA major.
+    offered = {m.group(1): m.group(2) for m in NVIDIA_BASE.finditer(DOCKERFILE.read_text())}
+    assert offered and set(offered.values()) == {major}, offered
+    documented = (REPO / "docs" / "deploy" / "compose.md").read_text()
+    assert all(image in documented for image in offered), offered
 
 
 def installed_pins(stage: Stage) -> list[str]:
-    """What the stage's `python -c "$PINS" EXTRA...` line computes from pyproject.toml."""
-    (run,) = [r for r in stage.all("RUN") if '"$PINS"' in r]
+    """What the stage's `python -c "$PINS" EXTRA... > requirements` line computes from
+    pyproject.toml (the step that starts with it; the GPU runtime's conditional step for
+    onnxruntime-gpu has a test of its own)."""
+    (run,) = [r for r in stage.all("RUN") if r.startswith('python -c "$PINS"')]
     extras = shlex.split(run.split('"$PINS"', 1)[1].split(">", 1)[0])
     (line,) = [ln for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("ARG PINS=")]
     (code,) = shlex.split(line.removeprefix("ARG PINS="))
@@ -217,6 +242,9 @@ def installed_pins(stage: Stage) -> list[str]:
     assert out.returncode == 0, out.stderr
     # One requirement per line, as pip reads it; an environment marker follows a ";".
     return [line.split(";")[0].strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+GPU_LIBRARIES = {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-cufft"}
 
 
 @pytest.mark.parametrize(
@@ -230,8 +258,8 @@ def installed_pins(stage: Stage) -> list[str]:
         ),
         (
             "runtime",
-            {"fastapi", "onnxruntime-gpu", "grpcio", "grpcio-health-checking", "tritonclient"},
-            {"onnxruntime", "tensorflow-cpu", "keras"},
+            {"fastapi", "grpcio", "grpcio-health-checking", "tritonclient"},
+            {"onnxruntime", "onnxruntime-gpu", "tensorflow-cpu", "keras", *GPU_LIBRARIES},
         ),
     ],
 )
@@ -242,6 +270,21 @@ def test_each_stage_installs_its_pinned_extras(
     assert all("==" in p for p in pins), pins
     names = {p.split("==")[0] for p in pins}
     assert wanted <= names and not unwanted & names, names
+
+
+def test_gpu_runtime_installs_the_cuda_wheels_only_where_the_base_lacks_them(
+    stages: dict[str, Stage],
+) -> None:
+    """On NVIDIA's image (which sets CUDA_VERSION) onnxruntime-gpu alone; on the Debian
+    base the cuda extra's wheels too. Both in the layer before the server's packages."""
+    (run,) = [r for r in stages["runtime"].all("RUN") if "-c /tmp/constraints.txt" in r]
+    on_nvidia, on_debian = re.findall(r'python -c "\$PINS" ([\w ]+?);', run)
+    assert run.startswith('if [ -n "${CUDA_VERSION:-}" ]; then')
+    assert (on_nvidia.split(), on_debian.split()) == (["gpu"], ["gpu", "cuda"])
+    runs = stages["runtime"].all("RUN")
+    assert runs.index(run) < runs.index(
+        next(r for r in runs if '"$PINS" serve >' in r and r != run)
+    )
 
 
 FIRST_PARTY = ("convlstm_card", "model_export", "service", "bench")
@@ -495,9 +538,10 @@ def test_compose_builds_each_server_from_its_stage(
     assert "profiles" not in services["convlstm"], "`docker compose up` must start it"
     assert services["convlstm-cpu"]["build"]["target"] == "runtime-cpu"
     assert services["convlstm-cpu"]["profiles"] == ["cpu"]
+    build_args = set(stages["train"].arg_defaults()) | set(global_args())
     for name in SERVERS:
         assert services[name]["restart"] in {"always", "unless-stopped", "on-failure"}
-        assert set(services[name]["build"].get("args", {})) <= set(stages["train"].arg_defaults())
+        assert set(services[name]["build"].get("args", {})) <= build_args
     (gpu,) = services["convlstm"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert "deploy" not in services["convlstm-cpu"]
@@ -562,6 +606,20 @@ class _ComposeLoader(yaml.SafeLoader):
 
 
 _ComposeLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+def test_cdi_override_names_the_gpu_the_way_podman_does(compose: dict[str, Any]) -> None:
+    text = (REPO / "deploy" / "compose" / "gpu-cdi.yml").read_text()
+    override = yaml.load(text, Loader=_ComposeLoader)  # noqa: S506 (a SafeLoader)
+    service = override["services"]["convlstm"]
+    assert set(override["services"]) == {"convlstm"}
+    assert service["devices"] == ["nvidia.com/gpu=all"] and service["deploy"] == "!reset"
+    # Merged as Compose merges it (the reset key gone), it is still a valid compose file.
+    merged = copy.deepcopy(compose)
+    merged["services"]["convlstm"].pop("deploy")
+    merged["services"]["convlstm"]["devices"] = service["devices"]
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    assert not [e.message for e in validator.iter_errors(merged)]
 
 
 def test_cpu_override_runs_the_default_service_on_the_cpu_image(

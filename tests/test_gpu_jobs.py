@@ -13,13 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
-from bench.server import serve
+from bench.server import free_port, serve
 from gpu import pack, receive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +82,23 @@ def test_pack_splits_into_parts_and_plans_one_call_each(packed: Path) -> None:
     assert {"fastapi", "uvicorn", "pydantic_core", "onnxconverter_common"} <= infer
     assert "numpy" not in infer and "onnxruntime_gpu" not in infer
     assert {w["file"].split("-")[0] for w in manifest["train"]} >= {"keras", "namex", "optree"}
+    # One list of pins: the GPU image's CUDA and cuDNN wheels, as pyproject.toml has them.
+    assert manifest["cuda_libraries"] == pack.pins()["cuda"]
+    assert any(p.startswith("nvidia-cudnn-cu13==") for p in manifest["cuda_libraries"])
+
+
+def test_cuda_libraries_are_held_to_the_images_pins() -> None:
+    import importlib.metadata
+
+    numpy = importlib.metadata.version("numpy")
+    compared = receive.cuda_libraries(
+        [f"numpy=={numpy}", "pytest==0.0.1", "nvidia-no-such-library==1.0"]
+    )
+    assert compared["same"] == ["numpy"]
+    assert compared["differ"] == {
+        "pytest": {"image": "0.0.1", "here": importlib.metadata.version("pytest")}
+    }
+    assert compared["absent"] == ["nvidia-no-such-library"]
 
 
 def one_call(packed: Path, carried: Path, part: str) -> Path:
@@ -106,7 +125,11 @@ def test_receive_part_by_part_then_install(packed: Path, tmp_path: Path) -> None
     assert receive.main([*args, "--install", "infer"]) == 1
     (tmp_path / "held-back").rename(stage / parts[0])
     shutil.copytree(packed / "infer", last / "infer")
-    assert receive.main([*args, "--install", "infer"]) == 0
+    record = tmp_path / "out" / "cuda_libraries.json"
+    assert receive.main([*args, "--install", "infer", "--record", str(record)]) == 0
+    compared = json.loads(record.read_text())
+    names = {p.split("==")[0] for p in manifest["cuda_libraries"]}
+    assert set(compared["same"]) | set(compared["differ"]) | set(compared["absent"]) == names
     assert (target / "onnxruntime" / "capi" / "libfake.so").stat().st_size == 3_000_000
     assert (target / "fastapi").is_dir() and (target / "onnxconverter_common").is_dir()
 
@@ -264,18 +287,36 @@ def test_gpu_wheel_without_driver_falls_back_with_a_reason() -> None:
 
 
 @pytest.mark.slow
-def test_gpu_wheel_without_driver_refuses_when_gpu_is_required() -> None:
+def test_gpu_wheel_without_driver_stays_not_ready_when_gpu_is_required(tmp_path: Path) -> None:
     python = gpu_env()
-    result = subprocess.run(
-        [python, "-m", "service", "--port", "1", "--model", str(COMMITTED_MODEL)],
-        cwd=REPO,
-        env={**os.environ, "CONVLSTM_REQUIRE_GPU": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = result.stdout + result.stderr
-    assert result.returncode != 0
-    lines = [line for line in out.splitlines() if "cannot serve:" in line]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    assert "a GPU provider is required" in lines[0] and "no NVIDIA driver" in lines[0]
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "CONVLSTM_REQUIRE_GPU": "1", "CONVLSTM_GRPC_PORT": str(free_port())}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [python, "-m", "service", "--port", str(port), "--model", str(COMMITTED_MODEL)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready = alive = None
+        deadline = time.monotonic() + 120
+        while ready is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                alive = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert process.poll() is None, log.read_text()  # alive: no exit, no restart loop
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert alive is not None and alive.status_code == 200
+    assert ready is not None and ready.status_code == 503
+    message = ready.json()["error"]["message"]
+    assert "a GPU provider is required" in message and "no NVIDIA driver" in message
+    lines = [ln for ln in log.read_text().splitlines() if "not ready, and staying so" in ln]
+    assert len(lines) == 1 and "Traceback" not in log.read_text(), log.read_text()
+    assert message in lines[0]

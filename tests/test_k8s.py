@@ -221,15 +221,19 @@ def test_gpu_only_where_the_image_is_the_gpu_one(resources: list[Resource], vari
     assert container["image"] == compose["services"][COMPOSE_SERVICE[variant]]["image"]
     requests, limits = container["resources"]["requests"], container["resources"]["limits"]
     env = env_of(container)
+    pod = one(resources, "Deployment")["spec"]["template"]["spec"]
     if container["image"].endswith(":gpu"):
         # Extended resources: the request, when given, must equal the limit.
         assert limits[GPU] == requests[GPU] == 1
         assert env["CONVLSTM_REQUIRE_GPU"]["value"] == "true"
+        # On GPU nodes (GPU Feature Discovery's label), and tolerating their usual taint.
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     else:
         assert GPU not in limits and GPU not in requests
         assert env["CONVLSTM_PROVIDER"]["value"] == "cpu"
         assert env["CONVLSTM_REQUIRE_GPU"]["value"] == "false"
-        assert "tolerations" not in one(resources, "Deployment")["spec"]["template"]["spec"]
+        assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
 def test_resources_fit_the_thread_count(resources: list[Resource]) -> None:

@@ -12,7 +12,8 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.config import ConvAlgoSearch, IoBinding, PadBatches, Provider, Settings
-from service.errors import ModelLoadError
+from service.errors import GpuUnavailable, ModelLoadError
+from service.inference.cuda_driver import describe, probe_driver
 from service.inference.graph import (
     CPU,
     CUDA,
@@ -42,18 +43,10 @@ _PREFERENCES: dict[str, tuple[str, ...]] = {
 def gpu_fallback_reason(requested: str) -> str:
     """Why onnxruntime did not start ``requested``, as far as can be told from outside:
     it logs its own error, but returns a CPU session without saying why."""
-    import ctypes
+    from onnxruntime.capi import build_and_package_info
 
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return (
-            f"{requested} did not start: no NVIDIA driver on this machine (libcuda.so.1 not found)"
-        )
-    return (
-        f"{requested} did not start although an NVIDIA driver is present: CUDA or cuDNN "
-        "libraries missing or mismatched (see onnxruntime's error above)"
-    )
+    needed = getattr(build_and_package_info, "cuda_version", None) or None
+    return describe(probe_driver(), requested, needed)
 
 
 def provider_options(
@@ -153,7 +146,7 @@ class LoadedGraph:
             self.fallback_reason = gpu_fallback_reason(requested[0])
         if options.require_gpu and self.provider not in GPU_PROVIDERS:
             why = self.fallback_reason or f"no GPU provider is installed ({available})"
-            raise ModelLoadError(f"a GPU provider is required but {self.provider} is in use: {why}")
+            raise GpuUnavailable(f"a GPU provider is required but {self.provider} is in use: {why}")
         self.inputs = first.get_inputs()
         self.outputs = first.get_outputs()
         # Fixed shapes per session where the device rebuilds its plans on a change of

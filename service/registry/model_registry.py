@@ -28,6 +28,7 @@ import anyio
 
 from service.config import Settings
 from service.errors import (
+    GpuUnavailable,
     ModelControlOff,
     ModelInUse,
     ModelLoadError,
@@ -72,6 +73,9 @@ class ModelRegistry:
         self._known: dict[str, dict[str, ModelSource]] = {}
         self._failed_stamps: dict[str, tuple[ModelSource, ...]] = {}
         self._unloaded: set[str] = set()
+        # Set when a load failed because ``require_gpu`` found no GPU provider: start-up
+        # then stays up, not ready, instead of exiting (see ``load``).
+        self.gpu_unavailable: str | None = None
         # HTTP requests being answered, by the epoch they began in; a swap starts a new
         # epoch and releases the old version once the earlier epochs are empty.
         self._epoch = 0
@@ -125,6 +129,12 @@ class ModelRegistry:
         the error raised. Another model failing is logged once (file and reason) and
         listed in ``failed``, unless ``exit_on_model_error`` makes it stop start-up too.
         With ``model_control=poll`` the directory is then watched.
+
+        One exception: ``require_gpu`` with no GPU provider. A GPU that is missing stays
+        missing when the process restarts, so exiting would only make a restart loop (a
+        container restarted forever, a pod in CrashLoopBackOff). The process stays up
+        instead, alive on ``/healthz`` and not ready on ``/readyz``, with the reason there
+        and in the log, until it is stopped.
         """
         found = await anyio.to_thread.run_sync(self._scan)
         names = [self.default_name, *sorted(n for n in found if n != self.default_name)]
@@ -137,6 +147,11 @@ class ModelRegistry:
             problem = await self._sync(name, found[name])
             if problem is None:
                 continue
+            if self.gpu_unavailable is not None:
+                log.error("not ready, and staying so until stopped: %s", problem)
+                await self.close()
+                self.not_ready_reason = problem
+                return
             if name == self.default_name or self.settings.exit_on_model_error:
                 log.error("cannot serve: %s", problem)
                 await self.close()
@@ -362,6 +377,8 @@ class ModelRegistry:
             try:
                 model = await self._load_one(source)
             except Exception as err:
+                if isinstance(err, GpuUnavailable):
+                    self.gpu_unavailable = err.message
                 for model in loaded:  # all or nothing: the name keeps what it had
                     await model.runner.stop()
                     model.runner.session.close()

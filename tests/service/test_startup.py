@@ -1,17 +1,27 @@
 """Start-up: a real tiny tf2onnx export served end to end, and each start-up fault
-giving one clear line and a non-zero exit."""
+giving one clear line and a non-zero exit; except a required GPU that is missing, which
+leaves the server up and not ready."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.service.conftest import COMMITTED_MODEL, TINY_FRAMES, run_server, start_failure
+from service.config import Settings
+from tests.service.conftest import (
+    COMMITTED_MODEL,
+    TINY_FRAMES,
+    asgi_client,
+    run_server,
+    running_app,
+    start_failure,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +84,28 @@ def test_card_with_another_input_shape(tiny_model: Path, tmp_path: Path) -> None
     assert f"takes ['N', {TINY_FRAMES}, 40, 40, 3]" in line
 
 
-def test_required_gpu_missing_exits_non_zero() -> None:
+@pytest.mark.anyio
+async def test_required_gpu_missing_stays_up_not_ready(caplog: pytest.LogCaptureFixture) -> None:
+    """A GPU that is missing stays missing on a restart: the process stays alive and not
+    ready with the reason, instead of exiting into a restart loop."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider; the refusal needs a machine without")
-    code, out = start_failure(COMMITTED_MODEL, env={"CONVLSTM_REQUIRE_GPU": "true"})
-    assert code != 0
-    assert "a GPU provider is required but CPUExecutionProvider is in use" in one_error_line(out)
+    settings = Settings(model_path=COMMITTED_MODEL, require_gpu=True, warmup_runs=0)
+    with caplog.at_level(logging.ERROR, logger="service.registry"):
+        async with running_app(settings) as app, asgi_client(app) as client:
+            ready = await client.get("/readyz")
+            alive = await client.get("/healthz")
+            predict = await client.post("/v2/models/convlstm/infer", json={"inputs": []})
+    assert alive.status_code == 200
+    assert ready.status_code == 503
+    message = ready.json()["error"]["message"]
+    assert "a GPU provider is required but CPUExecutionProvider is in use" in message
+    assert "no GPU provider is installed" in message
+    assert predict.status_code == 503, predict.text
+    lines = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
+    assert len(lines) == 1 and message in lines[0], lines
 
 
 def test_bad_setting_is_refused_before_start() -> None:
