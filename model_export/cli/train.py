@@ -92,6 +92,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="learning rate: halved on validation plateaus, or cosine decay over the planned "
         "batches to 5%% of --learning-rate",
     )
+    t.add_argument(
+        "--varied-share",
+        type=float,
+        default=0.0,
+        help="share of the generated sequences drawn from the varied glyph family (fonts, "
+        "speeds 0-3, 1-3 glyphs, backgrounds, occlusion; docs/training.md), 0-1",
+    )
+    t.add_argument(
+        "--augment",
+        action="store_true",
+        help="flip, transpose and permute the colours of each generated training sequence",
+    )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=run)
 
@@ -112,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     from model_export.frames.train import TrainConfig, train
 
     head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
+    if not 0.0 <= args.varied_share <= 1.0:
+        print(f"train: --varied-share {args.varied_share}: give a share in [0, 1]", file=sys.stderr)
+        return 2
 
     cfg = TrainConfig(
         variant=args.variant,
@@ -131,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         init_from=args.resume,
         train_skip=args.skip_samples,
+        varied_share=args.varied_share,
+        augment=args.augment,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -149,6 +166,8 @@ def _train_on_data(args: argparse.Namespace) -> int:
 
     recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
     recipe["--schedule"] = args.schedule != "plateau"
+    recipe["--varied-share"] = args.varied_share != 0.0
+    recipe["--augment"] = args.augment
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
         print(f"train: {flags} go with --data digits", file=sys.stderr)

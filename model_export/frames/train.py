@@ -62,6 +62,11 @@ class TrainConfig:
     # Train on the split's sequences after the first ``train_skip``: a run warm-started
     # from a checkpoint trained on the first N sees N..N+train_samples, all new to it.
     train_skip: int = 0
+    # Share of the training and validation sequences drawn from the varied glyph family
+    # (``scenes.TRAIN_VARIED``: fonts, 0-3 px/frame, 1-3 glyphs, backgrounds, occlusion).
+    varied_share: float = 0.0
+    # Flip, transpose and permute the colours of every training sequence.
+    augment: bool = False
 
 
 class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -165,10 +170,25 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     work = cfg.out_dir / "training"
     work.mkdir(exist_ok=True)
 
-    train_seq = data.generate(
-        cfg.train_samples, seed=data.SPLIT_SEEDS["train"], split="train", skip=cfg.train_skip
-    )
-    val_seq = data.generate_split(cfg.validation_samples, "validation")
+    if cfg.varied_share > 0 or cfg.augment:
+        from model_export.frames.scenes import varied_mix
+
+        train_seq = varied_mix(
+            cfg.train_samples,
+            split="train",
+            share=cfg.varied_share,
+            seed=cfg.seed,
+            skip=cfg.train_skip,
+            augmented=cfg.augment,
+        )
+        val_seq = varied_mix(
+            cfg.validation_samples, split="validation", share=cfg.varied_share, seed=cfg.seed
+        )
+    else:
+        train_seq = data.generate(
+            cfg.train_samples, seed=data.SPLIT_SEEDS["train"], split="train", skip=cfg.train_skip
+        )
+        val_seq = data.generate_split(cfg.validation_samples, "validation")
     x_train, y_train = data.inputs_and_targets(train_seq, every_step=cfg.every_step)
     x_val, y_val = data.inputs_and_targets(val_seq, every_step=cfg.every_step)
 
