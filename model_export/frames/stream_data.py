@@ -21,6 +21,7 @@ backends, and ``PyDataset`` is Keras' own backend-neutral input path.
 
 from __future__ import annotations
 
+import mmap
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -222,6 +223,12 @@ def scale_of(dtype: str) -> float:
     return {"uint8": 255.0, "uint16": 65535.0}.get(dtype, 1.0)
 
 
+# Bytes read from a memory map before its pages are given back (madvise DONTNEED): a
+# mapped page that was read stays in the process' resident set until then, and a pass
+# over a shard larger than memory would otherwise grow it to the shard's size.
+RELEASE_EVERY = 64 * 2**20
+
+
 class SourceReader:
     """Frames of a source on demand: memory maps are opened once; decoded videos and
     frame folders are kept in an LRU of ``cache`` entries (the memory bound)."""
@@ -230,6 +237,16 @@ class SourceReader:
         self.cache = cache
         self._maps: dict[tuple[Path, str | None], NDArray[Any]] = {}
         self._decoded: OrderedDict[Path, NDArray[Any]] = OrderedDict()
+        self._read_since_release = 0
+
+    def _release(self) -> None:
+        """Drop the read pages of every map from the resident set (the page cache keeps
+        them, so a re-read is cheap)."""
+        for mapped in self._maps.values():
+            handle = getattr(mapped, "_mmap", None)
+            if handle is not None:
+                handle.madvise(mmap.MADV_DONTNEED)
+        self._read_since_release = 0
 
     def frames(self, source: Source, start: int, length: int) -> NDArray[Any]:
         if source.kind == "array":
@@ -238,7 +255,11 @@ class SourceReader:
                 arrays = dict(_memmap_array(source.path, source.key))
                 mapped = arrays[source.key]
                 self._maps[(source.path, source.key)] = mapped
-            return np.asarray(mapped[source.row, start : start + length])
+            window = np.array(mapped[source.row, start : start + length])  # a copy
+            self._read_since_release += window.nbytes
+            if self._read_since_release > RELEASE_EVERY:
+                self._release()
+            return window
         if source.kind == "frames":
             files = sorted(p for p in source.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             try:
