@@ -41,7 +41,7 @@ def test_ood_horizon_split_is_the_next_frame_set_extended() -> None:
 
 
 @pytest.mark.parametrize("rule", ["reflect", "inset", "wrap"])
-def test_each_bounce_rule_keeps_its_speed_limit_and_walls(rule: str) -> None:
+def test_each_bounce_rule_keeps_its_speed_limit_and_walls(rule: scenes.Bounce) -> None:
     spec = dataclasses.replace(OOD, bounces=(rule,))
     for seed in range(10):
         path = scenes.trajectory(np.random.default_rng(seed), spec, 100)

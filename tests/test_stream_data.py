@@ -57,9 +57,13 @@ def test_stream_batches_are_the_windows_scaled_and_resume_skips_what_was_done(
     tmp_path: Path,
 ) -> None:
     cat = stream_data.scan(write_shards(tmp_path / "d", 2, 3), window=4)
-    kw = {"window": 4, "batch_size": 2, "dtype": "uint8", "seed": 3, "workers": 1}
-    full = stream_data.WindowStream(cat.sources, **kw)
-    rest = stream_data.WindowStream(cat.sources, start_batch=2, **kw)
+
+    def stream(start: int) -> stream_data.WindowStream:
+        return stream_data.WindowStream(
+            cat.sources, window=4, batch_size=2, dtype="uint8", seed=3, workers=1, start_batch=start
+        )
+
+    full, rest = stream(0), stream(2)
     assert len(full) == 6 and len(rest) == 4
     x, y = full[2]
     assert x.shape == (2, 3, 8, 8, 1) and y.shape == (2, 3, 8, 8, 1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ def evaluate(
 
 
 def score_models(
-    models: dict[str, Predictor],
+    models: Mapping[str, Predictor],
     x: NDArray[np.float32],
     future: NDArray[np.float32],
     horizon: int,
@@ -234,7 +234,7 @@ def score_models(
 
 
 def evaluate_ood(
-    models: dict[str, Predictor], samples: int, horizon: int, horizon_samples: int
+    models: Mapping[str, Predictor], samples: int, horizon: int, horizon_samples: int
 ) -> dict[str, Any]:
     """``score_models`` on ``samples`` sequences of the out-of-distribution set."""
     from model_export.frames.ood import OOD, ood_horizon_split

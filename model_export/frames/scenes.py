@@ -138,7 +138,7 @@ def sklearn_glyphs(pool: Split, size: int) -> NDArray[np.float32]:
     from PIL import Image
 
     if size == SPRITE and pool != "test":
-        return digit_pool(pool)  # the nearest-neighbour x2 of ``data``
+        return np.asarray(digit_pool(pool), dtype=np.float32)  # ``data``'s nearest x2
     half = digit_pool(pool)[:, ::2, ::2]  # back to the 8x8 originals
     out = np.zeros((len(half), SPRITE, SPRITE), dtype=np.float32)
     at = (SPRITE - size) // 2
@@ -156,7 +156,8 @@ def _glyph(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
     pool = sklearn_glyphs(
         spec.sklearn_pool, spec.sklearn_sizes[int(rng.integers(len(spec.sklearn_sizes)))]
     )
-    return pool[int(rng.integers(len(pool)))]
+    glyph: NDArray[np.float32] = pool[int(rng.integers(len(pool)))]
+    return glyph
 
 
 def _colour(rng: np.random.Generator) -> NDArray[np.float32]:
