@@ -78,3 +78,12 @@ def test_varied_mix_draws_the_asked_share_from_each_family() -> None:
 def test_a_missing_font_says_how_to_install_it() -> None:
     with pytest.raises(scenes.MissingFont, match="make fonts"):
         scenes.font_glyph("NoSuchFont-Regular.ttf", 14, 3)
+
+
+def test_train_refuses_a_varied_share_outside_zero_to_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from model_export.__main__ import main
+
+    assert main(["train", "--varied-share", "1.5"]) == 2
+    assert "--varied-share 1.5: give a share in [0, 1]" in capsys.readouterr().err

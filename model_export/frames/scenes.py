@@ -89,9 +89,10 @@ class SceneSpec:
     seeds: tuple[tuple[str, int], ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
+        """As JSON holds it (lists for tuples), so a card read back compares equal."""
         d = asdict(self)
         d["seeds"] = dict(self.seeds)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 TRAIN_VARIED = SceneSpec(
