@@ -190,8 +190,8 @@ bench-peers: $(STAMP) $(PEER_STAMPS)
 bench-streams: $(STAMP)
 	$(PY) -m bench.streams
 
-# Training from disk (train --data PATH --stream): peak RSS under a 3 GiB bound on a
-# 12 GiB generated data set, and throughput against the in-memory path on one that fits
+# Training from disk (train --data PATH --stream): peak RSS under a 5 GiB bound on a
+# 20 GiB generated data set, and throughput against the in-memory path on one that fits
 # (about 15 minutes on a shared 2-core CPU); bench/results/train_stream.json.
 bench-train-stream: $(STAMP)
 	$(PY) -m bench.train_stream

@@ -82,12 +82,14 @@ def main() -> int:
     p.add_argument("--python-jax")
     p.add_argument("--python-torch")
     p.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    p.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    p.add_argument("--name", default="train_backends", help="the result file's name")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args()
     pythons = {"tensorflow": sys.executable, "jax": args.python_jax, "torch": args.python_torch}
     rows = []
     for backend, python in pythons.items():
-        if python is None:
+        if python is None or backend not in args.backends:
             continue
         for precision in args.precisions:
             row = run_one(python, backend, precision, args.seconds)
@@ -101,7 +103,7 @@ def main() -> int:
         "cpu_flags": _cpu_flags(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_backends.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Training from disk (``train --data PATH --stream``): memory bound and throughput.
 
-    python -m bench.train_stream [--bound-gib 3] [--scale 4] [--batches 12]
+    python -m bench.train_stream [--bound-gib 5] [--scale 4] [--batches 12]
                                  [--work /tmp/convlstm-bench-stream] [--out bench/results]
 
 1. Memory: a data set of ``scale`` x ``bound-gib`` of uint8 moving-digit shards
@@ -109,7 +109,7 @@ def _child(code: str, *args: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bound-gib", type=float, default=3.0)
+    p.add_argument("--bound-gib", type=float, default=5.0)
     p.add_argument("--scale", type=float, default=4.0)
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--work", type=Path, default=Path("/tmp/convlstm-bench-stream"))
