@@ -159,19 +159,20 @@ def test_in_memory_mode_refuses_data_over_its_memory_bound(
 
 @pytest.mark.slow
 def test_streamed_training_checkpoints_its_place_and_resumes_mid_epoch(tmp_path: Path) -> None:
-    data = write_shards(tmp_path / "d", 4, 10)  # 40 sequences: 32 train = 16 batches of 2
+    data = write_shards(tmp_path / "d", 2, 10)  # 20 sequences: 16 train = 8 batches of 2
     out = tmp_path / "out"
     args = ["train", "--data", str(data), "--stream", "--out", str(out), "--name", "s", *TINY]
     assert main(args) == 0
     record = json.loads((out / "s.training.json").read_text())
-    assert record["data"]["sequences"] == 40 and record["epochs_run"] == 1
-    assert record["evaluation"]["windows"] == 4
-    # Pretend the run stopped after batch 10 of epoch 0 and resume from there.
+    assert record["data"]["sequences"] == 20 and record["epochs_run"] == 1
+    assert record["batches_run"] == 8
+    assert record["evaluation"]["windows"] == 2
+    # Pretend the run stopped after batch 5 of epoch 0 and resume from there.
     work = out / "training"
-    (work / "s.progress.json").write_text(json.dumps({"epoch": 0, "batch": 10}))
+    (work / "s.progress.json").write_text(json.dumps({"epoch": 0, "batch": 5}))
     (out / "s.keras").replace(work / "s.last.keras")
     again = [*args[: -len(TINY)], "--resume", str(work / "s.last.keras"), *TINY]
     assert main(again) == 0
     resumed = json.loads((out / "s.training.json").read_text())
-    assert resumed["resumed_at"] == {"epoch": 0, "batch": 10}
-    assert resumed["batches_run"] == 16 - 10
+    assert resumed["resumed_at"] == {"epoch": 0, "batch": 5}
+    assert resumed["batches_run"] == 8 - 5
