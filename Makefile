@@ -192,7 +192,8 @@ bench-streams: $(STAMP)
 
 # Training from disk (train --data PATH --stream): peak RSS under a 5 GiB bound on a
 # 20 GiB generated data set, and throughput against the in-memory path on one that fits
-# (about 15 minutes on a shared 2-core CPU); bench/results/train_stream.json.
+# (over 40 minutes on the shared 2-core CPU at load 10: the 20 GiB write and read dominate);
+# bench/results/train_stream.json.
 bench-train-stream: $(STAMP)
 	$(PY) -m bench.train_stream
 

@@ -16,7 +16,8 @@
    each; pass: the streamed path within 10% of the in-memory one.
 
 The data set is removed afterwards unless ``--keep``. Opt-in: ``make bench-train-stream``
-(about 15 minutes on the shared 2-core CPU, most of it writing and reading the shards).
+(over 40 minutes on the shared 2-core CPU at load 10, most of it writing and reading the
+shards; give it a quiet machine).
 """
 
 from __future__ import annotations
