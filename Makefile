@@ -25,7 +25,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams bench-stream-store bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test gpu-image-test test-all
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams bench-stream-store bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test gpu-image-test test-all bench-train-stream bench-train-backends fonts
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,12 +60,17 @@ run: $(SERVE_STAMP)
 	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --model $(MODEL)
 
 # Check and score the committed models (the training-stage tools; prints only).
-check: $(STAMP)
+check: $(STAMP) fonts
 	$(PY) -m model_export summary
 	$(PY) -m model_export check
-	$(PY) -m model_export evaluate --samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
+	$(PY) -m model_export evaluate --samples 64 --ood-samples 64 --dry-run --variant convlstm convlstm_int8 cnn_lstm
 
-test: $(STAMP) $(GPU_ENV_STAMP) $(PEERS_VENVS)/kserve/.installed lint typecheck docs-strict browser load-tools stream-tools
+# Score the committed models on the test split and the out-of-distribution set, and
+# write the scores into their cards (models/*.json) and models/predictions.png.
+evaluate: $(STAMP) fonts
+	$(PY) -m model_export evaluate --variant convlstm convlstm_int8 cnn_lstm
+
+test: $(STAMP) $(GPU_ENV_STAMP) $(PEERS_VENVS)/kserve/.installed lint typecheck docs-strict browser load-tools stream-tools fonts
 	$(PY) -m pytest
 
 # The long fuzz run (`make test` runs a bounded one: about 25,000 cases and 1.5 minutes):
@@ -86,6 +91,11 @@ kserve-env: $(PEERS_VENVS)/kserve/.installed
 # becoming the bottleneck. promtool (Debian's prometheus) checks deploy/'s alert rules.
 # As root, install them when missing; otherwise the load tests fall back to the Python
 # generator and the rule check skips, each saying so.
+# Fonts the varied training glyphs and the out-of-distribution set are drawn from
+# (model_export/frames/scenes.py).
+fonts:
+	@ls /usr/share/fonts/truetype/freefont/FreeSans.ttf /usr/share/fonts/opentype/comic-neue/ComicNeue-Regular.otf /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-comic-neue; } || echo "no fonts and not root: the tests that draw font glyphs fail with the apt-get line to run"
+
 load-tools:
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; } || echo "no wrk and not root: the load tests use the Python generator"
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || echo "no promtool and not root: the alert-rule check skips"
@@ -171,7 +181,7 @@ summary: $(STAMP)
 # three segments, each resuming from the last (docs/recipe.md): the sigmoid head from
 # scratch, the carry head put on that stack, then the carry head on fresh sequences.
 # The CNN-LSTM needs the higher learning rate: at 1e-3 it settles on the mean frame.
-model: $(STAMP)
+model: $(STAMP) fonts
 	$(PY) -m model_export train --variant convlstm --head sigmoid --samples 3000 --epochs 20 \
 		--max-minutes 65
 	$(PY) -m model_export train --variant convlstm --head carry --samples 800 --epochs 1 \
@@ -221,6 +231,19 @@ bench-streams: $(STAMP)
 # encode/decode, Redis save/load); bench/results/stream_store.json. About 5 minutes.
 bench-stream-store: $(STAMP) stream-tools
 	$(PY) -m bench.stream_store
+
+# Training from disk (train --data PATH --stream): peak RSS under a 5 GiB bound on a
+# 20 GiB generated data set, and throughput against the in-memory path on one that fits
+# (over 40 minutes on the shared 2-core CPU at load 10: the 20 GiB write and read dominate);
+# bench/results/train_stream.json.
+bench-train-stream: $(STAMP)
+	$(PY) -m bench.train_stream
+
+# Keras on TensorFlow, JAX and PyTorch (CPU builds, in a throwaway venv under /tmp, not
+# the project's pins), float32 and mixed bfloat16: equal-time training runs, sequences/s
+# and validation loss; bench/results/train_backends.json.
+bench-train-backends: $(STAMP)
+	$(PY) -m bench.train_backends
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4

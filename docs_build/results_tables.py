@@ -153,6 +153,47 @@ def quality() -> str:
     )
 
 
+def out_of_distribution() -> str:
+    """Test split beside the out-of-distribution set, from the cards' ``evaluation.ood``."""
+    evaluation = _read(_CARDS["convlstm"])["evaluation"]
+    test, ood = evaluation["metrics"], evaluation["ood"]["metrics"]
+    rows = []
+    for name, label in _NAMES.items():
+        t, o = test[name], ood[name]
+        base = name == "copy_last_frame"
+        h3_test = "1.00" if base else f"{t['fed_back'][2]['mse_vs_copy_last']:.2f}"
+        h3_ood = "1.00" if base else f"{o['fed_back'][2]['mse_vs_copy_last']:.2f}"
+        rows.append(
+            [
+                label,
+                f"{t['mse'] / test['copy_last_frame']['mse']:.2f}",
+                f"{o['mse'] / ood['copy_last_frame']['mse']:.2f}",
+                f"{t['ssim']:.3f}",
+                f"{o['ssim']:.3f}",
+                h3_test,
+                h3_ood,
+                f"{t['tint_error']:.4f}",
+                f"{o['tint_error']:.4f}",
+            ]
+        )
+    header = [
+        "model",
+        "× copy-last, test",
+        "OOD",
+        "SSIM, test",
+        "OOD",
+        "step 3 × copy-last, test",
+        "OOD",
+        "tint, test",
+        "OOD",
+    ]
+    return _table(header, rows) + (
+        f"\n*{evaluation['sequences']} test-split and {evaluation['ood']['sequences']} "
+        f"out-of-distribution sequences; fed back: {evaluation['ood']['fed_back']}; "
+        f"{evaluation['machine']}.*\n"
+    )
+
+
 def fed_back() -> str:
     """Fed-back steps from the cards: MSE as a fraction of copying the last frame."""
     metrics = _read(_CARDS["convlstm"])["evaluation"]["metrics"]
@@ -262,6 +303,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "rollouts": rollouts,
     "quality": quality,
     "fed-back": fed_back,
+    "out-of-distribution": out_of_distribution,
     "series": series,
     "transports": transports,
 }

@@ -18,6 +18,7 @@ from model_export.frames.evaluate import (
     tint_error,
 )
 from model_export.frames.model import build_convlstm
+from model_export.frames.ood import OOD, ood_horizon_split
 
 
 def test_metrics_on_known_values() -> None:
@@ -37,7 +38,9 @@ def test_evaluate_scores_onnx_model_and_baseline_and_fills_the_card(tmp_path: Pa
     build_convlstm(filters=(4,)).save(ckpt)
     export(ckpt)
     grid = tmp_path / "grid.png"
-    report = evaluate(tmp_path, ["small"], samples=8, latency_repeats=2, grid_path=grid)
+    report = evaluate(
+        tmp_path, ["small"], samples=8, latency_repeats=2, grid_path=grid, ood_samples=8
+    )
 
     seqs = data.generate_split(8, "test")
     x, y = data.inputs_and_targets(seqs, every_step=False)
@@ -53,6 +56,16 @@ def test_evaluate_scores_onnx_model_and_baseline_and_fills_the_card(tmp_path: Pa
     assert steps[0]["mse"] == pytest.approx(small["mse"], rel=1e-5)  # 8 sequences of 8
     assert steps[0]["copy_last_mse"] == pytest.approx(expected_base)
     assert steps[0]["tint_error"] == pytest.approx(small["tint_error"], rel=1e-5)
+    # The out-of-distribution set, scored the same way beside the test split.
+    ood = report["ood"]
+    ox, ofuture = ood_horizon_split(8, 1)
+    assert ood["sequences"] == 8 and ood["set"]["name"] == OOD.name
+    ood_base = float(mse(ox[:, -1], ofuture[:, 0]).mean())
+    assert ood["metrics"][BASELINE]["mse"] == pytest.approx(ood_base)
+    assert ood["metrics"]["small"]["mse_vs_copy_last"] == pytest.approx(
+        ood["metrics"]["small"]["mse"] / ood_base
+    )
+    assert len(ood["metrics"]["small"]["fed_back"]) == 8
 
 
 def test_tint_error_ignores_brightness_and_counts_grey() -> None:

@@ -13,7 +13,9 @@ EVALUATED = (*VARIANTS, "convlstm_int8")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    v = sub.add_parser("evaluate", help="score the ONNX models on the test split")
+    v = sub.add_parser(
+        "evaluate", help="score the ONNX models on the test split and the out-of-distribution set"
+    )
     v.add_argument("--models", type=Path, default=Path("models"))
     v.add_argument("--variant", choices=EVALUATED, nargs="+", default=list(VARIANTS))
     v.add_argument("--samples", type=int, default=256)
@@ -25,6 +27,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=64,
         help="sequences the fed-back steps are scored on (the first of --samples; 0: none)",
+    )
+    v.add_argument(
+        "--ood-samples",
+        type=int,
+        default=256,
+        help="sequences of the out-of-distribution set scored beside the test split (0: none)",
     )
     v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
     v.set_defaults(func=run)
@@ -41,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         write_cards=not args.dry_run,
         horizon=args.horizon,
         horizon_samples=args.horizon_samples,
+        ood_samples=args.ood_samples,
     )
     print(json.dumps(report, indent=2))
     return 0

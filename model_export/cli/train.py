@@ -35,6 +35,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "sequence; default: each whole sequence",
     )
     t.add_argument("--resize", metavar="HxW", help="with --data: resize every frame")
+    t.add_argument(
+        "--stream",
+        action="store_true",
+        help="with --data: read windows from disk as training needs them (memory-mapped "
+        ".npy/.npz shards, PNG/JPEG frame folders, videos decoded on the fly), for data "
+        "larger than memory; PATH may be a folder of shards",
+    )
+    t.add_argument(
+        "--shuffle-group",
+        type=int,
+        default=8,
+        help="with --stream: sources whose windows are shuffled together (and decoded "
+        "videos held per prefetch thread)",
+    )
+    t.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="with --data (in memory): refuse a data set whose windows take more than "
+        "this as float32 (default: half the memory available)",
+    )
     t.add_argument("--name", help="with --data: writes OUT/NAME.keras (default: own)")
     t.add_argument(
         "--resume",
@@ -92,6 +113,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="learning rate: halved on validation plateaus, or cosine decay over the planned "
         "batches to 5%% of --learning-rate",
     )
+    t.add_argument(
+        "--varied-share",
+        type=float,
+        default=0.0,
+        help="share of the generated sequences drawn from the varied glyph family (fonts, "
+        "speeds 0-3, 1-3 glyphs, backgrounds, occlusion; docs/training.md), 0-1",
+    )
+    t.add_argument(
+        "--augment",
+        action="store_true",
+        help="flip, transpose and permute the colours of each generated training sequence",
+    )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=run)
 
@@ -112,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     from model_export.frames.train import TrainConfig, train
 
     head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
+    if not 0.0 <= args.varied_share <= 1.0:
+        print(f"train: --varied-share {args.varied_share}: give a share in [0, 1]", file=sys.stderr)
+        return 2
 
     cfg = TrainConfig(
         variant=args.variant,
@@ -131,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         init_from=args.resume,
         train_skip=args.skip_samples,
+        varied_share=args.varied_share,
+        augment=args.augment,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -149,6 +187,8 @@ def _train_on_data(args: argparse.Namespace) -> int:
 
     recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
     recipe["--schedule"] = args.schedule != "plateau"
+    recipe["--varied-share"] = args.varied_share != 0.0
+    recipe["--augment"] = args.augment
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
         print(f"train: {flags} go with --data digits", file=sys.stderr)
@@ -159,15 +199,20 @@ def _train_on_data(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.samples is not None or args.validation_samples is not None:
-        # The data decides how many sequences there are; the split is by --seed.
-        print("train: --samples and --validation-samples go with --data digits", file=sys.stderr)
-        return 2
     name = args.name or "own"
     if not NAME_PATTERN.fullmatch(name):
         print(f"train: --name {name!r}: use letters, digits, _ and -", file=sys.stderr)
         return 2
+    if args.stream:
+        return _train_streamed(args, name)
+    if args.samples is not None or args.validation_samples is not None:
+        # The data decides how many sequences there are; the split is by --seed.
+        print("train: --samples and --validation-samples go with --data digits", file=sys.stderr)
+        return 2
     try:
+        user_data.check_fits_in_memory(
+            Path(args.data), key=args.data_key, frames=args.frames, limit_gb=args.memory_limit_gb
+        )
         dataset = user_data.load(
             Path(args.data),
             key=args.data_key,
@@ -190,6 +235,47 @@ def _train_on_data(args: argparse.Namespace) -> int:
         )
         record = train_on_data(cfg, dataset)
     except user_data.DataError as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 1
+    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+    print(f"{checkpoint}: the inference checkpoint; record {record_path(checkpoint)}")
+    return 0
+
+
+def _train_streamed(args: argparse.Namespace, name: str) -> int:
+    from model_export.frames.model import CONVLSTM_FILTERS
+    from model_export.frames.stream_data import scan
+    from model_export.frames.train_data import DataTrainConfig, checkpoint_path, record_path
+    from model_export.frames.train_stream import train_on_stream
+    from model_export.frames.user_data import DataError
+
+    if args.resize is not None or args.shuffle_group < 1:
+        print(
+            "train: --stream takes frames of one size (no --resize) and --shuffle-group >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        catalogue = scan(Path(args.data), window=args.frames, key=args.data_key)
+        window = args.frames or catalogue.sources[0].length
+        cfg = DataTrainConfig(
+            name=name,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            precision=args.precision,
+            patience=args.patience,
+            max_minutes=args.max_minutes,
+            out_dir=args.out,
+            filters=tuple(args.filters or CONVLSTM_FILTERS),
+            resume=args.resume,
+        )
+        record = train_on_stream(
+            cfg, catalogue, path=Path(args.data), window=window, group=args.shuffle_group
+        )
+    except DataError as err:
         print(f"train: {err}", file=sys.stderr)
         return 1
     checkpoint = checkpoint_path(cfg.out_dir, cfg.name)

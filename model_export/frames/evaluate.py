@@ -6,14 +6,17 @@ per-sequence latency of each model on onnxruntime (CPU), all in one run on one
 machine so the figures compare. Beside them: the tint error (how far the colour of
 the predicted digits is from the true colour, ``tint_error``) and, for horizons
 1..8, the same scores when each prediction is fed back as the newest input frame
-(``rollout``), each against copying the last observed frame.
+(``rollout``), each against copying the last observed frame. The same scores on the
+out-of-distribution set (``ood``: other glyphs, speeds, bounce rules, occlusion and
+backgrounds, never trained on) go beside them under ``ood``: the gap between the two is
+how much of a model's skill belongs to its own generator.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,27 +173,18 @@ def evaluate(
     write_cards: bool = True,
     horizon: int = HORIZON,
     horizon_samples: int = 64,
+    ood_samples: int = 256,
 ) -> dict[str, Any]:
     """Score each named ONNX model in ``models_dir`` and the baseline on the test split:
     the next frame on ``samples`` sequences, and ``horizon`` fed-back steps on the
-    first ``horizon_samples`` of them (0: none)."""
+    first ``horizon_samples`` of them (0: none); then the same on ``ood_samples``
+    sequences of the out-of-distribution set (0: none)."""
+    models = {name: OnnxModel(find_onnx(models_dir, name)) for name in names}
     x, future = horizon_split(samples, max(horizon, 1))
-    truth = future[:, 0]
-    results: dict[str, Any] = {BASELINE: scores(x[:, -1], truth)}
-    predictions = {}
-    for name in names:
-        model = OnnxModel(find_onnx(models_dir, name))
-        predictions[name] = model(x)
-        results[name] = scores(predictions[name], truth)
+    results, predictions = score_models(models, x, future, horizon, horizon_samples)
+    for name, model in models.items():
         results[name]["latency_ms_batch1"] = model.latency_ms(x, latency_repeats)
-        if horizon > 0 and horizon_samples > 0:
-            n = min(horizon_samples, samples)
-            fed = rollout(model, x[:n], horizon)
-            results[name]["fed_back"] = horizon_scores(fed, x[:n], future[:n, :horizon])
-    base = results[BASELINE]["mse"]
-    for name in names:
-        results[name]["mse_vs_copy_last"] = results[name]["mse"] / base
-    report = {
+    report: dict[str, Any] = {
         "split": "test",
         "sequences": samples,
         "target": "frame 16 given frames 1-15",
@@ -200,6 +194,8 @@ def evaluate(
         "provider": "CPUExecutionProvider",
         "metrics": results,
     }
+    if ood_samples > 0:
+        report["ood"] = evaluate_ood(models, ood_samples, horizon, horizon_samples)
     if write_cards:
         for name in names:
             path = card_path(find_onnx(models_dir, name))
@@ -207,5 +203,49 @@ def evaluate(
     if grid_path is not None:
         from model_export.frames.plots import prediction_grid
 
-        prediction_grid(x[:4], truth[:4], predictions, grid_path)
+        prediction_grid(x[:4], future[:4, 0], predictions, grid_path)
     return report
+
+
+def score_models(
+    models: Mapping[str, Predictor],
+    x: NDArray[np.float32],
+    future: NDArray[np.float32],
+    horizon: int,
+    horizon_samples: int,
+) -> tuple[dict[str, Any], dict[str, NDArray[np.float32]]]:
+    """Next-frame scores of each model and of copy-last-frame on ``x`` (frame 1 of
+    ``future`` is the truth), each model's MSE as a fraction of the baseline's, and the
+    fed-back steps on the first ``horizon_samples``; with the next-frame predictions."""
+    truth = future[:, 0]
+    results: dict[str, Any] = {BASELINE: scores(x[:, -1], truth)}
+    predictions = {}
+    for name, model in models.items():
+        predictions[name] = model(x)
+        results[name] = scores(predictions[name], truth)
+        if horizon > 0 and horizon_samples > 0:
+            n = min(horizon_samples, len(x))
+            fed = rollout(model, x[:n], horizon)
+            results[name]["fed_back"] = horizon_scores(fed, x[:n], future[:n, :horizon])
+    base = results[BASELINE]["mse"]
+    for name in models:
+        results[name]["mse_vs_copy_last"] = results[name]["mse"] / base
+    return results, predictions
+
+
+def evaluate_ood(
+    models: Mapping[str, Predictor], samples: int, horizon: int, horizon_samples: int
+) -> dict[str, Any]:
+    """``score_models`` on ``samples`` sequences of the out-of-distribution set."""
+    from model_export.frames.ood import OOD, ood_horizon_split
+
+    x, future = ood_horizon_split(samples, max(horizon, 1))
+    results, _ = score_models(models, x, future, horizon, horizon_samples)
+    return {
+        "set": OOD.as_dict(),
+        "sequences": samples,
+        "target": "frame 16 given frames 1-15",
+        "fed_back": f"frames 16-{data.FRAMES + horizon}, on the first "
+        f"{min(horizon_samples, samples)} sequences",
+        "metrics": results,
+    }

@@ -62,6 +62,11 @@ class TrainConfig:
     # Train on the split's sequences after the first ``train_skip``: a run warm-started
     # from a checkpoint trained on the first N sees N..N+train_samples, all new to it.
     train_skip: int = 0
+    # Share of the training and validation sequences drawn from the varied glyph family
+    # (``scenes.TRAIN_VARIED``: fonts, 0-3 px/frame, 1-3 glyphs, backgrounds, occlusion).
+    varied_share: float = 0.0
+    # Flip, transpose and permute the colours of every training sequence.
+    augment: bool = False
 
 
 class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -87,8 +92,8 @@ class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
 
 def fit_with_checkpoints(
     model: keras.Model,
-    train_xy: tuple[np.ndarray, np.ndarray],
-    validation_xy: tuple[np.ndarray, np.ndarray],
+    train_xy: tuple[np.ndarray, np.ndarray] | keras.utils.PyDataset,
+    validation_xy: tuple[np.ndarray, np.ndarray] | keras.utils.PyDataset,
     *,
     work: Path,
     name: str,
@@ -100,15 +105,23 @@ def fit_with_checkpoints(
     verbose: int | str = "auto",
     loss: Loss = "bce",
     schedule: Schedule = "plateau",
+    extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
+    initial_epoch: int = 0,
 ) -> tuple[keras.Model, keras.callbacks.History, TrainingClock, float]:
     """The one training loop of every recipe: Adam on ``loss`` (binary cross-entropy
     unless told), the best validation epoch saved as ``work/NAME.best.keras``, early
     stopping, the learning rate halved on plateaus or decayed along a cosine over the
-    planned batches, a CSV log and the wall-clock budget. Returns the best model
+    planned batches, a CSV log and the wall-clock budget. ``train_xy`` may be arrays or a
+    Keras ``PyDataset`` that makes its own batches (streamed from disk). Returns the best model
     (reloaded from its checkpoint), the history, the clock and the seconds spent."""
     rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
     if schedule == "cosine":
-        steps = math.ceil(len(train_xy[0]) / batch_size) * epochs
+        per_epoch = (
+            len(train_xy)
+            if isinstance(train_xy, keras.utils.PyDataset)
+            else math.ceil(len(train_xy[0]) / batch_size)
+        )
+        steps = per_epoch * epochs
         rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=max(steps, 1), alpha=COSINE_FLOOR
         )
@@ -127,8 +140,9 @@ def fit_with_checkpoints(
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience, restore_best_weights=True
         ),
-        keras.callbacks.CSVLogger(work / f"{name}.log.csv"),
+        keras.callbacks.CSVLogger(work / f"{name}.log.csv", append=initial_epoch > 0),
         clock,
+        *extra_callbacks,
     ]
     if schedule == "plateau":
         # A schedule owns the rate; the plateau rule may only set a plain one.
@@ -136,15 +150,25 @@ def fit_with_checkpoints(
             3, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
         )
     start = time.monotonic()
-    history = model.fit(
-        *train_xy,
-        batch_size=batch_size,
-        epochs=epochs,
-        validation_data=validation_xy,
-        callbacks=callbacks,
-        shuffle=True,
-        verbose=verbose,
-    )
+    if isinstance(train_xy, keras.utils.PyDataset):
+        history = model.fit(
+            train_xy,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            validation_data=validation_xy,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    else:
+        history = model.fit(
+            *train_xy,
+            batch_size=batch_size,
+            epochs=epochs,
+            validation_data=validation_xy,
+            callbacks=callbacks,
+            shuffle=True,
+            verbose=verbose,
+        )
     seconds = time.monotonic() - start
     if best.exists():
         # The checkpoint holds the best validation epoch; a budget stop
@@ -165,10 +189,25 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     work = cfg.out_dir / "training"
     work.mkdir(exist_ok=True)
 
-    train_seq = data.generate(
-        cfg.train_samples, seed=data.SPLIT_SEEDS["train"], split="train", skip=cfg.train_skip
-    )
-    val_seq = data.generate_split(cfg.validation_samples, "validation")
+    if cfg.varied_share > 0 or cfg.augment:
+        from model_export.frames.scenes import varied_mix
+
+        train_seq = varied_mix(
+            cfg.train_samples,
+            split="train",
+            share=cfg.varied_share,
+            seed=cfg.seed,
+            skip=cfg.train_skip,
+            augmented=cfg.augment,
+        )
+        val_seq = varied_mix(
+            cfg.validation_samples, split="validation", share=cfg.varied_share, seed=cfg.seed
+        )
+    else:
+        train_seq = data.generate(
+            cfg.train_samples, seed=data.SPLIT_SEEDS["train"], split="train", skip=cfg.train_skip
+        )
+        val_seq = data.generate_split(cfg.validation_samples, "validation")
     x_train, y_train = data.inputs_and_targets(train_seq, every_step=cfg.every_step)
     x_val, y_val = data.inputs_and_targets(val_seq, every_step=cfg.every_step)
 

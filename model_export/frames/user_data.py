@@ -22,6 +22,7 @@ normalised the same way.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,69 @@ def load(
         "splits": {s: {"sequences": len(chosen[s]), "windows": len(splits[s])} for s in SPLITS},
     }
     return Dataset(splits, record)
+
+
+def check_fits_in_memory(
+    path: Path, *, key: str | None, frames: int | None, limit_gb: float | None
+) -> None:
+    """Refuse, before reading, data whose float32 windows would pass ``limit_gb`` (default:
+    half the memory available), pointing to ``--stream``. Sized from array headers and
+    frame counts; a video's length is known only once decoded, so videos pass here."""
+    limit = _available_bytes() / 2 if limit_gb is None else limit_gb * 2**30
+    need = _estimate_bytes(path, key, frames)
+    if need is not None and need > limit:
+        raise DataError(
+            f"{path}: its windows take {need / 2**30:.1f} GiB as float32 in memory, over the "
+            f"bound of {limit / 2**30:.1f} GiB; train with --stream (read from disk) or "
+            "raise --memory-limit-gb"
+        )
+
+
+def _available_bytes() -> float:
+    """MemAvailable from /proc/meminfo (Linux), else the free physical pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _estimate_bytes(path: Path, key: str | None, frames: int | None) -> int | None:
+    if path.is_file() and path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # ``read`` says what is wrong with it
+        shape = array.shape
+    elif path.is_dir() and not any(p.suffix.lower() in VIDEO_SUFFIXES for p in path.iterdir()):
+        folders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        counts = [
+            sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for d in folders
+        ]
+        first = next(
+            (f for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES),
+            None,
+        )
+        if first is None:
+            return None
+        from PIL import Image
+
+        try:
+            with Image.open(first) as image:
+                pixels = image.height * image.width * max(len(image.getbands()), 3)
+        except OSError:
+            return None
+        t = frames or max(counts)
+        return sum(max(0, n - t + 1) * t for n in counts) * pixels * 4
+    else:
+        return None
+    if len(shape) != 5:
+        return None
+    n, total, h, w, c = shape
+    t = frames or total
+    return int(n * max(0, total - t + 1) * t * h * w * c * 4)
 
 
 def read(path: Path, *, key: str | None = None, frames: int | None = None) -> Sequences:

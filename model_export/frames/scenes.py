@@ -1,0 +1,290 @@
+"""Moving glyphs with more variety than ``data``: the renderer shared by the varied
+training family and the out-of-distribution (OOD) evaluation family.
+
+A ``SceneSpec`` says what a family draws: which glyphs (scikit-learn's bundled digits,
+scaled up, and digits rendered from TrueType/OpenType fonts installed by Debian's font
+packages, ``make fonts``), how many per sequence, how fast and by which rule they move,
+their colours, the background and an optional occluder. ``render`` turns a spec and a
+seed into sequences of the same task as ``data`` (n, T, 40, 40, 3) in [0, 1].
+
+The two families are kept apart by construction: ``TRAIN_VARIED`` draws the training
+pool of scikit-learn's digits and the DejaVu and Liberation fonts; ``OOD`` (in
+``model_export.frames.ood``) draws the held-out scikit-learn digits at other scales and
+the FreeFont and Comic Neue fonts, which no training sequence uses
+(``tests/test_scenes.py`` checks that the sets are disjoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model_export.frames.data import CANVAS, CHANNELS, FRAMES, Split, digit_pool
+
+Bounce = Literal["reflect", "wrap", "inset"]
+Background = Literal["black", "flat", "gradient"]
+
+# Every glyph is drawn in a SPRITE x SPRITE box (the moving-digit canvas' 16 px).
+SPRITE = 16
+# Background colours stay this dark, so that a pixel whose brightest channel reaches
+# ``evaluate.DIGIT_THRESHOLD`` (0.25) belongs to a glyph and the tint error keeps its
+# meaning; glyph colours have their brightest channel at 0.5 or more.
+BACKGROUND_MAX = 0.2
+# ``inset`` bounces off walls this many pixels inside the canvas.
+INSET = 4
+
+FONT_ROOT = Path("/usr/share/fonts")
+# Fonts of the training family (fonts-dejavu-core, fonts-liberation) and of the OOD
+# family (fonts-freefont-ttf, fonts-comic-neue): file names under FONT_ROOT.
+TRAIN_FONTS: tuple[str, ...] = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSansMono.ttf",
+    "LiberationSans-Regular.ttf",
+    "LiberationSans-Bold.ttf",
+    "LiberationSerif-Regular.ttf",
+    "LiberationMono-Regular.ttf",
+)
+OOD_FONTS: tuple[str, ...] = (
+    "FreeSans.ttf",
+    "FreeSerifBoldItalic.ttf",
+    "FreeMonoBold.ttf",
+    "ComicNeue-Regular.otf",
+    "ComicNeue-Bold.otf",
+)
+# The Debian packages that ship them (installed by ``make fonts``).
+FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation", "fonts-freefont-ttf", "fonts-comic-neue")
+
+
+class MissingFont(RuntimeError):
+    """A font a family needs is not installed."""
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What one family of sequences draws (written into records and reports)."""
+
+    name: str
+    # Where scikit-learn's digits come from ("train" or "test" pool) and the sizes (px)
+    # they are scaled to, bilinear, inside the sprite.
+    sklearn_pool: Split
+    sklearn_sizes: tuple[int, ...]
+    fonts: tuple[str, ...]
+    font_sizes: tuple[int, ...]
+    # Chance that a glyph comes from a font rather than scikit-learn's digits.
+    font_share: float
+    digits: tuple[int, int]
+    # Speed per axis in px per frame, inclusive; the sign is random.
+    speed: tuple[int, int]
+    bounces: tuple[Bounce, ...]
+    backgrounds: tuple[Background, ...]
+    # Chance that a sequence has a static bar drawn over the glyphs.
+    occlusion: float
+    seeds: tuple[tuple[str, int], ...] = field(default=())
+
+    def as_dict(self) -> dict[str, object]:
+        """As JSON holds it (lists for tuples), so a card read back compares equal."""
+        d = asdict(self)
+        d["seeds"] = dict(self.seeds)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+TRAIN_VARIED = SceneSpec(
+    name="varied moving glyphs (training family)",
+    sklearn_pool="train",
+    sklearn_sizes=(16,),
+    fonts=TRAIN_FONTS,
+    font_sizes=(14, 17, 20),
+    font_share=0.5,
+    digits=(1, 3),
+    speed=(0, 3),
+    bounces=("reflect",),
+    backgrounds=("black", "black", "flat", "gradient"),
+    occlusion=0.25,
+    seeds=(("train", 11), ("validation", 12)),
+)
+
+
+@lru_cache(maxsize=64)
+def font_glyph(font: str, size: int, digit: int) -> NDArray[np.float32]:
+    """The digit ``digit`` of ``font`` at ``size`` px, centred in a SPRITE box, in [0, 1]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    matches = sorted(FONT_ROOT.rglob(font))
+    if not matches:
+        raise MissingFont(
+            f"font {font} is not under {FONT_ROOT}: run `make fonts` "
+            f"(apt-get install {' '.join(FONT_PACKAGES)})"
+        )
+    face = ImageFont.truetype(str(matches[0]), size)
+    image = Image.new("L", (SPRITE, SPRITE), 0)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=face)
+    x = (SPRITE - (right - left)) / 2 - left
+    y = (SPRITE - (bottom - top)) / 2 - top
+    draw.text((x, y), str(digit), fill=255, font=face)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+@lru_cache(maxsize=8)
+def sklearn_glyphs(pool: Split, size: int) -> NDArray[np.float32]:
+    """scikit-learn's 8x8 digits of ``pool`` scaled (bilinear) to ``size`` px and centred
+    in a SPRITE box: (n, SPRITE, SPRITE)."""
+    from PIL import Image
+
+    if size == SPRITE and pool != "test":
+        return np.asarray(digit_pool(pool), dtype=np.float32)  # ``data``'s nearest x2
+    half = digit_pool(pool)[:, ::2, ::2]  # back to the 8x8 originals
+    out = np.zeros((len(half), SPRITE, SPRITE), dtype=np.float32)
+    at = (SPRITE - size) // 2
+    for i, g in enumerate(half):
+        scaled = Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)
+        out[i, at : at + size, at : at + size] = np.clip(np.asarray(scaled), 0.0, 1.0)
+    return out
+
+
+def _glyph(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
+    if spec.fonts and rng.random() < spec.font_share:
+        font = spec.fonts[int(rng.integers(len(spec.fonts)))]
+        size = spec.font_sizes[int(rng.integers(len(spec.font_sizes)))]
+        return font_glyph(font, size, int(rng.integers(10)))
+    pool = sklearn_glyphs(
+        spec.sklearn_pool, spec.sklearn_sizes[int(rng.integers(len(spec.sklearn_sizes)))]
+    )
+    glyph: NDArray[np.float32] = pool[int(rng.integers(len(pool)))]
+    return glyph
+
+
+def _colour(rng: np.random.Generator) -> NDArray[np.float32]:
+    """Any hue, from pale to saturated, with the brightest channel in [0.5, 1]."""
+    c = rng.uniform(0.0, 1.0, size=CHANNELS)
+    c = c / max(float(c.max()), 1e-6) * rng.uniform(0.5, 1.0)
+    return c.astype(np.float32)
+
+
+def trajectory(rng: np.random.Generator, spec: SceneSpec, steps: int) -> NDArray[np.int64]:
+    """Top-left corners (steps, 2) of one glyph under one of the spec's bounce rules:
+    ``reflect`` off the canvas' edges, ``inset`` off walls INSET px inside them,
+    ``wrap`` around a torus (leaving on one side, coming back on the other)."""
+    rule = spec.bounces[int(rng.integers(len(spec.bounces)))]
+    low, high = (INSET, CANVAS - SPRITE - INSET) if rule == "inset" else (0, CANVAS - SPRITE)
+    pos = rng.integers(low, high + 1, size=2)
+    vel = rng.integers(spec.speed[0], spec.speed[1] + 1, size=2) * rng.choice([-1, 1], size=2)
+    out = np.empty((steps, 2), dtype=np.int64)
+    for t in range(steps):
+        out[t] = pos
+        nxt = pos + vel
+        if rule == "wrap":
+            nxt = nxt % CANVAS
+        else:
+            for axis in range(2):
+                if nxt[axis] < low:
+                    nxt[axis] = 2 * low - nxt[axis]
+                    vel[axis] = -vel[axis]
+                elif nxt[axis] > high:
+                    nxt[axis] = 2 * high - nxt[axis]
+                    vel[axis] = -vel[axis]
+        pos = nxt
+    return out
+
+
+def _background(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
+    kind = spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]
+    bg = np.zeros((CANVAS, CANVAS, CHANNELS), dtype=np.float32)
+    if kind == "flat":
+        bg[:] = rng.uniform(0.0, BACKGROUND_MAX, size=CHANNELS)
+    elif kind == "gradient":
+        a, b = rng.uniform(0.0, BACKGROUND_MAX, size=(2, CHANNELS))
+        ramp = np.linspace(0.0, 1.0, CANVAS, dtype=np.float32)[:, None, None]
+        bg[:] = a + (b - a) * (ramp if rng.random() < 0.5 else ramp.transpose(1, 0, 2))
+    return bg
+
+
+def _paste(
+    frame: NDArray[np.float32],
+    alpha: NDArray[np.float32],
+    colour: NDArray[np.float32],
+    y: int,
+    x: int,
+) -> None:
+    """Alpha-composite a glyph at (y, x); the part off the canvas (wrap) comes in on
+    the other side."""
+    ys = (np.arange(SPRITE) + y) % CANVAS
+    xs = (np.arange(SPRITE) + x) % CANVAS
+    region = frame[np.ix_(ys, xs)]
+    a = alpha[:, :, None]
+    frame[np.ix_(ys, xs)] = region * (1.0 - a) + colour * a
+
+
+def render(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> NDArray[np.float32]:
+    """``n`` sequences of ``frames`` frames drawn from ``spec``: (n, frames, 40, 40, 3).
+
+    The draws for a sequence do not depend on ``frames``, so a longer render starts
+    with the frames of a shorter one (horizon scoring relies on it)."""
+    if n < 0 or frames < 1:
+        raise ValueError(f"need n >= 0 and frames >= 1; got {n}, {frames}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, frames, CANVAS, CANVAS, CHANNELS), dtype=np.float32)
+    # A sequence's draws come from its own stream, so the length changes nothing.
+    streams = rng.spawn(n)
+    for i, r in enumerate(streams):
+        out[i] = _background(spec, r)
+        count = int(r.integers(spec.digits[0], spec.digits[1] + 1))
+        sprites = [(_glyph(spec, r), _colour(r), trajectory(r, spec, frames)) for _ in range(count)]
+        for glyph, colour, path in sprites:
+            for t, (y, x) in enumerate(path):
+                _paste(out[i, t], glyph, colour, int(y), int(x))
+        if r.random() < spec.occlusion:
+            _occlude(out[i], r)
+    return out
+
+
+def _occlude(sequence: NDArray[np.float32], rng: np.random.Generator) -> None:
+    """A static bar, 4-8 px thick, across the whole canvas, in front of the glyphs."""
+    thick = int(rng.integers(4, 9))
+    at = int(rng.integers(0, CANVAS - thick + 1))
+    colour = rng.uniform(0.0, BACKGROUND_MAX, size=CHANNELS).astype(np.float32)
+    if rng.random() < 0.5:
+        sequence[:, at : at + thick, :] = colour
+    else:
+        sequence[:, :, at : at + thick] = colour
+
+
+def augment(sequences: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
+    """Each sequence flipped up-down and left-right, transposed and its colour channels
+    permuted at random (in place; returned): the motion stays physical, the glyphs and
+    hues a model sees multiply by up to 48."""
+    for seq in sequences:
+        if rng.random() < 0.5:
+            seq[:] = seq[:, ::-1]
+        if rng.random() < 0.5:
+            seq[:] = seq[:, :, ::-1]
+        if rng.random() < 0.5:
+            seq[:] = seq.transpose(0, 2, 1, 3)
+        seq[:] = seq[..., rng.permutation(CHANNELS)]
+    return sequences
+
+
+def varied_mix(
+    n: int, *, split: Split, share: float, seed: int, skip: int = 0, augmented: bool = False
+) -> NDArray[np.float32]:
+    """``n`` training or validation sequences: the first ``n - k`` from ``data``'s
+    generator (its split and seed, after ``skip``), the other ``k = round(n * share)``
+    from TRAIN_VARIED; with ``augmented``, every sequence augmented. Shuffled."""
+    from model_export.frames import data
+
+    k = int(round(n * share))
+    plain = data.generate(n - k, seed=data.SPLIT_SEEDS[split], split=split, skip=skip)
+    seeds = dict(TRAIN_VARIED.seeds)
+    varied = render(TRAIN_VARIED, k, seed=seeds[split] * 1000 + skip)
+    out = np.concatenate([plain, varied])
+    rng = np.random.default_rng(seed)
+    if augmented:
+        augment(out, rng)
+    return out[rng.permutation(len(out))]
