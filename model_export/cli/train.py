@@ -7,9 +7,13 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_export.frames.model import HEADS, VARIANTS
 from model_export.frames.train import LOSSES, SCHEDULES
+
+if TYPE_CHECKING:  # TensorFlow is imported only by the commands that train
+    from model_export.frames.train_data import DataTrainConfig
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -175,15 +179,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(args: argparse.Namespace, name: str) -> DataTrainConfig:
+    """The training settings of `train --data`, in memory or streamed alike."""
+    from model_export.frames.model import CONVLSTM_FILTERS
+    from model_export.frames.train_data import DataTrainConfig
+
+    return DataTrainConfig(
+        name=name,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        precision=args.precision,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        out_dir=args.out,
+        filters=tuple(args.filters or CONVLSTM_FILTERS),
+        resume=args.resume,
+    )
+
+
 def _train_on_data(args: argparse.Namespace) -> int:
     from model_export.frames import user_data
-    from model_export.frames.model import CONVLSTM_FILTERS
-    from model_export.frames.train_data import (
-        DataTrainConfig,
-        checkpoint_path,
-        record_path,
-        train_on_data,
-    )
+    from model_export.frames.train_data import checkpoint_path, record_path, train_on_data
 
     recipe = {"--head": args.head is not None, "--loss": args.loss != "bce"}
     recipe["--schedule"] = args.schedule != "plateau"
@@ -220,19 +238,7 @@ def _train_on_data(args: argparse.Namespace) -> int:
             resize=None if args.resize is None else user_data.parse_size(args.resize),
             seed=args.seed,
         )
-        cfg = DataTrainConfig(
-            name=name,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-            precision=args.precision,
-            patience=args.patience,
-            max_minutes=args.max_minutes,
-            out_dir=args.out,
-            filters=tuple(args.filters or CONVLSTM_FILTERS),
-            resume=args.resume,
-        )
+        cfg = _data_config(args, name)
         record = train_on_data(cfg, dataset)
     except user_data.DataError as err:
         print(f"train: {err}", file=sys.stderr)
@@ -244,9 +250,8 @@ def _train_on_data(args: argparse.Namespace) -> int:
 
 
 def _train_streamed(args: argparse.Namespace, name: str) -> int:
-    from model_export.frames.model import CONVLSTM_FILTERS
     from model_export.frames.stream_data import scan
-    from model_export.frames.train_data import DataTrainConfig, checkpoint_path, record_path
+    from model_export.frames.train_data import checkpoint_path, record_path
     from model_export.frames.train_stream import train_on_stream
     from model_export.frames.user_data import DataError
 
@@ -259,19 +264,7 @@ def _train_streamed(args: argparse.Namespace, name: str) -> int:
     try:
         catalogue = scan(Path(args.data), window=args.frames, key=args.data_key)
         window = args.frames or catalogue.sources[0].length
-        cfg = DataTrainConfig(
-            name=name,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-            precision=args.precision,
-            patience=args.patience,
-            max_minutes=args.max_minutes,
-            out_dir=args.out,
-            filters=tuple(args.filters or CONVLSTM_FILTERS),
-            resume=args.resume,
-        )
+        cfg = _data_config(args, name)
         record = train_on_stream(
             cfg, catalogue, path=Path(args.data), window=window, group=args.shuffle_group
         )

@@ -113,23 +113,9 @@ def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
         verbose=1,  # Keras's progress bar
     )
 
-    keras.mixed_precision.set_global_policy("float32")
-    t, h, w, c = dataset.window_shape
-    inference = build_convlstm(frames=t - 1, filters=cfg.filters, frame_shape=(h, w, c))
-    inference.set_weights([v.astype("float32") for v in model.get_weights()])
-    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
-    inference.save(checkpoint)
-
+    inference, checkpoint = save_inference(model, cfg, dataset.window_shape)
     record: dict[str, Any] = {
-        "config": {
-            k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-            for k, v in asdict(cfg).items()
-        },
-        "model": (
-            f"ConvLSTM2D stack {list(cfg.filters)} (3x3, same) and a Conv2D head of {c} "
-            f"channel(s); input ({t - 1}, {h}, {w}, {c}) -> the next frame ({h}, {w}, {c})"
-        ),
-        "checkpoint": {"file": checkpoint.name, "sha256": sha256_of(checkpoint)},
+        **record_head(cfg, checkpoint, dataset.window_shape),
         "data": dataset.record,
         "epochs_run": len(history.history["loss"]),
         "stopped_by_budget": clock.stopped_early,
@@ -145,6 +131,38 @@ def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
     record_path(checkpoint).write_text(text)
     (work / f"{cfg.name}.json").write_text(text)
     return record
+
+
+def save_inference(
+    model: keras.Model, cfg: DataTrainConfig, window: tuple[int, int, int, int]
+) -> tuple[keras.Model, Path]:
+    """The trained stack as the inference checkpoint: rebuilt in float32 for a window of
+    ``window`` frames (input all but the last), given the trained weights, and saved."""
+    keras.mixed_precision.set_global_policy("float32")
+    t, h, w, c = window
+    inference = build_convlstm(frames=t - 1, filters=cfg.filters, frame_shape=(h, w, c))
+    inference.set_weights([v.astype("float32") for v in model.get_weights()])
+    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
+    inference.save(checkpoint)
+    return inference, checkpoint
+
+
+def record_head(
+    cfg: DataTrainConfig, checkpoint: Path, window: tuple[int, int, int, int]
+) -> dict[str, Any]:
+    """The first fields of a training record: the config, the model and its checkpoint."""
+    t, h, w, c = window
+    return {
+        "config": {
+            k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(cfg).items()
+        },
+        "model": (
+            f"ConvLSTM2D stack {list(cfg.filters)} (3x3, same) and a Conv2D head of {c} "
+            f"channel(s); input ({t - 1}, {h}, {w}, {c}) -> the next frame ({h}, {w}, {c})"
+        ),
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_of(checkpoint)},
+    }
 
 
 def evaluate_split(model: keras.Model, windows: NDArray[np.float32]) -> dict[str, Any]:

@@ -10,23 +10,21 @@ together, so ``--resume work/NAME.last.keras`` continues at the batch it had rea
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from convlstm_card import sha256_of
-from model_export.frames.model import build_convlstm
 from model_export.frames.stream_data import Catalogue, WindowStream, scale_of, split_sources
 from model_export.frames.train import LAST_EVERY, fit_with_checkpoints
 from model_export.frames.train_data import (
     DataTrainConfig,
     _starting_model,
-    checkpoint_path,
     evaluate_split,
+    record_head,
     record_path,
+    save_inference,
 )
 from model_export.frames.user_data import TEST_FRACTION, VALIDATION_FRACTION
 from model_export.host import describe_machine
@@ -163,11 +161,7 @@ def _train(
         batches += clock.batches
         stopped = clock.stopped_early
 
-    keras.mixed_precision.set_global_policy("float32")
-    inference = build_convlstm(frames=window - 1, filters=cfg.filters, frame_shape=(h, w, c))
-    inference.set_weights([v.astype("float32") for v in model.get_weights()])
-    checkpoint = checkpoint_path(cfg.out_dir, cfg.name)
-    inference.save(checkpoint)
+    inference, checkpoint = save_inference(model, cfg, (window, h, w, c))
 
     test = _stream(splits["test"], cfg, catalogue, window, shuffle=False)
     take = min(len(test), -(-TEST_WINDOWS // cfg.batch_size))
@@ -180,15 +174,7 @@ def _train(
     }
     scale = scale_of(catalogue.dtype)
     record: dict[str, Any] = {
-        "config": {
-            k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-            for k, v in asdict(cfg).items()
-        },
-        "model": (
-            f"ConvLSTM2D stack {list(cfg.filters)} (3x3, same) and a Conv2D head of {c} "
-            f"channel(s); input ({window - 1}, {h}, {w}, {c}) -> the next frame ({h}, {w}, {c})"
-        ),
-        "checkpoint": {"file": checkpoint.name, "sha256": sha256_of(checkpoint)},
+        **record_head(cfg, checkpoint, (window, h, w, c)),
         "data": {
             "path": str(path.resolve()),
             "format": "streamed from disk (memory-mapped shards, frame folders, videos)",
