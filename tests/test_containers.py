@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +26,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from bench.loopback import loopback_server
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -465,12 +466,8 @@ class _Readiness(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def readiness_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readiness)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with loopback_server(_Readiness) as server:
+        yield server
 
 
 # Every builder knows these; Docker before 25 and podman 4's builder (buildah) reject

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from bench.loopback import loopback_server
 from convlstm_card.files import card_path
 from tests.service import http_fuzz
 from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer, run_server
@@ -130,12 +130,6 @@ class _Failing(BaseHTTPRequestHandler):
 
 def test_the_harness_reports_a_5xx() -> None:
     """The oracle can fail: a server that answers 500 to everything is caught."""
-    failing = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
-    thread = threading.Thread(target=failing.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(_Failing) as failing:
         result = http_fuzz.fuzz("127.0.0.1", failing.server_port, stride=500, only={"health"})
-    finally:
-        failing.shutdown()
-        failing.server_close()
     assert result.server_errors and result.statuses["500"] > 0

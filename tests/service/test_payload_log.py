@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from bench.loopback import loopback_server
 from bench.server import free_port
 from service.config import Settings
 from tests.service.conftest import COMMITTED_MODEL, asgi_client, running_app, start_failure
@@ -67,15 +68,9 @@ def sink(delay_s: float = 0.0) -> Iterator[Sink]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    received.url = f"http://127.0.0.1:{server.server_address[1]}/events"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(Handler) as server:
+        received.url = f"http://127.0.0.1:{server.server_port}/events"
         yield received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")
