@@ -36,6 +36,7 @@ import numpy as np
 from bench import wrk
 from bench.load import LoadResult, closed_loop
 from bench.machine import describe
+from bench.record import write_record
 from bench.server import REPO, serve
 from bench.workload import example_frames, oip_binary_request
 from convlstm_card import card_path, read_card
@@ -360,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args(argv)
     results = run(SMOKE if args.smoke else FULL, args.smoke)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sim.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "sim.md").write_text(markdown(results))
-    print(markdown(results))
+    write_record(args.out, "sim", results, markdown)
     return 0
 
 

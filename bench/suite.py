@@ -38,6 +38,7 @@ import numpy as np
 from bench import sim, tracing, transports
 from bench.load import closed_loop
 from bench.machine import describe
+from bench.record import write_record
 from bench.server import REPO, serve
 from bench.soak import QUIET
 from bench.workload import example_frames, flops_per_sequence, sequence_shape
@@ -393,17 +394,11 @@ def main() -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(results))
     plot(results, args.out / "results.png")
-    (args.out / "sim.json").write_text(json.dumps(results["sim"], indent=2) + "\n")
-    (args.out / "sim.md").write_text(sim.markdown(results["sim"]))
-    (args.out / "transports.json").write_text(json.dumps(results["transports"], indent=2) + "\n")
-    (args.out / "transports.md").write_text(transports.markdown(results["transports"]))
     print(markdown(results))
-    print(sim.markdown(results["sim"]))
-    print(transports.markdown(results["transports"]))
-    if "tracing" in results:
-        (args.out / "tracing.json").write_text(json.dumps(results["tracing"], indent=2) + "\n")
-        (args.out / "tracing.md").write_text(tracing.markdown(results["tracing"]))
-        print(tracing.markdown(results["tracing"]))
+    for section in (sim, transports, tracing):
+        name = section.__name__.removeprefix("bench.")
+        if name in results:  # tracing is not in --smoke
+            write_record(args.out, name, results[name], section.markdown)
     return 0
 
 

@@ -17,7 +17,6 @@ the exporter's thread inside the server does. Linux only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from contextlib import ExitStack
@@ -27,6 +26,7 @@ from typing import Any
 from bench.floor import MODEL, Measured, measure, request_paths
 from bench.machine import describe
 from bench.otlp_receiver import otlp_receiver
+from bench.record import write_record
 from bench.server import REPO, serve
 
 QUIET = {"CONVLSTM_ACCESS_LOG": "false", "CONVLSTM_LOG_LEVEL": "warning"}
@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
     record = run(args.requests, args.concurrency, args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tracing.json").write_text(json.dumps(record, indent=2) + "\n")
-    (args.out / "tracing.md").write_text(markdown(record))
-    print(markdown(record))
+    write_record(args.out, "tracing", record, markdown)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -34,6 +33,7 @@ from tritonclient.grpc import service_pb2_grpc
 from bench.floor import MODEL, cpu_seconds, request_paths
 from bench.load import closed_loop
 from bench.machine import describe
+from bench.record import write_record
 from bench.server import REPO, serve
 from bench.soak import QUIET
 from convlstm_card import card_path, read_card
@@ -207,10 +207,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args()
     results = run(SMOKE if args.smoke else FULL, args.smoke)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transports.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "transports.md").write_text(markdown(results))
-    print(markdown(results))
+    write_record(args.out, "transports", results, markdown)
     return 0
 
 
