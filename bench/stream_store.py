@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import statistics
@@ -32,28 +31,13 @@ import numpy as np
 from bench.machine import describe
 from bench.redis_server import running_redis
 from bench.server import serve
+from bench.streams import SERVER_ENV, tensor
 from convlstm_card import read_card
 from model_export.frames import data
 
-BASE_ENV = {
-    "CONVLSTM_SERVE_MODEL_DIR": "false",
-    "CONVLSTM_GRPC_PORT": "0",
-    "CONVLSTM_MAX_STREAMS": "512",
-    "CONVLSTM_MAX_QUEUE": "512",
-    "CONVLSTM_MAX_BATCH_SIZE": "32",
-    "CONVLSTM_ACCESS_LOG": "false",
-    "CONVLSTM_LOG_LEVEL": "warning",
-}
+# The stream bench's servers, with gRPC off: this bench steps streams over HTTP only.
+BASE_ENV = {**SERVER_ENV, "CONVLSTM_GRPC_PORT": "0"}
 TARGET = 1.25
-
-
-def tensor(frame: np.ndarray) -> dict[str, Any]:
-    pixels = np.rint(frame * 255).astype(np.uint8)
-    return {
-        "data": base64.b64encode(pixels.tobytes()).decode(),
-        "dtype": "uint8",
-        "shape": list(pixels.shape),
-    }
 
 
 async def _client(
