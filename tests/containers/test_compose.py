@@ -259,25 +259,9 @@ def test_compose_down_answers_requests_in_flight_and_exits_0(cpu: Deployment) ->
     )
     stop = threading.Event()
     outcomes: list[str] = []
-    # Small enough that a queued request meets no deadline (504) on a busy 2-core host.
-    request = REQUEST
-
-    def client() -> None:
-        with httpx.Client(base_url=cpu.url, timeout=60) as http:
-            while not stop.is_set() and len(outcomes) < 400:
-                try:
-                    r = http.post("/predict", json=request)
-                except httpx.ConnectError:
-                    outcomes.append("refused")
-                    return
-                except httpx.TransportError as err:  # cut off mid-request
-                    outcomes.append(f"{type(err).__name__}: {err}")
-                    return
-                outcomes.append(str(r.status_code))
-                if r.status_code == 503:
-                    return
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
+    threads = [
+        threading.Thread(target=busy_client, args=(cpu.url, outcomes, stop)) for _ in range(3)
+    ]
     try:
         for t in threads:
             t.start()
@@ -352,3 +336,23 @@ def test_compose_serves_a_model_directory_mounted_as_a_volume(
     assert float(np.max(np.abs(got - expected))) <= 1e-4
     (mount,) = [m for m in json.loads(mounts) if m["Destination"] == "/models"]
     assert mount["Source"] == str(models) and not mount["RW"], mount
+
+
+def busy_client(url: str, outcomes: list[str], stop: threading.Event) -> None:
+    """One client keeping /predict busy until ``stop``, a refusal (503, or the connection
+    refused) or 400 answers, each outcome appended: a status code, ``refused``, or the
+    error of a request cut off mid-way (which a drain must never do). REQUEST is small
+    enough that a queued request meets no deadline (504) on a busy 2-core host."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while not stop.is_set() and len(outcomes) < 400:
+            try:
+                r = http.post("/predict", json=REQUEST)
+            except httpx.ConnectError:
+                outcomes.append("refused")
+                return
+            except httpx.TransportError as err:  # cut off mid-request
+                outcomes.append(f"{type(err).__name__}: {err}")
+                return
+            outcomes.append(str(r.status_code))
+            if r.status_code == 503:
+                return

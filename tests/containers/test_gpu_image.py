@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from bench.server import free_port
-from tests.containers.test_compose import REQUEST, UID, podman, wait_healthy
+from tests.containers.test_compose import REQUEST, UID, busy_client, podman, wait_healthy
 from tests.test_containers import healthcheck_command, parse_dockerfile
 
 pytestmark = pytest.mark.skipif(
@@ -244,23 +244,10 @@ def test_stop_drains_requests_in_flight_and_exits_0() -> None:
     stop = threading.Event()
     with running() as container:
         wait_healthy(container.name)
-
-        def client() -> None:
-            with httpx.Client(base_url=container.url, timeout=60) as http:
-                while not stop.is_set() and len(outcomes) < 400:
-                    try:
-                        r = http.post("/predict", json=REQUEST)
-                    except httpx.ConnectError:
-                        outcomes.append("refused")
-                        return
-                    except httpx.TransportError as err:
-                        outcomes.append(f"{type(err).__name__}: {err}")
-                        return
-                    outcomes.append(str(r.status_code))
-                    if r.status_code == 503:
-                        return
-
-        threads = [threading.Thread(target=client) for _ in range(3)]
+        threads = [
+            threading.Thread(target=busy_client, args=(container.url, outcomes, stop))
+            for _ in range(3)
+        ]
         for t in threads:
             t.start()
         try:
