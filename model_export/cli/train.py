@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model_export.frames.model import HEADS, VARIANTS
+from model_export.frames.precision import PRECISIONS, resolve_precision
 from model_export.frames.train import LOSSES, SCHEDULES
 
 if TYPE_CHECKING:  # TensorFlow is imported only by the commands that train
@@ -92,7 +93,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--learning-rate", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0, help="weight initialisation and shuffling")
-    t.add_argument("--precision", choices=["mixed_bfloat16", "float32"], default="mixed_bfloat16")
+    t.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="auto",
+        help="auto (default): mixed_bfloat16 on a GPU or a CPU with AVX-512 BF16/AMX, "
+        "float32 elsewhere, where bf16 is emulated and about 10x slower",
+    )
     t.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     t.add_argument(
@@ -161,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
-        precision=args.precision,
+        precision=resolve_precision(args.precision),
         patience=args.patience,
         max_minutes=args.max_minutes,
         out_dir=args.out,
@@ -190,7 +197,7 @@ def _data_config(args: argparse.Namespace, name: str) -> DataTrainConfig:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
-        precision=args.precision,
+        precision=resolve_precision(args.precision),
         patience=args.patience,
         max_minutes=args.max_minutes,
         out_dir=args.out,
