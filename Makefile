@@ -196,7 +196,7 @@ model: $(STAMP) fonts
 
 # Benchmarks (about 6 minutes on a 2-core CPU) and the soak test (5 minutes), on
 # loopback only; results under bench/results/.
-bench: $(STAMP) load-tools
+bench: $(STAMP) load-tools stream-tools
 	$(PY) -m bench.suite
 
 # Model versions swapped under load, and unload/load cycles (about 2 minutes on a 2-core
@@ -228,7 +228,8 @@ bench-streams: $(STAMP)
 
 # What keeping stream state in Redis costs: memory, redis+drain and redis+step servers
 # side by side, interleaved rounds at 4 and 16 streams, and where the time goes (blob
-# encode/decode, Redis save/load); bench/results/stream_store.json. About 5 minutes.
+# encode/decode, Redis save/load); bench/results/stream_store.json and .md. About 5
+# minutes. Also a section of `make bench`; this target runs it alone.
 bench-stream-store: $(STAMP) stream-tools
 	$(PY) -m bench.stream_store
 
