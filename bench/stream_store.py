@@ -197,9 +197,13 @@ def run(plan: Plan, smoke: bool = False, model: Path = MODEL) -> dict[str, Any]:
         table: dict[str, dict[int, dict[str, list[float]]]] = {
             name: {n: {"steps": [], "walls": []} for n in plan.streams} for name in servers
         }
+        names = list(servers)
         for r in range(plan.rounds):
+            # Each round starts with the next setting: none always runs first or last.
+            order = names[r % len(names) :] + names[: r % len(names)]
             for n in plan.streams:
-                for name, server in servers.items():
+                for name in order:
+                    server = servers[name]
                     steps, wall = asyncio.run(burst(server.url, n, plan.steps, frames))
                     table[name][n]["steps"] += steps
                     table[name][n]["walls"].append(n * plan.steps / wall)
