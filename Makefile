@@ -107,12 +107,11 @@ load-tools:
 stream-tools:
 	@command -v redis-server >/dev/null && command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nginx-light; } || echo "no redis-server/nginx and not root: the stream store tests skip"
 
-# Streams across real server processes sharing a real Redis (two replicas alternating,
-# one killed with SIGKILL, SIGTERM and restart with drain): six server starts, 2 to 4
-# minutes on a shared 2-core machine, so not in `make test`.
-# CONVLSTM_STREAM_REPLICAS=full runs 32 streams x 40 frames instead of 16 x 20.
+# Streams across real server processes sharing a real Redis (32 streams x 40 frames
+# alternating between two replicas, one killed with SIGKILL, SIGTERM and restart with
+# drain, a real nginx in front): part of `make test`; this target runs them alone.
 test-stream-replicas: $(STAMP) stream-tools
-	CONVLSTM_STREAM_REPLICAS=$${CONVLSTM_STREAM_REPLICAS:-1} $(PY) -m pytest tests/service/test_streams_replicas.py -p no:cacheprovider
+	$(PY) -m pytest tests/service/test_streams_replicas.py -p no:cacheprovider
 
 # The documentation site (mkdocs.yml), into site/. The settings table, the HTTP
 # operations and the results tables are generated at build time (docs_build/hooks.py);
@@ -162,9 +161,8 @@ gpu-image-test: $(STAMP) container-tools
 	$(COMPOSE_ENV) tests/containers/build.sh gpu
 	$(COMPOSE_ENV) GPU_IMAGE_TEST=1 $(PY) -m pytest tests/containers/test_gpu_image.py -q -s -p no:cacheprovider
 
-# Everything: CI's two targets, the GPU image's and the stream replicas' real-process
-# tests (over 30 minutes on 2 cores).
-test-all: test compose-test gpu-image-test test-stream-replicas
+# Everything: CI's two targets and the GPU image's tests (over 30 minutes on 2 cores).
+test-all: test compose-test gpu-image-test
 
 lint: $(STAMP)
 	$(PY) -m ruff check convlstm_card model_export service clients bench gpu examples tests docs_build
@@ -196,7 +194,7 @@ model: $(STAMP) fonts
 
 # Benchmarks (about 6 minutes on a 2-core CPU) and the soak test (5 minutes), on
 # loopback only; results under bench/results/.
-bench: $(STAMP) load-tools
+bench: $(STAMP) load-tools stream-tools
 	$(PY) -m bench.suite
 
 # Model versions swapped under load, and unload/load cycles (about 2 minutes on a 2-core
@@ -228,7 +226,8 @@ bench-streams: $(STAMP)
 
 # What keeping stream state in Redis costs: memory, redis+drain and redis+step servers
 # side by side, interleaved rounds at 4 and 16 streams, and where the time goes (blob
-# encode/decode, Redis save/load); bench/results/stream_store.json. About 5 minutes.
+# encode/decode, Redis save/load); bench/results/stream_store.json and .md. About 5
+# minutes. Also a section of `make bench`; this target runs it alone.
 bench-stream-store: $(STAMP) stream-tools
 	$(PY) -m bench.stream_store
 

@@ -17,6 +17,9 @@
    100% sampling (``bench/tracing.py``); not in ``--smoke``.
 6. ``transports``: the Open Inference Protocol over gRPC beside REST binary and JSON at 1
    and 8 clients, with the server's CPU per request (``bench/transports.py``).
+7. ``stream_store``: stream steps with their state in memory, in Redis with ``drain`` and
+   with ``step`` durability, at 4 and 16 streams, and where the time goes
+   (``bench/stream_store.py``; Debian's redis-server, ``make stream-tools``).
 
 Writes ``results.json``, ``results.md`` and ``results.png``. ``--smoke`` runs every part
 at a size that takes seconds, for CI: its figures mean nothing.
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import sim, tracing, transports
+from bench import sim, stream_store, tracing, transports
 from bench.load import closed_loop
 from bench.machine import describe
 from bench.record import write_record
@@ -379,6 +382,9 @@ def run(plan: Plan, smoke: bool) -> dict[str, Any]:
     results["verdicts"] = verdicts(results)
     results["sim"] = sim.run(sim.SMOKE if smoke else sim.FULL, smoke)
     results["transports"] = transports.run(transports.SMOKE if smoke else transports.FULL, smoke)
+    results["stream_store"] = stream_store.run(
+        stream_store.SMOKE if smoke else stream_store.FULL, smoke
+    )
     if not smoke:  # two more servers and a minute of load: not for CI's smoke run
         results["tracing"] = tracing.run(requests=300, concurrency=4, rounds=2)
     return results
@@ -395,7 +401,7 @@ def main() -> int:
     (args.out / "results.md").write_text(markdown(results))
     plot(results, args.out / "results.png")
     print(markdown(results))
-    for section in (sim, transports, tracing):
+    for section in (sim, transports, stream_store, tracing):
         name = section.__name__.removeprefix("bench.")
         if name in results:  # tracing is not in --smoke
             write_record(args.out, name, results[name], section.markdown)

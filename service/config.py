@@ -244,6 +244,13 @@ class Settings(BaseSettings):
     """A stream this many seconds old is ended, however busy (TorchServe's
     ``sequenceTimeoutMSec``); its next step answers 410. Unset: no limit."""
 
+    stream_retained_versions: int = Field(default=2, ge=0, le=64)
+    """Replaced model versions kept loaded (their step graphs) for the streams this server
+    holds of them, in all: a load or swap sends new streams to the new version while the
+    old one's streams carry on on it until they close or expire. One more replaced version
+    with open streams releases the one kept longest, and its streams answer 410. 0: a swap
+    ends the open streams of the version it replaces."""
+
     max_body_bytes: int | None = Field(default=None, ge=1024)
     """Request bodies above this many bytes are refused with 413 before being read whole.
     Unset (the default), the limit follows the served models: the largest valid request,

@@ -24,6 +24,7 @@ from service.api.schemas import (
     NextFrameResponse,
     PredictSpec,
     ReadyResponse,
+    RetainedStreamVersion,
 )
 from service.errors import InvalidInput
 from service.registry import ModelRegistry, ServedModel
@@ -87,6 +88,15 @@ async def readyz(registry: RegistryDep, http: Request) -> Any:
         max_body_bytes_source=limit.source,
         stream_store=streams.keeper.kind,
         stream_durability=streams.keeper.durability,
+        streams_retained=[
+            RetainedStreamVersion(
+                model=m.name,
+                model_version=m.version,
+                sha256=m.sha256,
+                open_streams=len(streams.versions.streams_of(m.key)),
+            )
+            for m in streams.versions.retained.values()
+        ],
     )
 
 

@@ -147,6 +147,17 @@ class FailedModelSummary(BaseModel):
     reason: str = Field(description="why it is not served")
 
 
+class RetainedStreamVersion(BaseModel):
+    """A replaced version kept for its open streams; new streams use the served one."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    model_version: str
+    sha256: str
+    open_streams: int = Field(description="streams of it held here; released at 0")
+
+
 class ReadyResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -184,6 +195,11 @@ class ReadyResponse(BaseModel):
     )
     stream_durability: Literal["step", "drain"] = Field(
         default="step", description="when stream state reaches the store"
+    )
+    streams_retained: list[RetainedStreamVersion] = Field(
+        default_factory=list,
+        description="replaced model versions whose step graphs stay loaded for the open "
+        "streams this server holds of them (CONVLSTM_STREAM_RETAINED_VERSIONS at most)",
     )
 
 

@@ -121,7 +121,7 @@ class StreamInfo(BaseModel):
 
 
 def describe(streams: StreamService, stream: Stream) -> StreamInfo:
-    model = streams.models[stream.model]
+    model = streams.model_of(stream)
     idle = time.monotonic() - stream.last_used
     acc = stream.accuracy
     return StreamInfo(

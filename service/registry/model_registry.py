@@ -40,7 +40,13 @@ from service.metrics import Metrics
 from service.model_repository import ModelSource, scan, version_order
 from service.registry.loading import FailedModel, ServedModel, load_model
 from service.registry.swap import point_queue_gauge, release, unpublish_metrics
-from service.registry.versions import IndexEntry, default_version, poll, wanted_versions
+from service.registry.versions import (
+    IndexEntry,
+    PublishListener,
+    default_version,
+    poll,
+    wanted_versions,
+)
 
 log = logging.getLogger("service.registry")
 
@@ -81,6 +87,8 @@ class ModelRegistry:
         self._epoch = 0
         self._requests: Counter[int] = Counter()
         self._control = asyncio.Lock()
+        # Told before and when a model's default version changes (the streams).
+        self.listeners: list[PublishListener] = []
         self._background: set[asyncio.Task[None]] = set()
 
     # -- requests ---------------------------------------------------------------------
@@ -261,6 +269,10 @@ class ModelRegistry:
             for (n, version), _ in sorted(self.unloading.items()):
                 if n == name and version not in served:
                     rows.append(IndexEntry(name, version, "UNLOADING", "being drained"))
+            listed = {r.version for r in rows if r.name == name} | set(served)
+            for row in (r for listener in self.listeners for r in listener.index_rows()):
+                if row.name == name and row.version not in listed:
+                    rows.append(row)
             for (n, version), reason in sorted(self.load_errors.items()):
                 if n == name and version not in served:
                     rows.append(IndexEntry(name, version, "UNAVAILABLE", reason))
@@ -389,6 +401,9 @@ class ModelRegistry:
             new[source.version] = model
         if only_changes and not loaded and set(new) == set(current):
             return None
+        chosen = new[default_version(self.settings, name, new)]
+        for listener in self.listeners:
+            await listener.prepare(name, chosen)
         for source in wanted:
             self._sources[(name, source.version)] = source
             self.load_errors.pop((name, source.version), None)
@@ -436,6 +451,8 @@ class ModelRegistry:
             self.versions.pop(name, None)
             self.models.pop(name, None)
         self._point_queue_gauge(name)
+        for listener in self.listeners:
+            listener.publish(name, self.models.get(name))
         if retired:
             for model in retired:
                 self.unloading[(name, model.info.version)] = model

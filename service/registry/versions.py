@@ -8,11 +8,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from service.config import Settings
 from service.errors import ModelLoadError
 from service.model_repository import ModelSource, version_order
+from service.registry.loading import ServedModel
 
 log = logging.getLogger("service.registry")
 
@@ -28,6 +29,22 @@ class IndexEntry:
     state: str
     """``READY``, ``UNLOADING`` or ``UNAVAILABLE``."""
     reason: str
+
+
+class PublishListener(Protocol):
+    """What follows the version a model serves by default (the streams'
+    ``StreamVersions``): told before and when the registry switches it."""
+
+    async def prepare(self, name: str, served: ServedModel) -> None:
+        """``served`` is about to become ``name``'s default version: load what it needs.
+        Must not raise; a failure is the listener's to report."""
+
+    def publish(self, name: str, served: ServedModel | None) -> None:
+        """``name`` now serves ``served`` by default (None: unloaded). Called in the same
+        step of the event loop as the switch; must not await or raise."""
+
+    def index_rows(self) -> list[IndexEntry]:
+        """Versions no longer served that the listener still holds, for the index."""
 
 
 def wanted_versions(

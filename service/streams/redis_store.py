@@ -1,49 +1,69 @@
 """``RedisStore``: stream state in Redis (``redis://host:port/db``), shared by every
 replica, with a lease and fencing token per stream. Each operation is one round trip: the
-lease, the conditional write and the hand-over are Lua scripts run atomically by Redis."""
+lease, the conditional write and the hand-over are Lua scripts run atomically by Redis
+(a write pipelined behind the SET of its blob to a staging key)."""
 
 from __future__ import annotations
 
 import time
+import uuid
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from service.streams.store import Lease, StoreUnavailable, redact
+from service.streams.store import CorruptState, Lease, StoreUnavailable, redact
 
 
 # Keys of one stream share a hash tag ({id}), so that a Redis Cluster keeps them on one
-# node and the scripts below may touch them together.
-def _keys(stream_id: str) -> tuple[str, str, str]:
+# node and the scripts below may touch them together: the state blob (a plain string),
+# the lease, the fence counter, and the fence of the write that made the state.
+def _keys(stream_id: str) -> tuple[str, str, str, str]:
     tag = f"convlstm:stream:{{{stream_id}}}"
-    return f"{tag}:state", f"{tag}:lease", f"{tag}:fence"
+    return f"{tag}:state", f"{tag}:lease", f"{tag}:fence", f"{tag}:written"
 
+
+def _staging(stream_id: str, unique: str) -> str:
+    """Where a write puts its blob before a script renames it into place."""
+    return f"convlstm:stream:{{{stream_id}}}:staging:{unique}"
+
+
+# Why the blob goes to a staging key with a plain SET, then a script renames it in place
+# (both in one pipelined round trip), instead of being an argument of the script: Redis
+# keeps a large SET argument as it read it from the socket, and RENAME moves it without
+# copying, while a script argument of 2.7 MB is copied into Lua and again into the key.
+# That made the write about 2x slower alone and 4x with four at once
+# (bench/stream_store.py's components measure both).
 
 # The fence counter outlives the state by a day (86,400,000 ms), so that an id used
 # again (an OIP sequence started anew) never hands out a token an old cached copy carries.
 
 # A lease is SET NX with an expiry; its value is a fence token from a counter that only
-# grows. The state is a hash {fence, blob}: its fence says which write made it, so a
-# replica whose cached copy carries that fence skips reading the blob again.
+# grows. The state's fence (KEYS[4]) says which write made it, so a replica whose cached
+# copy carries that fence skips reading the blob again.
 _ACQUIRE = """
 if redis.call('SET', KEYS[2], 'pending', 'NX', 'PX', ARGV[1]) then
   local f = redis.call('INCR', KEYS[3])
   redis.call('PEXPIRE', KEYS[3], ARGV[2] + 86400000)
   redis.call('SET', KEYS[2], f, 'PX', ARGV[1])
-  local stored = redis.call('HGET', KEYS[1], 'fence')
+  local stored = redis.call('GET', KEYS[4])
   if not stored then stored = -1 end
   return {f, stored}
 end
 return {0, -1}
 """
 
-# Written only while the lease still holds this token: a replica paused past its
-# lease (or one whose stream was closed or reopened meanwhile) writes nothing.
+# Kept only while the lease still holds this token: a replica paused past its lease (or
+# one whose stream was closed or reopened meanwhile) keeps nothing, and its staged blob
+# is dropped. KEYS[5] is the staged blob.
 _COMMIT = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'blob', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[5])
+  return 0
+end
+redis.call('RENAME', KEYS[5], KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
 return 1
 """
@@ -52,10 +72,11 @@ return 1
 # dropped, so that holder cannot write over it.
 _SAVE = """
 local f = redis.call('INCR', KEYS[3])
-redis.call('PEXPIRE', KEYS[3], ARGV[2] + 86400000)
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'fence', f, 'blob', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[1] + 86400000)
+redis.call('DEL', KEYS[2])
+redis.call('RENAME', KEYS[5], KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[4], f, 'PX', ARGV[1])
 return f
 """
 
@@ -81,9 +102,7 @@ class RedisStore:
             health_check_interval=30,
         )
         self._acquire = self._redis.register_script(_ACQUIRE)
-        self._commit = self._redis.register_script(_COMMIT)
         self._release = self._redis.register_script(_RELEASE)
-        self._save = self._redis.register_script(_SAVE)
 
     def _unavailable(self, err: Exception) -> StoreUnavailable:
         return StoreUnavailable(
@@ -101,18 +120,42 @@ class RedisStore:
             raise self._unavailable(err) from None
 
     async def load(self, stream_id: str) -> bytes | None:
-        state, _, _ = _keys(stream_id)
+        state = _keys(stream_id)[0]
         try:
-            blob = await self._redis.hget(state, "blob")
+            blob = await self._redis.get(state)
+        except ResponseError as err:
+            if "WRONGTYPE" not in str(err):
+                raise self._unavailable(err) from None
+            raise CorruptState(
+                f"stream_id: the stored state of stream {stream_id!r} is not a stream state "
+                "of this server (a Redis value of another type); the stream is closed, open "
+                "a new one",
+                location="stream_id",
+            ) from None
         except (RedisError, OSError) as err:
             raise self._unavailable(err) from None
         return None if blob is None else bytes(blob)  # type: ignore[arg-type]  # bytes: no decode_responses
 
-    async def save(self, stream_id: str, blob: bytes, ttl_s: float) -> int:
+    async def _staged(
+        self, script: str, stream_id: str, unique: str, blob: bytes, args: list[Any]
+    ) -> Any:
+        """SET the blob to a staging key, then ``script`` (which renames it into place),
+        in one pipelined round trip; the script's answer. EVAL with the script's text, not
+        a registered script: redis-py's pipeline asks Redis whether a registered script
+        exists before every run, one more round trip (Redis caches the compiled script)."""
+        staging = _staging(stream_id, unique)
+        keys = [*_keys(stream_id), staging]
         try:
-            fence = await self._save(keys=list(_keys(stream_id)), args=[blob, _ms(ttl_s)])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(staging, blob, px=args[-1])
+                pipe.eval(script, len(keys), *keys, *args)
+                _, answer = await pipe.execute()
         except (RedisError, OSError) as err:
             raise self._unavailable(err) from None
+        return answer
+
+    async def save(self, stream_id: str, blob: bytes, ttl_s: float) -> int:
+        fence = await self._staged(_SAVE, stream_id, uuid.uuid4().hex, blob, [_ms(ttl_s)])
         return int(fence)
 
     async def delete(self, stream_id: str) -> None:
@@ -132,11 +175,9 @@ class RedisStore:
         return Lease(stream_id, int(fence), int(stored), time.monotonic() + lease_s)
 
     async def commit(self, lease: Lease, blob: bytes, ttl_s: float) -> bool:
-        keys = list(_keys(lease.stream_id))
-        try:
-            done = await self._commit(keys=keys, args=[lease.fence, blob, _ms(ttl_s)])
-        except (RedisError, OSError) as err:
-            raise self._unavailable(err) from None
+        # The staging key is unique to this lease's token: no other writer uses it.
+        args = [lease.fence, _ms(ttl_s)]
+        done = await self._staged(_COMMIT, lease.stream_id, str(lease.fence), blob, args)
         return bool(int(done))
 
     async def release(self, lease: Lease) -> None:

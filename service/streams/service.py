@@ -9,13 +9,9 @@ CNN-LSTM, the int8 graph, tensor models) answer 422 naming why.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -24,20 +20,19 @@ from numpy.typing import NDArray
 
 from service import tracing
 from service.config import Settings
-from service.errors import InvalidInput, ModelLoadError
-from service.inference.codec import check_shape, decode_frames, decode_tensor
-from service.registry import ModelRegistry, ServedModel
-from service.streams.batcher import StepBatcher, StepResult, StepWork
+from service.errors import InvalidInput
+from service.registry import ModelRegistry
+from service.streams.batcher import StepResult, StepWork
+from service.streams.frames import decode_stream_frames
 from service.streams.keeper import StreamKeeper
 from service.streams.metrics import StreamMetrics
-from service.streams.session import StepSession
 from service.streams.store import CorruptState, StoredStream
 from service.streams.stored import StreamGone, check_stored, restore, to_stored
 from service.streams.table import Stream, StreamsFull, StreamTable, UnknownStream
+from service.streams.versions import StreamModel, StreamVersions, key_of
 from service.tasks.next_frame import (
     INLINE_TENSOR_CHARS,
     FramesInput,
-    NextFrameTask,
     Prediction,
     TensorInput,
 )
@@ -49,46 +44,10 @@ log = logging.getLogger(__name__)
 # python -m model_export rollouts).
 DEFAULT_ROLLOUT: Literal["window", "state"] = "window"
 
-# Frames one request on a stream may carry: each is one step that holds up the batch.
-MAX_FRAMES_PER_REQUEST = 256
-
 # The ids this service hands out: a uuid4's hex for /v1/streams, oip:MODEL:SEQ for the
 # Open Inference Protocol's sequences. Anything else is answered 404 without asking the
 # store.
 STREAM_ID = re.compile(r"[0-9a-f]{32}|oip:.{1,300}", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class StreamModel:
-    """A served model that serves streams: its step graph, batcher and frame task."""
-
-    name: str
-    version: str
-    sha256: str
-    session: StepSession
-    batcher: StepBatcher
-    task: NextFrameTask
-
-
-def model_file(served: ServedModel) -> Path:
-    """The ONNX file a served model was loaded from (its card names the step graph
-    relative to it), in the flat layout and in a repository's NAME/VERSION/ alike."""
-    return served.runner.session.path
-
-
-def why_no_streams(model: ServedModel) -> str | None:
-    """Why ``model`` cannot serve streams, or None when its card says it can."""
-    card = model.info.card
-    if not isinstance(model.task, NextFrameTask):
-        return f"it is a {card.task} model, not a next-frame model"
-    if card.stream is None:
-        return (
-            "it has no ConvLSTM state to keep: its card names no step graph (streams serve "
-            "ConvLSTM stacks exported with one; python -m model_export step-graph)"
-        )
-    if not model.task.feeds_back:
-        return "its predicted frame is not its input frame's size"
-    return None
 
 
 class StreamService:
@@ -99,55 +58,28 @@ class StreamService:
         self.table = StreamTable(
             settings.max_streams, settings.stream_idle_s, on_expire=self._count_expiry
         )
-        self.models: dict[str, StreamModel] = {}
-        self.unavailable: dict[str, str] = {}
+        self.versions = StreamVersions(settings, self.table, self.metrics)
         self.keeper = StreamKeeper(settings)
         self._sweeper: asyncio.Task[None] | None = None
 
+    @property
+    def models(self) -> dict[str, StreamModel]:
+        """The step graph each model's new streams get, by model name."""
+        return self.versions.current
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Why each served model that serves no streams does not."""
+        return self.versions.unavailable
+
     async def start(self) -> None:
-        """Load the step graph of every served model whose card names one. One that fails
-        to load is logged and leaves its model without streams; the model still serves."""
+        """Load the step graph of every served model whose card names one, then follow
+        the registry's swaps (``StreamVersions``). One that fails to load is logged and
+        leaves its model without streams; the model still serves."""
         for name, served in self.registry.models.items():
-            reason = why_no_streams(served)
-            path = model_file(served)
-            spec = served.info.card.stream
-            if reason is not None or path is None or spec is None:
-                self.unavailable[name] = reason or "its file is not among the served paths"
-                continue
-            assert isinstance(served.task, NextFrameTask)  # why_no_streams checked it
-            try:
-                session = await anyio.to_thread.run_sync(StepSession, path, spec, self.settings)
-                await anyio.to_thread.run_sync(session.warm_up, self.settings.warmup_runs)
-            except Exception as err:  # a step graph the warm-up refuses, too
-                why = err.message if isinstance(err, ModelLoadError) else repr(err)
-                log.error("model %s serves no streams: %s", name, why)
-                self.unavailable[name] = f"its step graph cannot be used ({why})"
-                continue
-            batcher = StepBatcher(
-                session.run,
-                max_queue=self.settings.max_queue,
-                max_batch=self.settings.max_batch_size,
-                max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
-                cohort_wait=self.settings.batch_cohort_wait,
-                on_batch=self._observe(name),
-                span_attributes={
-                    "convlstm.model": name,
-                    "convlstm.model_version": served.info.version,
-                    "convlstm.provider": session.provider,
-                    "convlstm.graph": "step",
-                },
-            )
-            batcher.start()
-            self.models[name] = StreamModel(
-                name, served.info.version, served.info.sha256, session, batcher, served.task
-            )
-            self.metrics.open.labels(name).set_function(self._counter(name))
-            log.info(
-                "model %s serves streams: step graph %s, %d state bytes per stream",
-                name,
-                session.path.name,
-                session.state_bytes,
-            )
+            await self.versions.prepare(name, served)
+            self.versions.publish(name, served)
+        self.registry.listeners.append(self.versions)
         self.metrics.state_bytes.set_function(lambda: self.table.state_bytes)
         await self.keeper.start()
         self._sweeper = asyncio.create_task(self._sweep())
@@ -158,8 +90,9 @@ class StreamService:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        for model in self.models.values():
-            await model.batcher.stop()
+        if self.versions in self.registry.listeners:
+            self.registry.listeners.remove(self.versions)
+        await self.versions.close()
         kept = await self.keeper.drain(map(to_stored, list(self.table.streams.values())))
         dropped = self.table.clear()
         await self.keeper.close()
@@ -167,16 +100,6 @@ class StreamService:
             log.info("wrote %d open stream(s) to %s", kept, self.keeper.where)
         if dropped > kept and not self.keeper.write_through:
             log.info("closed %d open stream(s); their state is not kept", dropped - kept)
-
-    def _counter(self, name: str) -> Callable[[], float]:
-        return lambda: sum(1 for s in self.table.streams.values() if s.model == name)
-
-    def _observe(self, name: str) -> Callable[[list[int]], None]:
-        def observe(sizes: list[int]) -> None:
-            for size in sizes:
-                self.metrics.batch_size.labels(name).observe(size)
-
-        return observe
 
     def _count_expiry(self, stream: Stream) -> None:
         self.metrics.expired.labels(stream.model).inc()
@@ -187,6 +110,7 @@ class StreamService:
         while True:
             await asyncio.sleep(period)
             self.table.expire()
+            self.versions.release_idle()
 
     # -- the operations every front uses --------------------------------------------------
 
@@ -220,6 +144,7 @@ class StreamService:
             self.metrics.refused.inc()
             raise
         stream.model_version, stream.sha256 = model.version, model.sha256
+        self.versions.ended.pop(stream.id, None)
         try:
             stream.fence = await self.keeper.opened(to_stored(stream))
         except BaseException:
@@ -233,7 +158,7 @@ class StreamService:
         if limit is None:
             return
         self.table.expire()
-        if self._counter(name)() >= limit:
+        if sum(1 for s in self.table.streams.values() if s.model == name) >= limit:
             raise StreamsFull(
                 f"model: all {limit} stream slots of model {name!r} are in use "
                 "(max_streams_per_model); close a stream or retry when an idle one expires",
@@ -251,6 +176,8 @@ class StreamService:
                 "(POST /v1/streams answers with one)",
                 location="stream_id",
             )
+        if stream_id in self.versions.ended:
+            raise StreamGone(self.versions.ended[stream_id], location="stream_id")
         held = self.table.streams.get(stream_id)
         if fresh and self.keeper.shared and (held is None or not held.busy):
             stored = await self._fetch(stream_id)
@@ -276,6 +203,7 @@ class StreamService:
         stream = await self.get(stream_id)
         self.table.close(stream_id)
         await self.keeper.closed(stream_id)
+        self.versions.release_idle()
         return stream
 
     async def _fetch(self, stream_id: str) -> StoredStream | None:
@@ -292,7 +220,7 @@ class StreamService:
         """A stored stream held here (``into`` refreshed, or a new entry), once checked
         against the model version served here (410 when gone, 409 when not its state:
         that stream is closed)."""
-        model = self.models.get(stored.model)
+        model = self.versions.for_stored(stored.model, stored.version, stored.sha256)
         try:
             check_stored(
                 stored,
@@ -309,6 +237,18 @@ class StreamService:
             self.table.add(stream)
         return stream
 
+    def model_of(self, stream: Stream) -> StreamModel:
+        """The step graph of the version ``stream`` opened with; 410 once it is gone."""
+        model = self.versions.find(key_of(stream))
+        if stream.id in self.versions.ended or model is None:
+            raise StreamGone(
+                self.versions.ended.get(stream.id)
+                or f"stream_id: stream {stream.id!r} was opened on model {stream.model!r} "
+                f"version {stream.model_version}, which is no longer loaded; open a new stream",
+                location="stream_id",
+            )
+        return model
+
     def _check_age(self, stream: Stream) -> None:
         limit = self.settings.max_stream_duration_s
         if limit is not None and time.time() - stream.created > limit:
@@ -318,34 +258,6 @@ class StreamService:
                 f"duration of {limit:g} s (max_stream_duration_s); open a new one",
                 location="stream_id",
             )
-
-    def decode(self, model: StreamModel, source: FramesInput | TensorInput) -> NDArray[np.float32]:
-        """Any number k >= 1 of frames, in ``/predict``'s forms -> (k, H, W, C)."""
-        spec = model.task.spec
-        if isinstance(source, FramesInput):
-            k = len(source.frames)
-            where = "frames"
-        else:
-            shape = source.shape
-            k = shape[0] if len(shape) == 4 else 0
-            where = "tensor.shape"
-            if k < 1:
-                raise InvalidInput(
-                    f"tensor.shape: expected [k, {spec.height}, {spec.width}, {spec.channels}] "
-                    f"(frames, height, width, channels) with k >= 1, got {shape}",
-                    location=where,
-                )
-        if not 1 <= k <= MAX_FRAMES_PER_REQUEST:
-            raise InvalidInput(
-                f"{where}: a stream takes 1 to {MAX_FRAMES_PER_REQUEST} frames per request, "
-                f"got {k}",
-                location=where,
-            )
-        spec_k = dataclasses.replace(spec, frames=k)
-        if isinstance(source, FramesInput):
-            return decode_frames(source.frames, spec_k)
-        check_shape(source.shape, spec_k.shape, "tensor.shape")
-        return decode_tensor(source.data, source.dtype, source.shape, spec_k)
 
     async def step(
         self,
@@ -359,14 +271,16 @@ class StreamService:
         has seen, as ``/predict`` answers them."""
         with tracing.span("stream.state.load"):
             stream = await self.get(stream_id)
-        model = self.models[stream.model]
+        model = self.model_of(stream)
         model.task.steps(horizon)
         size = len(source.data) if isinstance(source, TensorInput) else sum(map(len, source.frames))
         with tracing.span("decode"):
             if size <= INLINE_TENSOR_CHARS:  # a frame or a few: a thread hop costs more
-                frames = self.decode(model, source)
+                frames = decode_stream_frames(model.task.spec, source)
             else:
-                frames = await anyio.to_thread.run_sync(self.decode, model, source)
+                frames = await anyio.to_thread.run_sync(
+                    decode_stream_frames, model.task.spec, source
+                )
         predicted, seconds = await self.step_arrays(stream, frames, horizon)
         return stream, await model.task.answer(predicted, seconds, return_tensor=return_tensor)
 
@@ -375,9 +289,10 @@ class StreamService:
     ) -> tuple[NDArray[np.float32], float]:
         """Checked frames (k, H, W, C) into ``stream``: its next ``horizon`` frames and the
         seconds in the model. Requests on one stream run one at a time, in arrival order."""
-        model = self.models[stream.model]
+        model = self.model_of(stream)
         async with stream.lock:
             if self.table.streams.get(stream.id) is not stream:  # closed while waiting
+                self.model_of(stream)  # 410 when its version went meanwhile
                 raise UnknownStream(self.table.why_unknown(stream.id), location="stream_id")
             self._check_age(stream)
             # The lease, and the stored state when another replica stepped it last.

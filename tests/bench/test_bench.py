@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.redis_server import REDIS_SERVER
 from bench.server import REPO
 from bench.soak import markdown, soak
 from bench.workload import flops_per_sequence
 from convlstm_card import read_card
+from tests.service.stream_tools import require
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +79,16 @@ def test_suite_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     }
     assert all(r["ok"] > 0 and r["failed"] == 0 and r["of_raw"] > 0 for r in transports["rows"])
     assert "gRPC beside REST" in (tmp_path / "transports.md").read_text()
+    # The stream-store section: every store answered every step, its ratios beside memory.
+    store = json.loads((tmp_path / "stream_store.json").read_text())
+    if "skipped" in store:  # no redis-server: skips, or fails under REQUIRE_STREAM_TOOLS=1
+        require(REDIS_SERVER)
+    assert store["smoke"] is True and set(store["runs"]) == {
+        f"{name}@2" for name in ("memory", "redis_drain", "redis_step")
+    }
+    assert all(r["p50_ms"] > 0 and r["steps_per_s"] > 0 for r in store["runs"].values())
+    assert store["components"]["blob_bytes"] > store["components"]["state_bytes"] > 0
+    assert "Stream state in Redis" in (tmp_path / "stream_store.md").read_text()
 
 
 def test_soak_smoke_reports_windows_and_memory() -> None:

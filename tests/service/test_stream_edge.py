@@ -1,7 +1,7 @@
 """The nginx edge in front of stream replicas: the project's deploy/nginx/nginx.conf is
 accepted by Debian's nginx as written, and the compose override that runs it follows the
 Compose Specification and names the replicas it hashes over. (Affinity through a real
-nginx in front of two real replicas: tests/service/test_streams_replicas.py, opt-in.)"""
+nginx in front of two real replicas: tests/service/test_streams_replicas.py.)"""
 
 from __future__ import annotations
 

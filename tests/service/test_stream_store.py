@@ -141,8 +141,10 @@ async def test_redis_keeps_the_blob_with_the_idle_expiry_as_ttl(
 
 
 async def test_redis_lease_is_exclusive_expires_and_fences_a_late_writer(
-    store: RedisStore,
+    store: RedisStore, redis: RedisServer
 ) -> None:
+    import redis as sync_redis
+
     s = stored("d" * 32)
     saved = await store.save(s.id, encode(s), ttl_s=30)
     first = await store.acquire(s.id, lease_s=0.2, ttl_s=30)
@@ -156,6 +158,10 @@ async def test_redis_lease_is_exclusive_expires_and_fences_a_late_writer(
     # The first holder wakes up and writes: refused, the newer state stays.
     assert not await store.commit(first, encode(s), ttl_s=30)
     assert await store.load(s.id) == encode(newer)
+    with sync_redis.Redis(port=redis.port) as r:  # no staged blob is left behind
+        assert sorted(r.scan_iter(f"convlstm:stream:{{{s.id}}}:*")) == [
+            f"convlstm:stream:{{{s.id}}}:{k}".encode() for k in ("fence", "state", "written")
+        ]
     third = await store.acquire(s.id, lease_s=5, ttl_s=30)  # commit let the lease go
     assert third is not None and third.stored_fence == second.fence
     await store.release(third)

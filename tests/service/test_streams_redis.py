@@ -128,17 +128,21 @@ async def test_a_corrupt_or_foreign_state_is_an_error_for_that_stream_only(
 ) -> None:
     a, b = replicas
     async with asgi_client(a) as ca, asgi_client(b) as cb:
-        ids = [await open_stream(ca) for _ in range(4)]
-        bad, other, foreign, old = ids
+        ids = [await open_stream(ca) for _ in range(5)]
+        bad, other, foreign, old, hashed = ids
         with sync_redis.Redis(port=redis.port) as r:
-            r.hset(state_key(bad), "blob", b"not a state at all")
-            blob = r.hget(state_key(foreign), "blob")
+            r.set(state_key(bad), b"not a state at all", keepttl=True)
+            blob = r.get(state_key(foreign))
             assert isinstance(blob, bytes)
             stored = decode(blob, foreign)
             stored.sha256 = "0" * 64
-            r.hset(state_key(foreign), "blob", encode(stored))
+            r.set(state_key(foreign), encode(stored), keepttl=True)
             stored.sha256, stored.version, stored.id = "x", "99", old
-            r.hset(state_key(old), "blob", encode(stored))
+            r.set(state_key(old), encode(stored), keepttl=True)
+            # A value of another type where the blob belongs (a hash, as an earlier
+            # layout of the store kept it).
+            r.delete(state_key(hashed))
+            r.hset(state_key(hashed), "blob", blob)
         r1 = await feed(cb, bad, FRAMES[:1])
         assert r1.status_code == 409, r1.text
         assert r1.json()["error"]["type"] == "corrupt_stream_state"
@@ -151,6 +155,8 @@ async def test_a_corrupt_or_foreign_state_is_an_error_for_that_stream_only(
         r3 = await feed(cb, old, FRAMES[:1])
         assert r3.status_code == 410, r3.text
         assert "version 99, which this server no longer serves" in r3.json()["error"]["message"]
+        r4 = await feed(cb, hashed, FRAMES[:1])
+        assert r4.status_code == 409 and "another type" in r4.json()["error"]["message"]
         # The stream beside them carries on, on either replica.
         assert (await feed(cb, other, FRAMES[:1])).status_code == 200
         assert (await feed(ca, other, FRAMES[1:2])).status_code == 200

@@ -7,10 +7,14 @@ after the lease expiry, no frame applied twice; SIGTERM and a restart with ``dra
 nginx with the project's edge config keeps each stream on one replica, and a replica
 leaving moves only its own streams.
 
-Each server process takes 5 to 30 s to start on the project's shared 2-core machine, and
-these tests start six: opt-in, ``CONVLSTM_STREAM_REPLICAS=1`` (``make test-stream-replicas``,
-about 2 to 4 minutes). ``CONVLSTM_STREAM_REPLICAS=full`` runs the 32 streams x 40 frames
-the issue names instead of 16 x 20.
+32 streams x 40 frames each, clients in parallel threads. The model is the small
+exported ConvLSTM stack of ``tiny_model`` (one layer, a real tf2onnx export with its step
+graph): these tests are about state moving between processes, and its 51 KB of state per
+stream keeps their steps cheap; ``test_streams_redis.py`` checks the committed model's
+2.7 MB state across two replicas bit for bit. In ``make test``; ``make
+test-stream-replicas`` runs them alone. Debian's redis-server and nginx are needed
+(``make stream-tools``): where missing they skip, or fail under
+``REQUIRE_STREAM_TOOLS=1``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from numpy.typing import NDArray
 from convlstm_card import read_card
 from service.config import Settings
 from service.streams.session import StepSession
-from tests.service.conftest import COMMITTED_MODEL, RunningServer, run_server
+from tests.service.conftest import RunningServer, run_server
 from tests.service.stream_tools import (
     RedisServer,
     frames_of,
@@ -41,13 +45,9 @@ from tests.service.stream_tools import (
     step,
 )
 
-MODE = os.environ.get("CONVLSTM_STREAM_REPLICAS", "")
-pytestmark = pytest.mark.skipif(
-    MODE not in ("1", "full"),
-    reason="starts six server processes (2-4 minutes): CONVLSTM_STREAM_REPLICAS=1 or "
-    "make test-stream-replicas",
-)
-STREAMS, FRAMES = (32, 40) if MODE == "full" else (16, 20)
+STREAMS, FRAMES = 32, 40
+# Threads stepping streams at once: each stream's frames go in order, streams in parallel.
+CLIENTS = 8
 # Short, so that the kill test waits little for the dead replica's leases; long enough
 # for a step on a loaded 2-core machine (a step that outlasts it is refused with 409 and
 # sent again, as the message says).
@@ -55,12 +55,17 @@ LEASE_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def reference() -> list[NDArray[np.float32]]:
+def model(tiny_model: Path) -> Path:
+    return tiny_model
+
+
+@pytest.fixture(scope="module")
+def reference(model: Path) -> list[NDArray[np.float32]]:
     """Each stream's predictions after each frame, from the step graph alone: (FRAMES,
     40, 40, 3) per stream."""
-    spec = read_card(COMMITTED_MODEL.with_suffix(".json")).stream
+    spec = read_card(model.with_suffix(".json")).stream
     assert spec is not None
-    session = StepSession(COMMITTED_MODEL, spec, Settings())
+    session = StepSession(model, spec, Settings())
     out = []
     for s in range(STREAMS):
         state = {k: v[None] for k, v in session.zero_state().items()}
@@ -85,6 +90,8 @@ def env(**more: str) -> dict[str, str]:
         "CONVLSTM_WARMUP_RUNS": "0",
         "CONVLSTM_MAX_STREAMS": "256",
         "CONVLSTM_STREAM_LEASE_S": str(LEASE_S),
+        # No stream may expire while it waits for its thread.
+        "CONVLSTM_STREAM_IDLE_S": "600",
         **{f"CONVLSTM_{k.upper()}": v for k, v in more.items()},
     }
 
@@ -103,11 +110,11 @@ def frames_seen(server: RunningServer, stream_id: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def pair(redis: RedisServer) -> Iterator[tuple[RunningServer, RunningServer]]:
+def pair(redis: RedisServer, model: Path) -> Iterator[tuple[RunningServer, RunningServer]]:
     """Two replicas sharing ``redis`` with ``step`` durability."""
     with (
-        run_server(COMMITTED_MODEL, env=env(stream_store=redis.url)) as a,
-        run_server(COMMITTED_MODEL, env=env(stream_store=redis.url)) as b,
+        run_server(model, env=env(stream_store=redis.url)) as a,
+        run_server(model, env=env(stream_store=redis.url)) as b,
     ):
         yield a, b
 
@@ -117,14 +124,22 @@ def test_streams_alternating_between_replicas_answer_as_the_step_graph(
 ) -> None:
     a, b = pair
     ids = open_streams(a, STREAMS)
-    clients = [a.client(), b.client()]
-    for t in range(FRAMES):
-        for s, stream_id in enumerate(ids):
-            got = prediction(step(clients[(t + s) % 2], stream_id, frames_of(s, FRAMES)[t]))
-            np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
-    for c in clients:
-        c.close()
+
+    def run(s: int) -> None:
+        frames = frames_of(s, FRAMES)
+        with a.client() as ca, b.client() as cb:
+            for t in range(FRAMES):
+                got = prediction(step((ca, cb)[(t + s) % 2], ids[s], frames[t]))
+                np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
+
+    parallel(run)
     assert {frames_seen(b, i) for i in ids} == {FRAMES}
+
+
+def parallel(run: Callable[[int], None]) -> None:
+    """``run(s)`` for every stream s, ``CLIENTS`` at a time; the first failure raised."""
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(run, range(STREAMS)))
 
 
 def steps_logged(server: RunningServer, stream_id: str) -> int:
@@ -176,11 +191,11 @@ def test_nginx_keeps_each_stream_on_one_replica_and_moves_only_a_leaving_ones(
 
 
 def test_a_replica_killed_mid_run_loses_at_most_its_frames_in_flight(
-    redis: RedisServer, reference: list[NDArray[np.float32]]
+    redis: RedisServer, model: Path, reference: list[NDArray[np.float32]]
 ) -> None:
     with (
-        run_server(COMMITTED_MODEL, env=env(stream_store=redis.url)) as a,
-        run_server(COMMITTED_MODEL, env=env(stream_store=redis.url)) as b,
+        run_server(model, env=env(stream_store=redis.url)) as a,
+        run_server(model, env=env(stream_store=redis.url)) as b,
     ):
         ids = open_streams(b, STREAMS)
         killed = threading.Event()
@@ -206,8 +221,7 @@ def test_a_replica_killed_mid_run_loses_at_most_its_frames_in_flight(
                         r = step(cb, stream_id, frames[t])
                     np.testing.assert_allclose(prediction(r), reference[s][t], atol=1e-5)
 
-        with ThreadPoolExecutor(min(STREAMS, 8)) as pool:
-            list(pool.map(run, range(STREAMS)))
+        parallel(run)
         assert a.process.wait(timeout=5) == -signal.SIGKILL
         # Every frame applied exactly once: none lost from the state, none twice.
         assert [frames_seen(b, i) for i in ids] == [FRAMES] * STREAMS
@@ -216,7 +230,11 @@ def test_a_replica_killed_mid_run_loses_at_most_its_frames_in_flight(
 
 @pytest.mark.parametrize("where", ["redis", "snapshot"])
 def test_sigterm_and_restart_with_drain_carry_streams_on(
-    where: str, redis: RedisServer, reference: list[NDArray[np.float32]], tmp_path: Path
+    where: str,
+    redis: RedisServer,
+    model: Path,
+    reference: list[NDArray[np.float32]],
+    tmp_path: Path,
 ) -> None:
     store = (
         {"stream_store": redis.url}
@@ -225,19 +243,22 @@ def test_sigterm_and_restart_with_drain_carry_streams_on(
     )
     settings = env(stream_durability="drain", **store)
     half = FRAMES // 2
-    n = min(STREAMS, 8)
-    with run_server(COMMITTED_MODEL, env=settings) as first:
-        ids = open_streams(first, n)
-        with first.client() as c:
-            for t in range(half):
-                for s, stream_id in enumerate(ids):
-                    prediction(step(c, stream_id, frames_of(s, FRAMES)[t]))
+
+    def steps(server: RunningServer, ids: list[str], frames: range) -> None:
+        def run(s: int) -> None:
+            with server.client() as c:
+                for t in frames:
+                    got = prediction(step(c, ids[s], frames_of(s, FRAMES)[t]))
+                    np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
+
+        parallel(run)
+
+    with run_server(model, env=settings) as first:
+        ids = open_streams(first, STREAMS)
+        steps(first, ids, range(half))
         first.process.send_signal(signal.SIGTERM)
         assert first.process.wait(timeout=60) == 0
-        assert f"wrote {n} open stream(s)" in first.output()
-    with run_server(COMMITTED_MODEL, env=settings) as second, second.client() as c:
-        for t in range(half, FRAMES):
-            for s, stream_id in enumerate(ids):
-                got = prediction(step(c, stream_id, frames_of(s, FRAMES)[t]))
-                np.testing.assert_allclose(got, reference[s][t], atol=1e-5)
-        assert [frames_seen(second, i) for i in ids] == [FRAMES] * n
+        assert f"wrote {STREAMS} open stream(s)" in first.output()
+    with run_server(model, env=settings) as second:
+        steps(second, ids, range(half, FRAMES))
+        assert [frames_seen(second, i) for i in ids] == [FRAMES] * STREAMS
