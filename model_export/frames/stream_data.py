@@ -45,7 +45,9 @@ from model_export.frames.user_data import (
 Kind = str  # "array", "frames" or "video"
 
 
-@dataclass(frozen=True)
+# Slots: a data set of many short sequences has one Source each, and the catalogue is
+# the part of the reader's memory that grows with the data set.
+@dataclass(frozen=True, slots=True)
 class Source:
     """One sequence on disk: an array shard's row, a folder of frames, or a video."""
 
@@ -141,9 +143,8 @@ def _scan_array(path: Path, key: str | None) -> list[Source]:
                 "float32 (values in [0, 1])"
             )
         n, t, h, w, c = (int(v) for v in array.shape)
-        sources += [
-            Source("array", path, t, (h, w, c), str(array.dtype), row=i, key=name) for i in range(n)
-        ]
+        shape, dtype = (h, w, c), str(array.dtype)  # one object shared by every row
+        sources += [Source("array", path, t, shape, dtype, row=i, key=name) for i in range(n)]
     return sources
 
 
@@ -306,20 +307,32 @@ class SourceReader:
 
 def epoch_order(
     sources: list[Source], window: int, *, seed: int, epoch: int, group: int
-) -> list[tuple[int, int]]:
-    """(source index, first frame) of every window, in this epoch's order: the sources
+) -> NDArray[np.int64]:
+    """(source index, first frame) of every window, in this epoch's order, as rows of an
+    (n, 2) array (16 bytes a window, rather than a list of tuples): the sources
     shuffled, then the windows of each run of ``group`` sources shuffled together."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(sources))
-    out: list[tuple[int, int]] = []
-    for at in range(0, len(order), group):
-        chunk = [
-            (int(i), s)
-            for i in order[at : at + group]
-            for s in range(sources[i].length - window + 1)
-        ]
-        out += [chunk[j] for j in rng.permutation(len(chunk))]
+    counts = np.array([s.length - window + 1 for s in sources], dtype=np.int64)
+    out = np.empty((int(counts.sum()), 2), dtype=np.int64)
+    at = 0
+    for first in range(0, len(order), group):
+        chunk = order[first : first + group]
+        n = counts[chunk]
+        index = np.repeat(chunk, n)
+        start = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        mix = rng.permutation(len(index))
+        out[at : at + len(index), 0] = index[mix]
+        out[at : at + len(index), 1] = start[mix]
+        at += len(index)
     return out
+
+
+def _in_order(sources: list[Source], window: int) -> NDArray[np.int64]:
+    counts = np.array([s.length - window + 1 for s in sources], dtype=np.int64)
+    index = np.repeat(np.arange(len(sources)), counts)
+    start = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.stack([index, start], axis=1)
 
 
 class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
@@ -354,16 +367,12 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
         self.start_batch = start_batch
         self._order = self._make_order()
 
-    def _make_order(self) -> list[tuple[int, int]]:
+    def _make_order(self) -> NDArray[np.int64]:
         if self.shuffle:
             return epoch_order(
                 self.sources, self.window, seed=self.seed, epoch=self.epoch, group=self.group
             )
-        return [
-            (i, s)
-            for i, src in enumerate(self.sources)
-            for s in range(src.length - self.window + 1)
-        ]
+        return _in_order(self.sources, self.window)
 
     @property
     def windows(self) -> int:
@@ -378,7 +387,7 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
 
     def __getitem__(self, index: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         at = (index + self.start_batch) * self.batch_size
-        picks = self._order[at : at + self.batch_size]
+        picks = self._order[at : at + self.batch_size].tolist()
         batch = np.stack(
             [self.reader.frames(self.sources[i], s, self.window) for i, s in picks]
         ).astype(np.float32)
