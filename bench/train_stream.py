@@ -15,8 +15,8 @@ seed model alone takes ~4.3 GB to train, which would need 20 GiB of data).
    through the reader), on the quarter and on the whole set, each in a child process.
 3. Training ``train --stream``'s way (Keras ``fit`` on a ``WindowStream``, two worker
    threads, a queue of 4) on the whole set for ``train-seconds``: a full epoch of it
-   would take hours on this CPU, so the run trains on batches drawn from the whole set
-   in the epoch's shuffled order.
+   takes about half an hour on this CPU, so the run trains on batches drawn from the
+   whole set in the epoch's shuffled order.
 4. Throughput on a set that fits: the same model fitted from arrays in memory (as
    ``train --data`` without ``--stream``) and from the same data streamed from a shard,
    in one child, alternated ``rounds`` times (A B A B ...), sequences/s of the steady
@@ -206,6 +206,15 @@ class Child:
         self.rss_samples_mib = [round(s / 2**20) for s in samples]
 
 
+def _part_of_epoch(batches: int, seconds: float, windows: int) -> str:
+    rate = batches * BATCH / seconds
+    return (
+        f"a time-bounded part of one epoch ({batches * BATCH / windows:.1%}), batches drawn in "
+        f"the epoch's shuffled order from the whole set; the whole epoch ({windows:,} windows) "
+        f"would take about {windows / rate / 60:.0f} minutes at this rate"
+    )
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -238,6 +247,18 @@ def markdown(record: dict[str, Any]) -> str:
             f"| {label} | {_gib(part['data_bytes'])} | {part['peak_rss_bytes'] / 2**20:,.0f} MiB "
             f"| {under} | {part['seconds']:.0f} s | {part['load_average_1min']} |"
         )
+    if "read_every_window" in record:
+        whole, quarter = record["read_every_window"], record["read_quarter"]
+        grew = whole["peak_rss_bytes"] - quarter["peak_rss_bytes"]
+        more = whole["windows"] - quarter["windows"]
+        lines += [
+            "",
+            f"Reading the whole set peaked {grew / 2**20:.0f} MiB above the quarter: "
+            f"{grew / more:.0f} bytes for each of its {more:,} more sequences.",
+        ]
+    if "train_streamed_on_the_big_set" in record:
+        part = record["train_streamed_on_the_big_set"]
+        lines += ["", f"Training: {part['batches']} batches, {part['note']}."]
     ab = record.get("throughput")
     if ab is not None:
         lines += [
@@ -330,8 +351,7 @@ def main() -> int:
             "peak_rss_bytes": child.peak_rss_bytes,
             "rss_samples_mib": child.rss_samples_mib,
             "load_average_1min": _load(),
-            "note": "a time-bounded part of one epoch, batches drawn in the epoch's shuffled "
-            "order from the whole set (a full epoch would take hours on this CPU)",
+            "note": _part_of_epoch(int(batches), float(seconds), int(windows)),
         }
         _save(args.out, record)
 

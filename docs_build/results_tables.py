@@ -295,6 +295,15 @@ def transports() -> str:
     return bench_transports.markdown(record).split("\n", 2)[2]
 
 
+def train_stream() -> str:
+    """``bench.train_stream``: peak RSS against the bound and the throughput A/B, as the
+    benchmark writes them (its heading left out)."""
+    from bench import train_stream as bench_train_stream
+
+    record = _read(RESULTS / "train_stream.json")
+    return bench_train_stream.markdown(record).split("\n", 2)[2]
+
+
 TABLES: dict[str, Callable[[], str]] = {
     **_sim_tables(),
     "suite-compute": suite_compute,
@@ -306,4 +315,5 @@ TABLES: dict[str, Callable[[], str]] = {
     "out-of-distribution": out_of_distribution,
     "series": series,
     "transports": transports,
+    "train-stream": train_stream,
 }
