@@ -263,7 +263,7 @@ class SourceReader:
         if mapped is None:
             mapped = dict(_memmap_array(source.path, source.key))[source.key]
             self._maps[(source.path, source.key)] = mapped
-        if not mapped.flags.c_contiguous:
+        if not isinstance(mapped, np.memmap) or not mapped.flags.c_contiguous:
             window = np.array(mapped[source.row, start : start + length])  # a copy
             self._read_since_release += window.nbytes
             if self._read_since_release > RELEASE_EVERY:
@@ -274,7 +274,7 @@ class SourceReader:
         offset = int(mapped.offset) + (source.row * source.length + start) * frame_bytes
         fd = os.open(source.path, os.O_RDONLY)
         try:
-            got = os.preadv(fd, [memoryview(window).cast("B")], offset)
+            got = os.preadv(fd, [window.data.cast("B")], offset)
         finally:
             os.close(fd)
         if got != window.nbytes:
