@@ -223,16 +223,15 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def markdown(record: dict[str, Any]) -> str:
+def memory_table(record: dict[str, Any]) -> str:
+    """Each part's peak RSS against the bound, and what grew with the data set."""
     m = record["machine"]
     lines = [
-        "# Training from disk: memory bound and throughput",
-        "",
         f"*{m['cpu']}, {m['cores']} cores; {record['model']}; bound {_gib(record['bound_bytes'])}"
         f"{'' if record['complete'] else '; incomplete'}.*",
         "",
         "| part | data | peak RSS | under bound | time | load |",
-        "|---|---:|---:|---|---:|---:|",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for key, label in (
         ("read_quarter", "read every window, quarter set"),
@@ -259,26 +258,36 @@ def markdown(record: dict[str, Any]) -> str:
     if "train_streamed_on_the_big_set" in record:
         part = record["train_streamed_on_the_big_set"]
         lines += ["", f"Training: {part['batches']} batches, {part['note']}."]
-    ab = record.get("throughput")
-    if ab is not None:
-        lines += [
-            "",
-            f"Throughput on {ab['sequences']} sequences that fit ({ab['batches']} batches of "
-            f"{BATCH} per fit, load {ab['load_average_1min']}):",
-            "",
-            "| round | in memory seq/s | streamed seq/s | streamed / in memory |",
-            "|---:|---:|---:|---:|",
-        ]
-        for r in range(ab["rounds"]):
-            mem, st = ab["memory"][r], ab["stream"][r]
-            lines.append(f"| {r + 1} | {mem:.1f} | {st:.1f} | {st / mem:.3f} |")
-        lines.append(
-            f"| mean | {np.mean(ab['memory']):.1f} | {np.mean(ab['stream']):.1f} | "
-            f"**{ab['streamed_over_in_memory']:.3f}** |"
-        )
-    if record.get("pass"):
-        lines += ["", "Pass: " + ", ".join(f"{k} {v}" for k, v in record["pass"].items())]
     return "\n".join(lines) + "\n"
+
+
+def throughput_table(record: dict[str, Any]) -> str:
+    """The in-memory and streamed rounds, A B A B, and their ratio."""
+    ab = record["throughput"]
+    lines = [
+        f"Throughput on {ab['sequences']} sequences that fit ({ab['batches']} batches of "
+        f"{BATCH} per fit, load {ab['load_average_1min']}):",
+        "",
+        "| round | in memory seq/s | streamed seq/s | streamed / in memory |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for r in range(ab["rounds"]):
+        mem, st = ab["memory"][r], ab["stream"][r]
+        lines.append(f"| {r + 1} | {mem:.1f} | {st:.1f} | {st / mem:.3f} |")
+    lines.append(
+        f"| mean | {np.mean(ab['memory']):.1f} | {np.mean(ab['stream']):.1f} | "
+        f"**{ab['streamed_over_in_memory']:.3f}** |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    parts = ["# Training from disk: memory bound and throughput\n", memory_table(record)]
+    if "throughput" in record:
+        parts.append(throughput_table(record))
+    if record.get("pass"):
+        parts.append("Pass: " + ", ".join(f"{k} {v}" for k, v in record["pass"].items()) + "\n")
+    return "\n".join(parts)
 
 
 def _save(out: Path, record: dict[str, Any]) -> None:

@@ -164,11 +164,12 @@ def table(report: dict[str, Any]) -> str:
         f"{first} step {report['fed_back_step']} ×",
         *[f"{n} × copy-last" for n in others],
     ]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    rule = ["---", "---"] + ["---:"] * (len(header) - 2)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
     for r in rows:
         m = r["metrics"]
         ratio = m[first]["mse_vs_copy_last"]
-        delta = "" if r["set"] in ("test split", "in family") else f"{ratio - family:+.2f}"
+        delta = "—" if r["set"] in ("test split", "in family") else f"{ratio - family:+.2f}"
         cells = [
             r["set"],
             _change(r["changes"]),
