@@ -236,7 +236,7 @@ bench-stream-store: $(STAMP) stream-tools
 
 # Training from disk (train --data PATH --stream): peak RSS under a 1 GiB bound while
 # reading every window of a 4 GiB generated data set and while training on it (a small
-# ConvLSTM), and throughput against the in-memory path on one that fits, A B A B; about 5
+# ConvLSTM), and throughput against the in-memory path on one that fits, A B A B; about 3
 # minutes; bench/results/train_stream.json and .md, written part by part.
 bench-train-stream: $(STAMP)
 	$(PY) -m bench.train_stream
