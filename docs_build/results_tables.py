@@ -194,6 +194,14 @@ def out_of_distribution() -> str:
     )
 
 
+def ood_breakdown() -> str:
+    """The OOD set one factor at a time, from the ConvLSTM card's
+    ``evaluation.ood_breakdown`` (``evaluate --ood-breakdown``)."""
+    from model_export.frames.ood_breakdown import table
+
+    return table(_read(_CARDS["convlstm"])["evaluation"]["ood_breakdown"])
+
+
 def fed_back() -> str:
     """Fed-back steps from the cards: MSE as a fraction of copying the last frame."""
     metrics = _read(_CARDS["convlstm"])["evaluation"]["metrics"]
@@ -295,6 +303,17 @@ def transports() -> str:
     return bench_transports.markdown(record).split("\n", 2)[2]
 
 
+def _train_stream(table: str) -> Callable[[], str]:
+    def render() -> str:
+        """``bench.train_stream``'s tables, as the benchmark writes them."""
+        from bench import train_stream as bench_train_stream
+
+        record = _read(RESULTS / "train_stream.json")
+        return str(getattr(bench_train_stream, table)(record))
+
+    return render
+
+
 TABLES: dict[str, Callable[[], str]] = {
     **_sim_tables(),
     "suite-compute": suite_compute,
@@ -304,6 +323,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "quality": quality,
     "fed-back": fed_back,
     "out-of-distribution": out_of_distribution,
+    "ood-breakdown": ood_breakdown,
     "series": series,
     "transports": transports,
+    "train-stream-memory": _train_stream("memory_table"),
+    "train-stream-throughput": _train_stream("throughput_table"),
 }

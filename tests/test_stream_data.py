@@ -41,14 +41,45 @@ def test_scan_memory_maps_shards_and_npz_members(tmp_path: Path) -> None:
     assert isinstance(reader._maps[(src.path, None)], np.memmap)
 
 
+def test_reader_windows_equal_the_arrays_in_every_layout(tmp_path: Path) -> None:
+    # C-ordered .npy and .npz members are read with pread at an offset computed from
+    # the header; a Fortran-ordered shard falls back to copying out of its memory map.
+    a = np.random.default_rng(0).integers(0, 65535, (5, 9, 4, 3, 2), dtype=np.uint16)
+    np.save(tmp_path / "c.npy", a)
+    np.savez(tmp_path / "z.npz", x=a[::-1].copy(), y=a)
+    np.save(tmp_path / "f.npy", np.asfortranarray(a))
+    reader = stream_data.SourceReader(cache=1)
+    for name in ("c.npy", "z.npz", "f.npy"):
+        for src in stream_data.scan(tmp_path / name, window=4).sources:
+            want = a[::-1] if src.key == "x" else a
+            for start in (0, 3, 5):
+                got = reader.frames(src, start, 4)
+                np.testing.assert_array_equal(got, want[src.row, start : start + 4])
+
+
+def test_reader_names_a_shard_cut_short_after_the_scan(tmp_path: Path) -> None:
+    root = write_shards(tmp_path / "d", 1, 3)
+    cat = stream_data.scan(root, window=5)
+    reader = stream_data.SourceReader(cache=1)
+    reader.frames(cat.sources[0], 0, 5)  # the shard's map is open from here on
+    shard = root / "shard_00.npy"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"shard_00\.npy: row 2 ends early"):
+        reader.frames(cat.sources[2], 0, 5)
+
+
 def test_epoch_order_mixes_shards_covers_every_window_once_and_is_reproducible(
     tmp_path: Path,
 ) -> None:
     cat = stream_data.scan(write_shards(tmp_path / "d", 6, 3, frames=6), window=5)
     a = stream_data.epoch_order(cat.sources, 5, seed=1, epoch=0, group=3)
-    assert sorted(a) == [(i, s) for i in range(18) for s in range(2)]
-    assert a == stream_data.epoch_order(cat.sources, 5, seed=1, epoch=0, group=3)
-    assert a != stream_data.epoch_order(cat.sources, 5, seed=1, epoch=1, group=3)
+    assert sorted(map(tuple, a.tolist())) == [(i, s) for i in range(18) for s in range(2)]
+    np.testing.assert_array_equal(
+        a, stream_data.epoch_order(cat.sources, 5, seed=1, epoch=0, group=3)
+    )
+    assert not np.array_equal(a, stream_data.epoch_order(cat.sources, 5, seed=1, epoch=1, group=3))
+    # A group's windows stay together: the first 3 sources' 6 windows come first.
+    assert len({int(i) for i, _ in a[:6]}) == 3
     first_batch_shards = {cat.sources[i].path for i, _ in a[:6]}
     assert len(first_batch_shards) > 1  # a batch draws from more than one shard
 

@@ -34,11 +34,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=256,
         help="sequences of the out-of-distribution set scored beside the test split (0: none)",
     )
+    v.add_argument(
+        "--ood-breakdown",
+        action="store_true",
+        help="score only the out-of-distribution set taken apart one factor at a time, and "
+        "add it to the cards' evaluation (their other scores stay as they are)",
+    )
+    v.add_argument(
+        "--breakdown-samples", type=int, default=64, help="sequences per set of --ood-breakdown"
+    )
+    v.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="with --ood-breakdown: onnxruntime intra-op threads (0: its default)",
+    )
     v.add_argument("--dry-run", action="store_true", help="print only; leave cards and plot alone")
     v.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ood_breakdown:
+        return _breakdown(args)
     from model_export.frames.evaluate import evaluate
 
     report = evaluate(
@@ -52,4 +69,25 @@ def run(args: argparse.Namespace) -> int:
         ood_samples=args.ood_samples,
     )
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _breakdown(args: argparse.Namespace) -> int:
+    from convlstm_card import card_path, read_card, write_card
+    from model_export.files import find_onnx
+    from model_export.frames.evaluate import OnnxModel
+    from model_export.frames.ood_breakdown import breakdown, table
+
+    paths = {name: find_onnx(args.models, name) for name in args.variant}
+    report = breakdown(
+        {name: OnnxModel(path, threads=args.threads) for name, path in paths.items()},
+        samples=args.breakdown_samples,
+        runtime=f"onnxruntime CPU, {args.threads or 'default'} intra-op threads",
+    )
+    if not args.dry_run:
+        for path in paths.values():
+            card = read_card(card_path(path))
+            evaluation = {**(card.evaluation or {}), "ood_breakdown": report}
+            write_card(card_path(path), card.model_copy(update={"evaluation": evaluation}))
+    print(table(report))
     return 0

@@ -28,6 +28,8 @@ from model_export.frames.data import CANVAS, CHANNELS, FRAMES, Split, digit_pool
 
 Bounce = Literal["reflect", "wrap", "inset"]
 Background = Literal["black", "flat", "gradient"]
+Colours = Literal["any hue", "tint"]
+Blend = Literal["over", "max"]
 
 # Every glyph is drawn in a SPRITE x SPRITE box (the moving-digit canvas' 16 px).
 SPRITE = 16
@@ -87,6 +89,12 @@ class SceneSpec:
     # Chance that a sequence has a static bar drawn over the glyphs.
     occlusion: float
     seeds: tuple[tuple[str, int], ...] = field(default=())
+    # Glyph colours: any hue with the brightest channel in [0.5, 1], or ``tint``, each
+    # channel uniform in [0.3, 1] as ``data``'s generator draws them.
+    colours: Colours = "any hue"
+    # Glyphs alpha-composited ``over`` what is below, or the brighter of the two per
+    # channel (``max``, as ``data``'s generator draws them).
+    blend: Blend = "over"
 
     def as_dict(self) -> dict[str, object]:
         """As JSON holds it (lists for tuples), so a card read back compares equal."""
@@ -138,7 +146,7 @@ def sklearn_glyphs(pool: Split, size: int) -> NDArray[np.float32]:
     in a SPRITE box: (n, SPRITE, SPRITE)."""
     from PIL import Image
 
-    if size == SPRITE and pool != "test":
+    if size == SPRITE:
         return np.asarray(digit_pool(pool), dtype=np.float32)  # ``data``'s nearest x2
     half = digit_pool(pool)[:, ::2, ::2]  # back to the 8x8 originals
     out = np.zeros((len(half), SPRITE, SPRITE), dtype=np.float32)
@@ -161,8 +169,11 @@ def _glyph(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
     return glyph
 
 
-def _colour(rng: np.random.Generator) -> NDArray[np.float32]:
-    """Any hue, from pale to saturated, with the brightest channel in [0.5, 1]."""
+def _colour(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
+    """Any hue, from pale to saturated, with the brightest channel in [0.5, 1]; or
+    ``data``'s tints (``colours="tint"``)."""
+    if spec.colours == "tint":
+        return rng.uniform(0.3, 1.0, size=CHANNELS).astype(np.float32)
     c = rng.uniform(0.0, 1.0, size=CHANNELS)
     c = c / max(float(c.max()), 1e-6) * rng.uniform(0.5, 1.0)
     return c.astype(np.float32)
@@ -212,14 +223,18 @@ def _paste(
     colour: NDArray[np.float32],
     y: int,
     x: int,
+    blend: Blend = "over",
 ) -> None:
-    """Alpha-composite a glyph at (y, x); the part off the canvas (wrap) comes in on
-    the other side."""
+    """Alpha-composite a glyph at (y, x) (or take the brighter, ``blend="max"``); the
+    part off the canvas (wrap) comes in on the other side."""
     ys = (np.arange(SPRITE) + y) % CANVAS
     xs = (np.arange(SPRITE) + x) % CANVAS
     region = frame[np.ix_(ys, xs)]
     a = alpha[:, :, None]
-    frame[np.ix_(ys, xs)] = region * (1.0 - a) + colour * a
+    if blend == "max":
+        frame[np.ix_(ys, xs)] = np.maximum(region, colour * a)
+    else:
+        frame[np.ix_(ys, xs)] = region * (1.0 - a) + colour * a
 
 
 def render(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> NDArray[np.float32]:
@@ -236,10 +251,12 @@ def render(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> N
     for i, r in enumerate(streams):
         out[i] = _background(spec, r)
         count = int(r.integers(spec.digits[0], spec.digits[1] + 1))
-        sprites = [(_glyph(spec, r), _colour(r), trajectory(r, spec, frames)) for _ in range(count)]
+        sprites = [
+            (_glyph(spec, r), _colour(spec, r), trajectory(r, spec, frames)) for _ in range(count)
+        ]
         for glyph, colour, path in sprites:
             for t, (y, x) in enumerate(path):
-                _paste(out[i, t], glyph, colour, int(y), int(x))
+                _paste(out[i, t], glyph, colour, int(y), int(x), spec.blend)
         if r.random() < spec.occlusion:
             _occlude(out[i], r)
     return out

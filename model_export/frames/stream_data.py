@@ -11,7 +11,8 @@ frames for one window) is a ``DataError`` naming the file, before training start
 Batches are then read by ``WindowStream``, a Keras ``PyDataset``: each epoch shuffles
 the order of the sources, takes them ``group`` at a time and shuffles the windows of a
 group together, so a batch mixes sources while at most ``group`` decoded videos are
-held (memory-mapped shards cost only the pages read). Keras' worker threads prefetch at
+held (a shard's window is read with ``pread``, so no page of a shard stays in the
+resident set). Keras' worker threads prefetch at
 most ``max_queue_size`` batches. The order is a pure function of (seed, epoch), so a run
 stopped mid-epoch resumes at the batch it had reached (``start_batch``).
 
@@ -22,6 +23,7 @@ backends, and ``PyDataset`` is Keras' own backend-neutral input path.
 from __future__ import annotations
 
 import mmap
+import os
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,7 +45,9 @@ from model_export.frames.user_data import (
 Kind = str  # "array", "frames" or "video"
 
 
-@dataclass(frozen=True)
+# Slots: a data set of many short sequences has one Source each, and the catalogue is
+# the part of the reader's memory that grows with the data set.
+@dataclass(frozen=True, slots=True)
 class Source:
     """One sequence on disk: an array shard's row, a folder of frames, or a video."""
 
@@ -139,9 +143,8 @@ def _scan_array(path: Path, key: str | None) -> list[Source]:
                 "float32 (values in [0, 1])"
             )
         n, t, h, w, c = (int(v) for v in array.shape)
-        sources += [
-            Source("array", path, t, (h, w, c), str(array.dtype), row=i, key=name) for i in range(n)
-        ]
+        shape, dtype = (h, w, c), str(array.dtype)  # one object shared by every row
+        sources += [Source("array", path, t, shape, dtype, row=i, key=name) for i in range(n)]
     return sources
 
 
@@ -223,15 +226,22 @@ def scale_of(dtype: str) -> float:
     return {"uint8": 255.0, "uint16": 65535.0}.get(dtype, 1.0)
 
 
-# Bytes read from a memory map before its pages are given back (madvise DONTNEED): a
-# mapped page that was read stays in the process' resident set until then, and a pass
-# over a shard larger than memory would otherwise grow it to the shard's size.
+# Bytes read from a Fortran-ordered shard's memory map before its pages are given back
+# (madvise DONTNEED): a mapped page that was read stays in the resident set until then.
 RELEASE_EVERY = 64 * 2**20
 
 
 class SourceReader:
-    """Frames of a source on demand: memory maps are opened once; decoded videos and
-    frame folders are kept in an LRU of ``cache`` entries (the memory bound)."""
+    """Frames of a source on demand. A C-ordered shard's window is one contiguous run of
+    bytes, read with ``pread`` at its offset (the memory map gives only its shape, dtype
+    and offset); decoded videos and frame folders are kept in an LRU of ``cache`` entries
+    (the memory bound).
+
+    ``pread`` rather than copying out of the memory map: every page a map touches joins
+    the process' resident set, and the kernel maps up to 64 KiB of cached pages around
+    each fault, so a shuffled pass over a shard kept about four times the bytes it read
+    resident between two ``madvise`` calls. Read, the pages stay in the page cache, which
+    the kernel gives back under pressure, and the resident set holds only the batches."""
 
     def __init__(self, cache: int) -> None:
         self.cache = cache
@@ -248,18 +258,35 @@ class SourceReader:
                 handle.madvise(mmap.MADV_DONTNEED)
         self._read_since_release = 0
 
-    def frames(self, source: Source, start: int, length: int) -> NDArray[Any]:
-        if source.kind == "array":
-            mapped = self._maps.get((source.path, source.key))
-            if mapped is None:
-                arrays = dict(_memmap_array(source.path, source.key))
-                mapped = arrays[source.key]
-                self._maps[(source.path, source.key)] = mapped
+    def _array_window(self, source: Source, start: int, length: int) -> NDArray[Any]:
+        mapped = self._maps.get((source.path, source.key))
+        if mapped is None:
+            mapped = dict(_memmap_array(source.path, source.key))[source.key]
+            self._maps[(source.path, source.key)] = mapped
+        if not isinstance(mapped, np.memmap) or not mapped.flags.c_contiguous:
             window = np.array(mapped[source.row, start : start + length])  # a copy
             self._read_since_release += window.nbytes
             if self._read_since_release > RELEASE_EVERY:
                 self._release()
             return window
+        window = np.empty((length, *mapped.shape[2:]), dtype=mapped.dtype)
+        frame_bytes = window.nbytes // length
+        offset = int(mapped.offset) + (source.row * source.length + start) * frame_bytes
+        fd = os.open(source.path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [window.data.cast("B")], offset)
+        finally:
+            os.close(fd)
+        if got != window.nbytes:
+            raise DataError(
+                f"{source.path}: row {source.row} ends early ({got} of {window.nbytes} bytes "
+                "read); was the file changed since the scan?"
+            )
+        return window
+
+    def frames(self, source: Source, start: int, length: int) -> NDArray[Any]:
+        if source.kind == "array":
+            return self._array_window(source, start, length)
         if source.kind == "frames":
             files = sorted(p for p in source.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             try:
@@ -280,20 +307,32 @@ class SourceReader:
 
 def epoch_order(
     sources: list[Source], window: int, *, seed: int, epoch: int, group: int
-) -> list[tuple[int, int]]:
-    """(source index, first frame) of every window, in this epoch's order: the sources
+) -> NDArray[np.int64]:
+    """(source index, first frame) of every window, in this epoch's order, as rows of an
+    (n, 2) array (16 bytes a window, rather than a list of tuples): the sources
     shuffled, then the windows of each run of ``group`` sources shuffled together."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(sources))
-    out: list[tuple[int, int]] = []
-    for at in range(0, len(order), group):
-        chunk = [
-            (int(i), s)
-            for i in order[at : at + group]
-            for s in range(sources[i].length - window + 1)
-        ]
-        out += [chunk[j] for j in rng.permutation(len(chunk))]
+    counts = np.array([s.length - window + 1 for s in sources], dtype=np.int64)
+    out = np.empty((int(counts.sum()), 2), dtype=np.int64)
+    at = 0
+    for first in range(0, len(order), group):
+        chunk = order[first : first + group]
+        n = counts[chunk]
+        index = np.repeat(chunk, n)
+        start = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        mix = rng.permutation(len(index))
+        out[at : at + len(index), 0] = index[mix]
+        out[at : at + len(index), 1] = start[mix]
+        at += len(index)
     return out
+
+
+def _in_order(sources: list[Source], window: int) -> NDArray[np.int64]:
+    counts = np.array([s.length - window + 1 for s in sources], dtype=np.int64)
+    index = np.repeat(np.arange(len(sources)), counts)
+    start = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.stack([index, start], axis=1)
 
 
 class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
@@ -328,16 +367,12 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
         self.start_batch = start_batch
         self._order = self._make_order()
 
-    def _make_order(self) -> list[tuple[int, int]]:
+    def _make_order(self) -> NDArray[np.int64]:
         if self.shuffle:
             return epoch_order(
                 self.sources, self.window, seed=self.seed, epoch=self.epoch, group=self.group
             )
-        return [
-            (i, s)
-            for i, src in enumerate(self.sources)
-            for s in range(src.length - self.window + 1)
-        ]
+        return _in_order(self.sources, self.window)
 
     @property
     def windows(self) -> int:
@@ -352,7 +387,7 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
 
     def __getitem__(self, index: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         at = (index + self.start_batch) * self.batch_size
-        picks = self._order[at : at + self.batch_size]
+        picks = self._order[at : at + self.batch_size].tolist()
         batch = np.stack(
             [self.reader.frames(self.sources[i], s, self.window) for i, s in picks]
         ).astype(np.float32)
