@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from model_export.frames import data
 from model_export.frames.model import Head, Variant, build, copy_weights_by_name, to_inference
+from model_export.frames.precision import resolve_precision
 from model_export.host import describe_machine
 
 Loss = Literal["bce", "mse", "l1"]
@@ -48,7 +49,8 @@ class TrainConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3
     seed: int = 0
-    precision: str = "mixed_bfloat16"
+    # auto: bf16 where it is native (precision.resolve_precision), float32 elsewhere.
+    precision: str = "auto"
     patience: int = 4
     max_minutes: float | None = None
     out_dir: Path = Path("models")
@@ -183,6 +185,7 @@ def checkpoint_path(out_dir: Path, variant: str) -> Path:
 
 def train(cfg: TrainConfig) -> dict[str, object]:
     """Train ``cfg.variant``, save the inference model, return the training record."""
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision))  # the record names it
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ provenance, its normalisation and the held-out scores into the exported card.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from convlstm_card import sha256_of
 from model_export.frames import data
 from model_export.frames.evaluate import BASELINE, mse, psnr
 from model_export.frames.model import CONVLSTM_FILTERS, build_convlstm
+from model_export.frames.precision import resolve_precision
 from model_export.frames.train import fit_with_checkpoints
 from model_export.frames.user_data import DataError, Dataset
 from model_export.host import describe_machine
@@ -39,7 +40,7 @@ class DataTrainConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3
     seed: int = 0
-    precision: str = "mixed_bfloat16"
+    precision: str = "auto"
     patience: int = 4
     max_minutes: float | None = None
     out_dir: Path = Path("models")
@@ -90,6 +91,7 @@ def train_on_data(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
 
 
 def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision))
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     model = _starting_model(cfg, dataset.window_shape)

@@ -10,12 +10,14 @@ together, so ``--resume work/NAME.last.keras`` continues at the batch it had rea
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from model_export.frames.precision import resolve_precision
 from model_export.frames.stream_data import Catalogue, WindowStream, scale_of, split_sources
 from model_export.frames.train import LAST_EVERY, fit_with_checkpoints
 from model_export.frames.train_data import (
@@ -97,6 +99,7 @@ def _stream(
 def _train(
     cfg: DataTrainConfig, catalogue: Catalogue, *, path: Path, window: int, group: int
 ) -> dict[str, Any]:
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision))
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     h, w, c = catalogue.frame_shape
