@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model_export.frames.model import HEADS, VARIANTS
-from model_export.frames.precision import PRECISIONS, resolve_precision
+from model_export.frames.precision import PRECISIONS
 from model_export.frames.train import LOSSES, SCHEDULES
 
 if TYPE_CHECKING:  # TensorFlow is imported only by the commands that train
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
-        precision=resolve_precision(args.precision),
+        precision=args.precision,  # resolved where training starts
         patience=args.patience,
         max_minutes=args.max_minutes,
         out_dir=args.out,
@@ -197,7 +197,7 @@ def _data_config(args: argparse.Namespace, name: str) -> DataTrainConfig:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
-        precision=resolve_precision(args.precision),
+        precision=args.precision,  # resolved where training starts
         patience=args.patience,
         max_minutes=args.max_minutes,
         out_dir=args.out,
