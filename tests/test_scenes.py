@@ -96,7 +96,7 @@ def test_each_scene_is_described_by_what_render_draws() -> None:
     for scene, seq in zip(drawn, seqs, strict=True):
         words = scene.describe()
         assert words.count(" px, ") + 1 == len(scene.sprites), words
-        assert scenes._BACKGROUND_WORDS[scene.background_kind] in words
+        assert scenes.BACKGROUND_WORDS[scene.background_kind] in words
         bar = scene.occluder
         assert ("bar" in words) == (bar is not None), words
         if bar is not None:

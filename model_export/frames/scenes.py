@@ -287,13 +287,13 @@ class Scene:
 
     def describe(self) -> str:
         """The scene in one sentence, from its draws: glyphs, motion, background, bar."""
-        rules = sorted({s.motion.bounce for s in self.sprites}, key=list(_BOUNCE_WORDS).index)
+        rules = sorted({s.motion.bounce for s in self.sprites}, key=list(BOUNCE_WORDS).index)
         speeds = sorted({v for s in self.sprites for v in s.motion.speed})
         pace = f"{speeds[0]}-{speeds[-1]}" if len(speeds) > 1 else str(speeds[0])
         parts = [
             ", ".join(s.what for s in self.sprites),
-            f"{' and '.join(_BOUNCE_WORDS[r] for r in rules)} at {pace} px per frame",
-            _BACKGROUND_WORDS[self.background_kind],
+            f"{' and '.join(BOUNCE_WORDS[r] for r in rules)} at {pace} px per frame",
+            BACKGROUND_WORDS[self.background_kind],
         ]
         if self.occluder is not None:
             bar = self.occluder
@@ -301,12 +301,12 @@ class Scene:
         return "; ".join(parts)
 
 
-_BOUNCE_WORDS: dict[Bounce, str] = {
+BOUNCE_WORDS: dict[Bounce, str] = {
     "reflect": "bouncing off the edges",
     "inset": f"bouncing off walls {INSET} px in",
     "wrap": "wrapping around",
 }
-_BACKGROUND_WORDS: dict[Background, str] = {
+BACKGROUND_WORDS: dict[Background, str] = {
     "black": "black background",
     "flat": "dark flat background",
     "gradient": "dark graded background",

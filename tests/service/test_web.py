@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convlstm_card import sha256_of
 from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer, run_server
 
 if TYPE_CHECKING:
@@ -87,9 +88,13 @@ def test_page_files_are_served(client: httpx.Client, path: str, media: str) -> N
 
 def test_samples_are_served_as_small_40x40_pngs(client: httpx.Client) -> None:
     index = client.get("/web/samples/samples.json").json()
-    assert 3 <= len(index["samples"]) <= 4
+    sets = [s["set"] for s in index["samples"]]
+    # Both sets, each named once in "sets" with its label, and 3-4 samples of each.
+    assert set(index["sets"]) == set(sets) == {"test", "ood"}
+    assert all(3 <= sets.count(name) <= 4 for name in index["sets"])
     for sample in index["samples"]:
         assert (sample["input_frames"], sample["truth_frames"]) == (15, 8)
+        assert sample["description"] and sample["title"]
         for file in sample_files(sample["name"]):
             r = client.get(f"/web/samples/{sample['name']}/{file}")
             assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -105,16 +110,47 @@ def test_missing_and_outside_files_get_404(client: httpx.Client) -> None:
         assert r.json()["error"]["type"] == "not_found"
 
 
-def test_samples_are_the_test_split() -> None:
-    from model_export.frames import data
+def sample_pixels(name: str) -> np.ndarray:
+    folder = WEB / "samples" / name
+    return np.stack([read_png((folder / f).read_bytes()) for f in sample_files(name)])
 
-    n = max(int(s["name"].removeprefix("test-")) for s in SAMPLES) + 1
+
+def sample_index(name: str) -> int:
+    return int(name.split("-")[1])
+
+
+def test_samples_are_the_test_split_and_the_ood_set() -> None:
+    from model_export.frames import data, scenes
+    from model_export.frames.ood import OOD, OOD_SEED
+
+    test = [s for s in SAMPLES if s["set"] == "test"]
+    ood = [s for s in SAMPLES if s["set"] == "ood"]
+    n = max(sample_index(s["name"]) for s in test) + 1
     sequences = data.generate(n, seed=data.SPLIT_SEEDS["test"], split="test", frames=23)
-    for sample in SAMPLES:
-        expected = np.rint(sequences[int(sample["name"].removeprefix("test-"))] * 255)
-        folder = WEB / "samples" / sample["name"]
-        got = np.stack([read_png((folder / f).read_bytes()) for f in sample_files(sample["name"])])
-        np.testing.assert_array_equal(got, expected.astype(np.uint8))
+    for sample in test:
+        expected = np.rint(sequences[sample_index(sample["name"])] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(sample_pixels(sample["name"]), expected)
+    n = max(sample_index(s["name"]) for s in ood) + 1
+    sequences = scenes.render(OOD, n, seed=OOD_SEED, frames=23)
+    drawn = scenes.draw_scenes(OOD, n, seed=OOD_SEED, frames=23)
+    for sample in ood:
+        i = sample_index(sample["name"])
+        expected = np.rint(sequences[i] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(sample_pixels(sample["name"]), expected)
+        assert sample["description"] == drawn[i].describe()
+
+
+def test_samples_carry_the_committed_cards_figures() -> None:
+    committed = json.loads((WEB / "samples" / "samples.json").read_text())["committed_model"]
+    card = json.loads(COMMITTED_MODEL.with_suffix(".json").read_text())
+    assert committed["sha256"] == card["sha256"] == sha256_of(COMMITTED_MODEL)
+    for name, evaluation in (("test", card["evaluation"]), ("ood", card["evaluation"]["ood"])):
+        figures, model = committed["figures"][name], evaluation["metrics"]["convlstm"]
+        assert figures["sequences"] == evaluation["sequences"]
+        assert figures["mse_vs_copy_last"] == model["mse_vs_copy_last"]
+        assert figures["ssim"] == model["ssim"]
+        steps = [step["mse_vs_copy_last"] for step in model["fed_back"]]
+        assert figures["fed_back_mse_vs_copy_last"] == steps
 
 
 def test_package_data_ships_every_web_file() -> None:
