@@ -3,7 +3,8 @@
 The browser tests drive the system's Chromium (Debian's ``chromium`` at /usr/bin/chromium)
 with Playwright; no browser is downloaded. They skip, saying why, where either is missing,
 unless ``REQUIRE_BROWSER=1`` (for CI), which makes that a failure.
-``DEMO_SCREENSHOT=docs/demo.png`` saves the page after a real prediction.
+``DEMO_SCREENSHOT=docs/demo.png`` saves the page after a real prediction of an
+out-of-distribution sample, with its held-out figures.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload, Page, Response
 
 WEB = REPO / "service" / "web"
-SAMPLES = json.loads((WEB / "samples" / "samples.json").read_text())["samples"]
+INDEX = json.loads((WEB / "samples" / "samples.json").read_text())
+SAMPLES = INDEX["samples"]
 FIRST = SAMPLES[0]["name"]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -77,7 +79,12 @@ def test_root_serves_the_page(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("path", "media"),
-    [("/web/app.js", "javascript"), ("/web/app.css", "text/css"), ("/web/index.html", "html")],
+    [
+        ("/web/app.js", "javascript"),
+        ("/web/scores.js", "javascript"),
+        ("/web/app.css", "text/css"),
+        ("/web/index.html", "html"),
+    ],
 )
 def test_page_files_are_served(client: httpx.Client, path: str, media: str) -> None:
     r = client.get(path)
@@ -281,6 +288,56 @@ def test_sample_prediction_shows_frames_model_and_time(page: Page, client: httpx
                 && pixels.some((v, i) => i % 4 !== 3 && v > 40);
         }"""
     )
+
+
+def shown_scores(page: Page) -> list[list[str]]:
+    """The cells of the held-out figures' table, row by row."""
+    rows: list[list[str]] = page.eval_on_selector_all(
+        "#scores-live tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.textContent))"
+    )
+    return rows
+
+
+def as_unit(png: bytes) -> np.ndarray:
+    return read_png(png) / 255.0
+
+
+def test_ood_sample_shows_figures_python_computes_from_the_same_frames(page: Page) -> None:
+    groups = page.eval_on_selector_all(
+        "#sample optgroup", "gs => gs.map(g => [g.label, [...g.children].map(o => o.value)])"
+    )
+    assert groups == [
+        [INDEX["sets"][name]["label"], [s["name"] for s in SAMPLES if s["set"] == name]]
+        for name in INDEX["sets"]
+    ]
+    sample = next(s for s in SAMPLES if s["set"] == "ood")
+    page.select_option("#sample", sample["name"])
+    expect(page.locator("#sample-about")).to_contain_text(sample["description"])
+    response = predict(page, 3)
+    assert response.status == 200
+    expect(page.locator("#scores-live tbody tr")).to_have_count(3)
+
+    # The same score from the frames the API returned, the sample's truth and last input.
+    folder = WEB / "samples" / sample["name"]
+    last = as_unit((folder / "input_14.png").read_bytes())
+    committed = INDEX["committed_model"]["figures"]["ood"]["fed_back_mse_vs_copy_last"]
+    rows = shown_scores(page)
+    for k, (row, frame) in enumerate(zip(rows, response.json()["frames"], strict=True)):
+        truth = as_unit((folder / f"truth_{k:02d}.png").read_bytes())
+        mse = float(np.mean((as_unit(base64.b64decode(frame)) - truth) ** 2))
+        copy_last = float(np.mean((last - truth) ** 2))
+        step, shown_mse, shown_copy, ratio, set_ratio = row
+        assert step == f"t={16 + k}"
+        # Three significant digits for an MSE, two decimals for a ratio: half a unit of
+        # the last digit shown.
+        for shown, value in ((shown_mse, mse), (shown_copy, copy_last)):
+            assert abs(float(shown) - value) <= 0.5 * 10 ** (np.floor(np.log10(value)) - 2)
+        assert abs(float(ratio.rstrip("\u00d7")) - mse / copy_last) <= 0.005 + 1e-9, row
+        assert set_ratio == f"{committed[k]:.2f}\u00d7"
+    figures = page.locator("#scores-set")
+    expect(figures).to_contain_text(INDEX["committed_model"]["sha256"][:12])
+    expect(figures).to_contain_text(f"{INDEX['sets']['ood']['label']}, 256 sequences")
+    expect(page.locator("#scores-note")).to_contain_text("This sequence, 3 predicted frames")
     if os.environ.get("DEMO_SCREENSHOT"):
         page.screenshot(path=REPO / os.environ["DEMO_SCREENSHOT"], full_page=True)
 
@@ -340,6 +397,8 @@ def test_refused_horizon_then_a_good_run_clears_the_error(page: Page) -> None:
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#predicted img")).to_have_count(1)
     expect(page.locator("#truth")).to_contain_text("No ground truth")
+    expect(page.locator("#scores-note")).to_contain_text("nothing to score the prediction against")
+    expect(page.locator("#scores-live")).to_be_hidden()
 
 
 def test_animated_gif_is_split_into_frames(page: Page) -> None:
@@ -404,6 +463,10 @@ def test_model_picker_lists_every_served_frame_model(page: Page, client: httpx.C
     sent = response.request.post_data_json
     assert sent is not None and sent["model"] == "cnn_lstm"
     expect(page.locator("#info-model")).to_contain_text("cnn_lstm")
+    # Its own figures on this sequence, but not the committed ConvLSTM's on the set.
+    expect(page.locator("#scores-live tbody tr")).to_have_count(1)
+    expect(page.locator("#scores-set")).to_contain_text("is another graph, so none are shown")
+    assert shown_scores(page)[0][4] == "\u2014"
 
 
 def test_live_mode_streams_the_frames_over_the_websocket(page: Page, client: httpx.Client) -> None:
