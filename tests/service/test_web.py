@@ -279,7 +279,11 @@ def test_sample_prediction_shows_frames_model_and_time(page: Page, client: httpx
     )
     expect(page.locator("#service-status")).to_contain_text("Ready: convlstm")
 
-    # The animation reaches the predicted frames and draws them.
+    wait_for_predicted_frames_in_the_animation(page)
+
+
+def wait_for_predicted_frames_in_the_animation(page: Page) -> None:
+    """The animation reaches the predicted frames and draws them."""
     page.wait_for_function(
         """() => {
             const c = document.getElementById('movie-predicted');
@@ -339,6 +343,7 @@ def test_ood_sample_shows_figures_python_computes_from_the_same_frames(page: Pag
     expect(figures).to_contain_text(f"{INDEX['sets']['ood']['label']}, 256 sequences")
     expect(page.locator("#scores-note")).to_contain_text("This sequence, 3 predicted frames")
     if os.environ.get("DEMO_SCREENSHOT"):
+        wait_for_predicted_frames_in_the_animation(page)
         page.screenshot(path=REPO / os.environ["DEMO_SCREENSHOT"], full_page=True)
 
 
