@@ -326,12 +326,16 @@ def draw_scene(spec: SceneSpec, rng: np.random.Generator, frames: int) -> Scene:
     return Scene(background, kind, tuple(sprites), occluder)
 
 
-def draw_scenes(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> list[Scene]:
-    """The scenes of ``render(spec, n, seed=seed, frames=frames)``, not painted."""
+def _streams(n: int, seed: int, frames: int) -> list[np.random.Generator]:
     if n < 0 or frames < 1:
         raise ValueError(f"need n >= 0 and frames >= 1; got {n}, {frames}")
     # A sequence's draws come from its own stream, so the length changes nothing.
-    return [draw_scene(spec, r, frames) for r in np.random.default_rng(seed).spawn(n)]
+    return np.random.default_rng(seed).spawn(n)
+
+
+def draw_scenes(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> list[Scene]:
+    """The scenes of ``render(spec, n, seed=seed, frames=frames)``, not painted."""
+    return [draw_scene(spec, r, frames) for r in _streams(n, seed, frames)]
 
 
 def paint(scene: Scene, out: NDArray[np.float32], blend: Blend = "over") -> None:
@@ -353,10 +357,11 @@ def render(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> N
 
     The draws for a sequence do not depend on ``frames``, so a longer render starts
     with the frames of a shorter one (horizon scoring relies on it)."""
-    drawn = draw_scenes(spec, n, seed=seed, frames=frames)
+    streams = _streams(n, seed, frames)
     out = np.empty((n, frames, CANVAS, CANVAS, CHANNELS), dtype=np.float32)
-    for i, scene in enumerate(drawn):
-        paint(scene, out[i], spec.blend)
+    # One scene at a time: a training set's scenes are not all held at once.
+    for i, r in enumerate(streams):
+        paint(draw_scene(spec, r, frames), out[i], spec.blend)
     return out
 
 
