@@ -87,3 +87,22 @@ def test_train_refuses_a_varied_share_outside_zero_to_one(
 
     assert main(["train", "--varied-share", "1.5"]) == 2
     assert "--varied-share 1.5: give a share in [0, 1]" in capsys.readouterr().err
+
+
+def test_each_scene_is_described_by_what_render_draws() -> None:
+    drawn = scenes.draw_scenes(OOD, 12, seed=OOD_SEED, frames=16)
+    seqs = scenes.render(OOD, 12, seed=OOD_SEED, frames=16)
+    assert {s.occluder is None for s in drawn} == {True, False}  # both kinds are checked
+    for scene, seq in zip(drawn, seqs, strict=True):
+        words = scene.describe()
+        assert words.count(" px, ") + 1 == len(scene.sprites), words
+        assert scenes.BACKGROUND_WORDS[scene.background_kind] in words
+        bar = scene.occluder
+        assert ("bar" in words) == (bar is not None), words
+        if bar is not None:
+            # The bar said to be there is in every frame, in front of every glyph.
+            band = slice(bar.at, bar.at + bar.thick)
+            region = seq[:, band, :] if bar.orientation == "horizontal" else seq[:, :, band]
+            np.testing.assert_array_equal(region, np.broadcast_to(bar.colour, region.shape))
+        fastest = max(v for sprite in scene.sprites for v in sprite.motion.speed)
+        assert fastest <= OOD.speed[1] and f"{fastest} px per frame" in words, words

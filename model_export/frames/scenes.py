@@ -157,16 +157,19 @@ def sklearn_glyphs(pool: Split, size: int) -> NDArray[np.float32]:
     return out
 
 
-def _glyph(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
+def _glyph(spec: SceneSpec, rng: np.random.Generator) -> tuple[NDArray[np.float32], str]:
+    """A glyph's alpha mask and what it is, in words."""
     if spec.fonts and rng.random() < spec.font_share:
         font = spec.fonts[int(rng.integers(len(spec.fonts)))]
         size = spec.font_sizes[int(rng.integers(len(spec.font_sizes)))]
-        return font_glyph(font, size, int(rng.integers(10)))
-    pool = sklearn_glyphs(
-        spec.sklearn_pool, spec.sklearn_sizes[int(rng.integers(len(spec.sklearn_sizes)))]
-    )
+        digit = int(rng.integers(10))
+        article = "an" if digit == 8 else "a"
+        return font_glyph(font, size, digit), f"{article} {digit} in {Path(font).stem} {size} px"
+    size = spec.sklearn_sizes[int(rng.integers(len(spec.sklearn_sizes)))]
+    pool = sklearn_glyphs(spec.sklearn_pool, size)
     glyph: NDArray[np.float32] = pool[int(rng.integers(len(pool)))]
-    return glyph
+    held_out = "held-out " if spec.sklearn_pool == "test" else ""
+    return glyph, f"a {held_out}handwritten digit {size} px"
 
 
 def _colour(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
@@ -183,10 +186,24 @@ def trajectory(rng: np.random.Generator, spec: SceneSpec, steps: int) -> NDArray
     """Top-left corners (steps, 2) of one glyph under one of the spec's bounce rules:
     ``reflect`` off the canvas' edges, ``inset`` off walls INSET px inside them,
     ``wrap`` around a torus (leaving on one side, coming back on the other)."""
+    return _motion(rng, spec, steps).path
+
+
+@dataclass(frozen=True)
+class Motion:
+    """One glyph's path, the bounce rule it follows and its speed (px per frame, y and x)."""
+
+    path: NDArray[np.int64]
+    bounce: Bounce
+    speed: tuple[int, int]
+
+
+def _motion(rng: np.random.Generator, spec: SceneSpec, steps: int) -> Motion:
     rule = spec.bounces[int(rng.integers(len(spec.bounces)))]
     low, high = (INSET, CANVAS - SPRITE - INSET) if rule == "inset" else (0, CANVAS - SPRITE)
     pos = rng.integers(low, high + 1, size=2)
     vel = rng.integers(spec.speed[0], spec.speed[1] + 1, size=2) * rng.choice([-1, 1], size=2)
+    speed = (abs(int(vel[0])), abs(int(vel[1])))
     out = np.empty((steps, 2), dtype=np.int64)
     for t in range(steps):
         out[t] = pos
@@ -202,10 +219,12 @@ def trajectory(rng: np.random.Generator, spec: SceneSpec, steps: int) -> NDArray
                     nxt[axis] = 2 * high - nxt[axis]
                     vel[axis] = -vel[axis]
         pos = nxt
-    return out
+    return Motion(out, rule, speed)
 
 
-def _background(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32]:
+def _background(
+    spec: SceneSpec, rng: np.random.Generator
+) -> tuple[NDArray[np.float32], Background]:
     kind = spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]
     bg = np.zeros((CANVAS, CANVAS, CHANNELS), dtype=np.float32)
     if kind == "flat":
@@ -214,7 +233,7 @@ def _background(spec: SceneSpec, rng: np.random.Generator) -> NDArray[np.float32
         a, b = rng.uniform(0.0, BACKGROUND_MAX, size=(2, CHANNELS))
         ramp = np.linspace(0.0, 1.0, CANVAS, dtype=np.float32)[:, None, None]
         bg[:] = a + (b - a) * (ramp if rng.random() < 0.5 else ramp.transpose(1, 0, 2))
-    return bg
+    return bg, kind
 
 
 def _paste(
@@ -237,40 +256,124 @@ def _paste(
         frame[np.ix_(ys, xs)] = region * (1.0 - a) + colour * a
 
 
+@dataclass(frozen=True)
+class Sprite:
+    """One glyph of a scene: its mask, colour and motion, and what it is in words."""
+
+    glyph: NDArray[np.float32]
+    colour: NDArray[np.float32]
+    motion: Motion
+    what: str
+
+
+@dataclass(frozen=True)
+class Occluder:
+    """A static bar across the whole canvas, in front of the glyphs."""
+
+    orientation: Literal["horizontal", "vertical"]
+    at: int
+    thick: int
+    colour: NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything drawn for one sequence: ``render`` paints it, ``describe`` says it."""
+
+    background: NDArray[np.float32]
+    background_kind: Background
+    sprites: tuple[Sprite, ...]
+    occluder: Occluder | None
+
+    def describe(self) -> str:
+        """The scene in one sentence, from its draws: glyphs, motion, background, bar."""
+        rules = sorted({s.motion.bounce for s in self.sprites}, key=list(BOUNCE_WORDS).index)
+        speeds = sorted({v for s in self.sprites for v in s.motion.speed})
+        pace = f"{speeds[0]}-{speeds[-1]}" if len(speeds) > 1 else str(speeds[0])
+        parts = [
+            ", ".join(s.what for s in self.sprites),
+            f"{' and '.join(BOUNCE_WORDS[r] for r in rules)} at {pace} px per frame",
+            BACKGROUND_WORDS[self.background_kind],
+        ]
+        if self.occluder is not None:
+            bar = self.occluder
+            parts.append(f"a {bar.orientation} bar {bar.thick} px wide in front")
+        return "; ".join(parts)
+
+
+BOUNCE_WORDS: dict[Bounce, str] = {
+    "reflect": "bouncing off the edges",
+    "inset": f"bouncing off walls {INSET} px in",
+    "wrap": "wrapping around",
+}
+BACKGROUND_WORDS: dict[Background, str] = {
+    "black": "black background",
+    "flat": "dark flat background",
+    "gradient": "dark graded background",
+}
+
+
+def draw_scene(spec: SceneSpec, rng: np.random.Generator, frames: int) -> Scene:
+    """One sequence's draws from ``spec``, in the order ``render`` has always made them."""
+    background, kind = _background(spec, rng)
+    count = int(rng.integers(spec.digits[0], spec.digits[1] + 1))
+    sprites = []
+    for _ in range(count):
+        glyph, what = _glyph(spec, rng)
+        colour = _colour(spec, rng)
+        sprites.append(Sprite(glyph, colour, _motion(rng, spec, frames), what))
+    occluder = _occluder(rng) if rng.random() < spec.occlusion else None
+    return Scene(background, kind, tuple(sprites), occluder)
+
+
+def _streams(n: int, seed: int, frames: int) -> list[np.random.Generator]:
+    if n < 0 or frames < 1:
+        raise ValueError(f"need n >= 0 and frames >= 1; got {n}, {frames}")
+    # A sequence's draws come from its own stream, so the length changes nothing.
+    return np.random.default_rng(seed).spawn(n)
+
+
+def draw_scenes(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> list[Scene]:
+    """The scenes of ``render(spec, n, seed=seed, frames=frames)``, not painted."""
+    return [draw_scene(spec, r, frames) for r in _streams(n, seed, frames)]
+
+
+def paint(scene: Scene, out: NDArray[np.float32], blend: Blend = "over") -> None:
+    """Paint ``scene`` into ``out`` (frames, 40, 40, 3)."""
+    out[:] = scene.background
+    for sprite in scene.sprites:
+        for t, (y, x) in enumerate(sprite.motion.path):
+            _paste(out[t], sprite.glyph, sprite.colour, int(y), int(x), blend)
+    bar = scene.occluder
+    if bar is not None:
+        if bar.orientation == "horizontal":
+            out[:, bar.at : bar.at + bar.thick, :] = bar.colour
+        else:
+            out[:, :, bar.at : bar.at + bar.thick] = bar.colour
+
+
 def render(spec: SceneSpec, n: int, *, seed: int, frames: int = FRAMES + 1) -> NDArray[np.float32]:
     """``n`` sequences of ``frames`` frames drawn from ``spec``: (n, frames, 40, 40, 3).
 
     The draws for a sequence do not depend on ``frames``, so a longer render starts
     with the frames of a shorter one (horizon scoring relies on it)."""
-    if n < 0 or frames < 1:
-        raise ValueError(f"need n >= 0 and frames >= 1; got {n}, {frames}")
-    rng = np.random.default_rng(seed)
+    streams = _streams(n, seed, frames)
     out = np.empty((n, frames, CANVAS, CANVAS, CHANNELS), dtype=np.float32)
-    # A sequence's draws come from its own stream, so the length changes nothing.
-    streams = rng.spawn(n)
+    # One scene at a time: a training set's scenes are not all held at once.
     for i, r in enumerate(streams):
-        out[i] = _background(spec, r)
-        count = int(r.integers(spec.digits[0], spec.digits[1] + 1))
-        sprites = [
-            (_glyph(spec, r), _colour(spec, r), trajectory(r, spec, frames)) for _ in range(count)
-        ]
-        for glyph, colour, path in sprites:
-            for t, (y, x) in enumerate(path):
-                _paste(out[i, t], glyph, colour, int(y), int(x), spec.blend)
-        if r.random() < spec.occlusion:
-            _occlude(out[i], r)
+        paint(draw_scene(spec, r, frames), out[i], spec.blend)
     return out
 
 
-def _occlude(sequence: NDArray[np.float32], rng: np.random.Generator) -> None:
-    """A static bar, 4-8 px thick, across the whole canvas, in front of the glyphs."""
+def _occluder(rng: np.random.Generator) -> Occluder:
+    """A static bar, 4-8 px thick, across the whole canvas."""
     thick = int(rng.integers(4, 9))
     at = int(rng.integers(0, CANVAS - thick + 1))
     colour = rng.uniform(0.0, BACKGROUND_MAX, size=CHANNELS).astype(np.float32)
-    if rng.random() < 0.5:
-        sequence[:, at : at + thick, :] = colour
-    else:
-        sequence[:, :, at : at + thick] = colour
+    orientation: Literal["horizontal", "vertical"] = (
+        "horizontal" if rng.random() < 0.5 else "vertical"
+    )
+    return Occluder(orientation, at, thick, colour)
 
 
 def augment(sequences: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:

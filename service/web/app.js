@@ -11,6 +11,10 @@
   // The samples are 15 RGB frames of 40x40: the page shows them with a model that takes those.
   const SAMPLE_SHAPE = { frames: 15, frame_shape: [40, 40, 3] };
   const FRAME_MS = 280;
+  // samples.json (sets, samples, the committed model's figures) and /readyz's answer,
+  // once they have come.
+  let samplesIndex = null;
+  let ready = null;
   const HOLD_TICKS = 4; // the animation rests on its last frame this many ticks
 
   const $ = (id) => document.getElementById(id);
@@ -18,6 +22,7 @@
     status: $("service-status"),
     form: $("predict-form"),
     sample: $("sample"),
+    sampleAbout: $("sample-about"),
     files: $("files"),
     horizon: $("horizon"),
     modelPicker: $("model"),
@@ -43,15 +48,27 @@
     moviePredicted: $("movie-predicted"),
     play: $("play"),
     step: $("movie-step"),
+    scoresNote: $("scores-note"),
+    scoresLive: $("scores-live"),
+    scoresSet: $("scores-set"),
   };
 
   /** A problem the page reports in words: from the API, or from the page itself. */
   class PageError extends Error {}
 
-  // What is on screen: the source sequence, and the last prediction for it.
+  // What is on screen: the source sequence (`sample`: its samples.json entry, null for
+  // uploaded frames), and the last prediction for it with the answer that brought it.
   // A frame is {src, name, base64: () => Promise<string>}.
   // `generation` changes with the sequence, so a late answer for an old one is dropped.
-  const view = { inputs: [], truth: [], predicted: [], objectUrls: [], generation: 0 };
+  const view = {
+    inputs: [],
+    truth: [],
+    predicted: [],
+    answer: null,
+    sample: null,
+    objectUrls: [],
+    generation: 0,
+  };
 
   // ---- the sequence: a sample or uploaded files --------------------------------------
 
@@ -65,15 +82,15 @@
       el.sample.replaceChildren(new Option("(no samples: " + err.message + ")", ""));
       return;
     }
-    el.sample.replaceChildren(
-      ...index.samples.map((s) => {
-        const option = new Option(s.title, s.name);
-        option.dataset.inputFrames = s.input_frames;
-        option.dataset.truthFrames = s.truth_frames;
-        return option;
-      }),
-      new Option("(your own frames)", ""),
-    );
+    samplesIndex = index;
+    // One group per set, in the order samples.json names the sets.
+    const groups = Object.entries(index.sets || {}).map(([name, set]) => {
+      const group = document.createElement("optgroup");
+      group.label = set.label;
+      group.append(...index.samples.filter((s) => s.set === name).map((s) => new Option(s.title, s.name)));
+      return group;
+    });
+    el.sample.replaceChildren(...groups, new Option("(your own frames)", ""));
     el.sample.selectedIndex = 0;
     showSample();
   }
@@ -93,23 +110,23 @@
 
   function showSample() {
     const option = el.sample.selectedOptions[0];
-    if (!option || !option.value) {
+    const sample = option && samplesIndex && samplesIndex.samples.find((s) => s.name === option.value);
+    if (!sample) {
       if (el.files.files.length > 0) showFiles();
       else setSequence([], [], []);
       return;
     }
     el.files.value = "";
-    const name = option.value;
     const pad = (i) => String(i).padStart(2, "0");
     const inputs = [];
     const truth = [];
-    for (let i = 0; i < Number(option.dataset.inputFrames); i++) {
-      inputs.push(sampleFrame(name, `input_${pad(i)}.png`));
+    for (let i = 0; i < sample.input_frames; i++) {
+      inputs.push(sampleFrame(sample.name, `input_${pad(i)}.png`));
     }
-    for (let i = 0; i < Number(option.dataset.truthFrames); i++) {
-      truth.push(sampleFrame(name, `truth_${pad(i)}.png`));
+    for (let i = 0; i < sample.truth_frames; i++) {
+      truth.push(sampleFrame(sample.name, `truth_${pad(i)}.png`));
     }
-    setSequence(inputs, truth, []);
+    setSequence(inputs, truth, [], [], sample);
   }
 
   async function showFiles() {
@@ -185,11 +202,15 @@
     return frames;
   }
 
-  function setSequence(inputs, truth, predicted, objectUrls = []) {
+  function setSequence(inputs, truth, predicted, objectUrls = [], sample = null) {
     view.objectUrls.forEach((url) => URL.revokeObjectURL(url));
-    Object.assign(view, { inputs, truth, predicted, objectUrls });
+    Object.assign(view, { inputs, truth, predicted, objectUrls, sample, answer: null });
     view.generation += 1;
+    const set = sample && samplesIndex.sets[sample.set];
+    el.sampleAbout.textContent = sample ? `${set ? set.label : sample.set}: ${sample.description}.` : "";
+    el.sampleAbout.hidden = !sample;
     showNoResult();
+    renderScores();
     renderStrip(el.inputs, inputs, 1, "input", "No frames chosen.");
     renderNext();
     restartMovie();
@@ -206,7 +227,9 @@
     }
     // The old answer goes at once, so that it is never taken for the new one.
     view.predicted = [];
+    view.answer = null;
     showNoResult();
+    renderScores();
     renderNext();
     restartMovie();
     const generation = view.generation;
@@ -229,9 +252,11 @@
         return { src, name: `predicted frame ${i + 1}`, base64: async () => png };
       });
       view.predicted = predicted;
+      view.answer = answer;
       showInfo(answer, roundtrip);
       renderNext();
       restartMovie();
+      renderScores();
     } catch (err) {
       showError(err);
     } finally {
@@ -476,6 +501,82 @@
     renderStrip(el.predicted, view.predicted, first, "predicted", "Press Predict.");
   }
 
+  // ---- held-out figures: this sequence's, and the committed model's on its set ---------
+
+  /** Score what is on screen (see scores.js); a late result for an old view is dropped. */
+  async function renderScores() {
+    const { predicted, generation } = view;
+    const set = setFigures();
+    el.scoresSet.textContent = set.text;
+    el.scoresLive.hidden = true;
+    if (predicted.length === 0) {
+      el.scoresNote.textContent = "Press Predict.";
+      return;
+    }
+    if (view.truth.length === 0) {
+      el.scoresNote.textContent =
+        "No ground truth for these frames, so nothing to score the prediction against " +
+        "(a sample, or an animated GIF with frames after the 15th, has some).";
+      return;
+    }
+    el.scoresNote.textContent = "Scoring\u2026";
+    let rows;
+    try {
+      rows = await HeldOutScores.stepScores(view.inputs, view.truth, predicted);
+    } catch (err) {
+      if (predicted === view.predicted) el.scoresNote.textContent = `Not scored: ${err.message}.`;
+      return;
+    }
+    if (predicted !== view.predicted || generation !== view.generation) return;
+    HeldOutScores.renderRows(el.scoresLive.tBodies[0], rows, view.inputs.length + 1, set.steps);
+    el.scoresLive.hidden = false;
+    const missing = predicted.length - rows.length;
+    el.scoresNote.textContent =
+      missing > 0
+        ? `${rows.length} of the ${predicted.length} predicted frames have a true frame to score against.`
+        : `This sequence, ${rows.length} predicted ${rows.length === 1 ? "frame" : "frames"}:`;
+  }
+
+  /**
+   * The committed model's figures on the sample's set (on both sets for uploaded frames),
+   * and per fed-back step for the table; shown only when the model that answered (or
+   * will answer) is the committed graph, as its sha256 in /readyz says.
+   */
+  function setFigures() {
+    const committed = samplesIndex && samplesIndex.committed_model;
+    if (!committed) return { text: "", steps: null };
+    const who =
+      `the committed ConvLSTM (${committed.name} ${committed.version}, ` +
+      `sha256 ${committed.sha256.slice(0, 12)}\u2026, from ${committed.card})`;
+    const name = view.answer ? view.answer.model : el.modelPicker.value || (ready && ready.model);
+    const version = view.answer ? view.answer.model_version : null;
+    const served = ready && Array.isArray(ready.served) ? ready.served : [];
+    const model = served.find((m) => m.name === name && (!version || m.version === version));
+    if (!model) {
+      return {
+        text: `Figures on whole sets: those of ${who}, shown once the service says it serves that graph.`,
+        steps: null,
+      };
+    }
+    if (model.sha256 !== committed.sha256) {
+      return {
+        text:
+          `Figures on whole sets are known for ${who} only; ${model.name} ${model.version} ` +
+          `(sha256 ${model.sha256.slice(0, 12)}\u2026) is another graph, so none are shown.`,
+        steps: null,
+      };
+    }
+    const sets = view.sample ? [view.sample.set] : Object.keys(committed.figures);
+    const lines = sets
+      .map((s) => HeldOutScores.describeSet(committed, s, samplesIndex.sets[s].label))
+      .filter(Boolean);
+    const figures = view.sample && committed.figures[view.sample.set];
+    return {
+      text: `Whole-set figures of ${who}, from its card: ${lines.join(" ")}`,
+      steps: figures ? figures.fed_back_mse_vs_copy_last : null,
+    };
+  }
+
   // ---- the animation: both canvases step through the same time line ------------------
 
   const movie = { tick: 0, timer: null, playing: true, truth: [], predicted: [], inputs: [] };
@@ -554,6 +655,8 @@
       const response = await fetch("readyz");
       const body = await response.json();
       if (response.ok) {
+        ready = body;
+        renderScores();
         el.status.textContent =
           `Ready: ${body.model} ${body.model_version} on ${body.provider}.` +
           describeModels(body);
@@ -633,6 +736,7 @@
     showSample();
   });
   el.files.addEventListener("change", showFiles);
+  el.modelPicker.addEventListener("change", renderScores);
   el.horizon.addEventListener("input", () => {
     if (view.predicted.length > 0) return;
     renderNext();

@@ -3,7 +3,8 @@
 The browser tests drive the system's Chromium (Debian's ``chromium`` at /usr/bin/chromium)
 with Playwright; no browser is downloaded. They skip, saying why, where either is missing,
 unless ``REQUIRE_BROWSER=1`` (for CI), which makes that a failure.
-``DEMO_SCREENSHOT=docs/demo.png`` saves the page after a real prediction.
+``DEMO_SCREENSHOT=docs/demo.png`` saves the page after a real prediction of an
+out-of-distribution sample, with its held-out figures.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convlstm_card import sha256_of
 from tests.service.conftest import COMMITTED_MODEL, REPO, RunningServer, run_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload, Page, Response
 
 WEB = REPO / "service" / "web"
-SAMPLES = json.loads((WEB / "samples" / "samples.json").read_text())["samples"]
+INDEX = json.loads((WEB / "samples" / "samples.json").read_text())
+SAMPLES = INDEX["samples"]
 FIRST = SAMPLES[0]["name"]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -76,7 +79,12 @@ def test_root_serves_the_page(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("path", "media"),
-    [("/web/app.js", "javascript"), ("/web/app.css", "text/css"), ("/web/index.html", "html")],
+    [
+        ("/web/app.js", "javascript"),
+        ("/web/scores.js", "javascript"),
+        ("/web/app.css", "text/css"),
+        ("/web/index.html", "html"),
+    ],
 )
 def test_page_files_are_served(client: httpx.Client, path: str, media: str) -> None:
     r = client.get(path)
@@ -87,9 +95,13 @@ def test_page_files_are_served(client: httpx.Client, path: str, media: str) -> N
 
 def test_samples_are_served_as_small_40x40_pngs(client: httpx.Client) -> None:
     index = client.get("/web/samples/samples.json").json()
-    assert 3 <= len(index["samples"]) <= 4
+    sets = [s["set"] for s in index["samples"]]
+    # Both sets, each named once in "sets" with its label, and 3-4 samples of each.
+    assert set(index["sets"]) == set(sets) == {"test", "ood"}
+    assert all(3 <= sets.count(name) <= 4 for name in index["sets"])
     for sample in index["samples"]:
         assert (sample["input_frames"], sample["truth_frames"]) == (15, 8)
+        assert sample["description"] and sample["title"]
         for file in sample_files(sample["name"]):
             r = client.get(f"/web/samples/{sample['name']}/{file}")
             assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -105,16 +117,47 @@ def test_missing_and_outside_files_get_404(client: httpx.Client) -> None:
         assert r.json()["error"]["type"] == "not_found"
 
 
-def test_samples_are_the_test_split() -> None:
-    from model_export.frames import data
+def sample_pixels(name: str) -> np.ndarray:
+    folder = WEB / "samples" / name
+    return np.stack([read_png((folder / f).read_bytes()) for f in sample_files(name)])
 
-    n = max(int(s["name"].removeprefix("test-")) for s in SAMPLES) + 1
+
+def sample_index(name: str) -> int:
+    return int(name.split("-")[1])
+
+
+def test_samples_are_the_test_split_and_the_ood_set() -> None:
+    from model_export.frames import data, scenes
+    from model_export.frames.ood import OOD, OOD_SEED
+
+    test = [s for s in SAMPLES if s["set"] == "test"]
+    ood = [s for s in SAMPLES if s["set"] == "ood"]
+    n = max(sample_index(s["name"]) for s in test) + 1
     sequences = data.generate(n, seed=data.SPLIT_SEEDS["test"], split="test", frames=23)
-    for sample in SAMPLES:
-        expected = np.rint(sequences[int(sample["name"].removeprefix("test-"))] * 255)
-        folder = WEB / "samples" / sample["name"]
-        got = np.stack([read_png((folder / f).read_bytes()) for f in sample_files(sample["name"])])
-        np.testing.assert_array_equal(got, expected.astype(np.uint8))
+    for sample in test:
+        expected = np.rint(sequences[sample_index(sample["name"])] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(sample_pixels(sample["name"]), expected)
+    n = max(sample_index(s["name"]) for s in ood) + 1
+    sequences = scenes.render(OOD, n, seed=OOD_SEED, frames=23)
+    drawn = scenes.draw_scenes(OOD, n, seed=OOD_SEED, frames=23)
+    for sample in ood:
+        i = sample_index(sample["name"])
+        expected = np.rint(sequences[i] * 255).astype(np.uint8)
+        np.testing.assert_array_equal(sample_pixels(sample["name"]), expected)
+        assert sample["description"] == drawn[i].describe()
+
+
+def test_samples_carry_the_committed_cards_figures() -> None:
+    committed = json.loads((WEB / "samples" / "samples.json").read_text())["committed_model"]
+    card = json.loads(COMMITTED_MODEL.with_suffix(".json").read_text())
+    assert committed["sha256"] == card["sha256"] == sha256_of(COMMITTED_MODEL)
+    for name, evaluation in (("test", card["evaluation"]), ("ood", card["evaluation"]["ood"])):
+        figures, model = committed["figures"][name], evaluation["metrics"]["convlstm"]
+        assert figures["sequences"] == evaluation["sequences"]
+        assert figures["mse_vs_copy_last"] == model["mse_vs_copy_last"]
+        assert figures["ssim"] == model["ssim"]
+        steps = [step["mse_vs_copy_last"] for step in model["fed_back"]]
+        assert figures["fed_back_mse_vs_copy_last"] == steps
 
 
 def test_package_data_ships_every_web_file() -> None:
@@ -236,7 +279,11 @@ def test_sample_prediction_shows_frames_model_and_time(page: Page, client: httpx
     )
     expect(page.locator("#service-status")).to_contain_text("Ready: convlstm")
 
-    # The animation reaches the predicted frames and draws them.
+    wait_for_predicted_frames_in_the_animation(page)
+
+
+def wait_for_predicted_frames_in_the_animation(page: Page) -> None:
+    """The animation reaches the predicted frames and draws them."""
     page.wait_for_function(
         """() => {
             const c = document.getElementById('movie-predicted');
@@ -245,7 +292,58 @@ def test_sample_prediction_shows_frames_model_and_time(page: Page, client: httpx
                 && pixels.some((v, i) => i % 4 !== 3 && v > 40);
         }"""
     )
+
+
+def shown_scores(page: Page) -> list[list[str]]:
+    """The cells of the held-out figures' table, row by row."""
+    rows: list[list[str]] = page.eval_on_selector_all(
+        "#scores-live tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.textContent))"
+    )
+    return rows
+
+
+def as_unit(png: bytes) -> np.ndarray:
+    return read_png(png) / 255.0
+
+
+def test_ood_sample_shows_figures_python_computes_from_the_same_frames(page: Page) -> None:
+    groups = page.eval_on_selector_all(
+        "#sample optgroup", "gs => gs.map(g => [g.label, [...g.children].map(o => o.value)])"
+    )
+    assert groups == [
+        [INDEX["sets"][name]["label"], [s["name"] for s in SAMPLES if s["set"] == name]]
+        for name in INDEX["sets"]
+    ]
+    sample = next(s for s in SAMPLES if s["set"] == "ood")
+    page.select_option("#sample", sample["name"])
+    expect(page.locator("#sample-about")).to_contain_text(sample["description"])
+    response = predict(page, 3)
+    assert response.status == 200
+    expect(page.locator("#scores-live tbody tr")).to_have_count(3)
+
+    # The same score from the frames the API returned, the sample's truth and last input.
+    folder = WEB / "samples" / sample["name"]
+    last = as_unit((folder / "input_14.png").read_bytes())
+    committed = INDEX["committed_model"]["figures"]["ood"]["fed_back_mse_vs_copy_last"]
+    rows = shown_scores(page)
+    for k, (row, frame) in enumerate(zip(rows, response.json()["frames"], strict=True)):
+        truth = as_unit((folder / f"truth_{k:02d}.png").read_bytes())
+        mse = float(np.mean((as_unit(base64.b64decode(frame)) - truth) ** 2))
+        copy_last = float(np.mean((last - truth) ** 2))
+        step, shown_mse, shown_copy, ratio, set_ratio = row
+        assert step == f"t={16 + k}"
+        # Three significant digits for an MSE, two decimals for a ratio: half a unit of
+        # the last digit shown.
+        for shown, value in ((shown_mse, mse), (shown_copy, copy_last)):
+            assert abs(float(shown) - value) <= 0.5 * 10 ** (np.floor(np.log10(value)) - 2)
+        assert abs(float(ratio.rstrip("\u00d7")) - mse / copy_last) <= 0.005 + 1e-9, row
+        assert set_ratio == f"{committed[k]:.2f}\u00d7"
+    figures = page.locator("#scores-set")
+    expect(figures).to_contain_text(INDEX["committed_model"]["sha256"][:12])
+    expect(figures).to_contain_text(f"{INDEX['sets']['ood']['label']}, 256 sequences")
+    expect(page.locator("#scores-note")).to_contain_text("This sequence, 3 predicted frames")
     if os.environ.get("DEMO_SCREENSHOT"):
+        wait_for_predicted_frames_in_the_animation(page)
         page.screenshot(path=REPO / os.environ["DEMO_SCREENSHOT"], full_page=True)
 
 
@@ -304,6 +402,8 @@ def test_refused_horizon_then_a_good_run_clears_the_error(page: Page) -> None:
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#predicted img")).to_have_count(1)
     expect(page.locator("#truth")).to_contain_text("No ground truth")
+    expect(page.locator("#scores-note")).to_contain_text("nothing to score the prediction against")
+    expect(page.locator("#scores-live")).to_be_hidden()
 
 
 def test_animated_gif_is_split_into_frames(page: Page) -> None:
@@ -368,6 +468,10 @@ def test_model_picker_lists_every_served_frame_model(page: Page, client: httpx.C
     sent = response.request.post_data_json
     assert sent is not None and sent["model"] == "cnn_lstm"
     expect(page.locator("#info-model")).to_contain_text("cnn_lstm")
+    # Its own figures on this sequence, but not the committed ConvLSTM's on the set.
+    expect(page.locator("#scores-live tbody tr")).to_have_count(1)
+    expect(page.locator("#scores-set")).to_contain_text("is another graph, so none are shown")
+    assert shown_scores(page)[0][4] == "\u2014"
 
 
 def test_live_mode_streams_the_frames_over_the_websocket(page: Page, client: httpx.Client) -> None:
