@@ -246,14 +246,24 @@ bench-stream-store: $(STAMP) stream-tools
 bench-train-stream: $(STAMP)
 	$(PY) -m bench.train_stream
 
-# Keras on TensorFlow, JAX and PyTorch (CPU builds, in a throwaway venv under /tmp, not
-# the project's pins), float32 and mixed bfloat16: equal-time training runs, sequences/s
-# and validation loss; bench/results/train_backends.json.
-bench-train-backends: $(STAMP)
-	$(PY) -m bench.train_backends
+# Keras on TensorFlow, JAX and PyTorch (CPU builds; JAX and PyTorch in their own venvs
+# under .venv-backends/ from bench/backends/NAME.txt, PyTorch's about 5 GB), float32 and
+# mixed bfloat16: equal-time training runs, sequences/s and validation loss; about 30
+# minutes; bench/results/train_backends.json (docs/training.md has the table).
+BACKEND_VENVS := .venv-backends
+
+$(BACKEND_VENVS)/%/.installed: bench/backends/%.txt
+	$(PYTHON) -m venv $(BACKEND_VENVS)/$*
+	$(BACKEND_VENVS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(BACKEND_VENVS)/$*/bin/python -m pip install --quiet -r $<
+	touch $@
+
+bench-train-backends: $(STAMP) $(BACKEND_VENVS)/jax/.installed $(BACKEND_VENVS)/torch/.installed
+	$(PY) -m bench.train_backends --timeout 900 --python-jax $(BACKEND_VENVS)/jax/bin/python \
+		--python-torch $(BACKEND_VENVS)/torch/bin/python
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) .pytest_cache .mypy_cache .ruff_cache site .site-check
+	rm -rf $(VENV) $(SERVE_VENV) $(GPU_ENV) $(PEERS_VENVS) $(BACKEND_VENVS) .pytest_cache .mypy_cache .ruff_cache site .site-check
