@@ -83,6 +83,21 @@ def test_each_pass_sees_the_previous_passes_predictions_as_serving_does() -> Non
     assert np.abs(out[:, 15] - teacher_forced).max() > 1e-2
 
 
+def test_gradients_flow_through_the_fed_back_prediction() -> None:
+    import tensorflow as tf  # the test venv's backend; the graph itself is backend-free
+
+    keras.utils.set_random_seed(4)
+    fed = build_fed_back(build_convlstm(every_step=True, filters=(4,), head="carry"), 2)
+    x = tf.constant(sequences(2, 15))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        fed_back = fed(x)[:, 15]  # pass 2: frames 2-15 and pass 1's prediction of 16
+    grad = tape.gradient(tf.reduce_sum(fed_back), x).numpy()
+    # Frame 1 is not in pass 2's window: it reaches frame 17 only through the fed-back
+    # prediction of frame 16 (a stop_gradient there would make this zero).
+    assert np.abs(grad[:, 0]).max() > 0
+
+
 def test_loss_is_the_every_step_mean_plus_the_weighted_fed_back_mean() -> None:
     rng = np.random.default_rng(0)
     y_true = rng.uniform(size=(2, 17, 4, 4, 3)).astype("float32")
