@@ -150,6 +150,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--feedback-weight",
         type=float,
         default=None,
+        metavar="W",
         help="with --feedback-steps K > 1: the weight of the fed-back frames' mean loss "
         "against the every-step mean loss (default 1)",
     )
