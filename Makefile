@@ -25,7 +25,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # turns on by default only on some Intel CPUs (model_export/__init__.py says the same).
 export TF_ENABLE_ONEDNN_OPTS ?= 1
 
-.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams bench-stream-store bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test gpu-image-test test-all bench-train-stream bench-train-backends fonts
+.PHONY: run check test fuzz kserve-env docs docs-strict browser load-tools stream-tools test-stream-replicas bench bench-swap bench-peers bench-streams bench-stream-store bench-transports soak lint typecheck install summary model train export evaluate clean gpu-pack gpu-fallback-env container-tools compose-test gpu-image-test test-all bench-train-stream bench-train-backends bench-train-feedback fonts
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -261,6 +261,12 @@ $(BACKEND_VENVS)/%/.installed: bench/backends/%.txt
 bench-train-backends: $(STAMP) $(BACKEND_VENVS)/jax/.installed $(BACKEND_VENVS)/torch/.installed
 	$(PY) -m bench.train_backends --timeout 900 --python-jax $(BACKEND_VENVS)/jax/bin/python \
 		--python-torch $(BACKEND_VENVS)/torch/bin/python
+
+# The cost of train --feedback-steps 3 against 1: seconds per optimiser step of the
+# release ConvLSTM at batch 8, interleaved rounds (a few minutes on the 2-core CPU);
+# bench/results/train_feedback.json.
+bench-train-feedback: $(STAMP)
+	$(PY) -m bench.train_feedback
 
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 5 --concurrency 4

@@ -11,6 +11,7 @@ evaluation then run on the CPU machine (docs/gpu.md).
 
     python -m gpu.train --out DIR [--minutes 4] [--samples 8000] [--batch-size 16]
         [--head carry] [--loss bce] [--schedule plateau] [--resume models/convlstm.keras]
+        [--feedback-steps 3 [--feedback-weight 1]]
     python -m gpu.train --out DIR --dry-run     # any backend, CPU, seconds
 """
 
@@ -42,6 +43,7 @@ def device_facts() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     # Keras reads KERAS_BACKEND when first imported: here, not when this module is.
+    from model_export.frames.feedback import check_feedback_steps
     from model_export.frames.model import HEADS, RELEASE_HEAD
     from model_export.frames.train import LOSSES, SCHEDULES, TrainConfig, train
 
@@ -62,6 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         "CPU checkpoint of the same recipe)",
     )
     p.add_argument(
+        "--feedback-steps",
+        type=int,
+        default=1,
+        metavar="K",
+        help="passes on a window of the model's own predictions (train --feedback-steps)",
+    )
+    p.add_argument(
+        "--feedback-weight",
+        type=float,
+        default=1.0,
+        help="the fed-back frames' mean loss against the every-step one",
+    )
+    p.add_argument(
         "--work",
         type=Path,
         default=Path("/tmp/gpu-train"),
@@ -70,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny data and budget, any device")
     args = p.parse_args(argv)
     start = time.perf_counter()
+    try:
+        check_feedback_steps(args.feedback_steps, args.feedback_weight)
+    except ValueError as err:
+        p.error(str(err))
 
     facts = device_facts()
     print(f"train: {facts}", flush=True)
@@ -93,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         loss=args.loss,
         schedule=args.schedule,
         init_from=args.resume,
+        feedback_steps=args.feedback_steps,
+        feedback_weight=args.feedback_weight,
     )
     record: dict[str, Any] = dict(train(cfg))
     args.out.mkdir(parents=True, exist_ok=True)

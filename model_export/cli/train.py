@@ -136,6 +136,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="flip, transpose and permute the colours of each generated training sequence",
     )
+    t.add_argument(
+        "--feedback-steps",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run the model K times on a sliding window of its own predictions, as serving "
+        "feeds them back at horizon K, and add the fed-back frames' loss to the every-step "
+        "loss (1, the default: the next frame only; at most 15); each pass costs one more "
+        "run of the stack",
+    )
+    t.add_argument(
+        "--feedback-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with --feedback-steps K > 1: the weight of the fed-back frames' mean loss "
+        "against the every-step mean loss (default 1)",
+    )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=run)
 
@@ -152,8 +170,19 @@ def run(args: argparse.Namespace) -> int:
     if args.head not in (None, "sigmoid") and args.variant != "convlstm":
         print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
         return 2
+    from model_export.frames.feedback import check_feedback_steps
     from model_export.frames.model import RELEASE_HEAD
     from model_export.frames.train import TrainConfig, train
+
+    weight = 1.0 if args.feedback_weight is None else args.feedback_weight
+    if args.feedback_weight is not None and args.feedback_steps == 1:
+        print("train: --feedback-weight goes with --feedback-steps K > 1", file=sys.stderr)
+        return 2
+    try:
+        check_feedback_steps(args.feedback_steps, weight, every_step=args.supervise == "every-step")
+    except ValueError as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 2
 
     head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
     if not 0.0 <= args.varied_share <= 1.0:
@@ -180,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         train_skip=args.skip_samples,
         varied_share=args.varied_share,
         augment=args.augment,
+        feedback_steps=args.feedback_steps,
+        feedback_weight=weight,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -214,6 +245,8 @@ def _train_on_data(args: argparse.Namespace) -> int:
     recipe["--schedule"] = args.schedule != "plateau"
     recipe["--varied-share"] = args.varied_share != 0.0
     recipe["--augment"] = args.augment
+    recipe["--feedback-steps"] = args.feedback_steps != 1
+    recipe["--feedback-weight"] = args.feedback_weight is not None
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
         print(f"train: {flags} go with --data digits", file=sys.stderr)

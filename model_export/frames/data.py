@@ -134,14 +134,17 @@ def generate_split(n: int, split: Split) -> NDArray[np.float32]:
 
 
 def inputs_and_targets(
-    sequences: NDArray[np.float32], *, every_step: bool
+    sequences: NDArray[np.float32], *, every_step: bool, feedback_steps: int = 1
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Split (n, T+1, ...) sequences into inputs (n, T, ...) and next-frame targets.
+    """Split (n, T+K, ...) sequences into inputs (n, T, ...) and next-frame targets,
+    ``K = feedback_steps`` (1 unless training on fed-back steps, ``feedback.py``).
 
-    With ``every_step`` the target at step t is frame t+1 (n, T, ...), for
-    training that supervises every step; otherwise only the frame after the
-    last input (n, ...), which is what the served model predicts.
+    With ``every_step`` the target at step t is frame t+1: (n, T+K-1, ...), the T
+    every-step targets of the inputs then the K-1 frames after them; otherwise only
+    the frame after the last input (n, ...), which is what the served model predicts.
     """
-    x = sequences[:, :-1]
+    if feedback_steps > 1 and not every_step:
+        raise ValueError("fed-back steps go with every-step targets")
+    x = sequences[:, : sequences.shape[1] - feedback_steps]
     y = sequences[:, 1:] if every_step else sequences[:, -1]
     return x, y

@@ -66,6 +66,8 @@ def score_arm(
             k: cfg.get(k)
             for k in ("head", "loss", "schedule", "learning_rate", "init_from", "seed")
         }
+        # fed-back passes (train --feedback-steps); records older than the option had 1
+        arm["recipe"]["feedback_steps"] = cfg.get("feedback_steps", 1)
         arm["budget"] = {
             "train_samples": cfg["train_samples"],
             "epochs_run": record["epochs_run"],

@@ -392,17 +392,27 @@ def augment(sequences: NDArray[np.float32], rng: np.random.Generator) -> NDArray
 
 
 def varied_mix(
-    n: int, *, split: Split, share: float, seed: int, skip: int = 0, augmented: bool = False
+    n: int,
+    *,
+    split: Split,
+    share: float,
+    seed: int,
+    skip: int = 0,
+    augmented: bool = False,
+    frames: int = FRAMES + 1,
 ) -> NDArray[np.float32]:
-    """``n`` training or validation sequences: the first ``n - k`` from ``data``'s
-    generator (its split and seed, after ``skip``), the other ``k = round(n * share)``
-    from TRAIN_VARIED; with ``augmented``, every sequence augmented. Shuffled."""
+    """``n`` training or validation sequences of ``frames`` frames: the first ``n - k``
+    from ``data``'s generator (its split and seed, after ``skip``), the other
+    ``k = round(n * share)`` from TRAIN_VARIED; with ``augmented``, every sequence
+    augmented. Shuffled."""
     from model_export.frames import data
 
     k = int(round(n * share))
-    plain = data.generate(n - k, seed=data.SPLIT_SEEDS[split], split=split, skip=skip)
+    plain = data.generate(
+        n - k, seed=data.SPLIT_SEEDS[split], split=split, skip=skip, frames=frames
+    )
     seeds = dict(TRAIN_VARIED.seeds)
-    varied = render(TRAIN_VARIED, k, seed=seeds[split] * 1000 + skip)
+    varied = render(TRAIN_VARIED, k, seed=seeds[split] * 1000 + skip, frames=frames)
     out = np.concatenate([plain, varied])
     rng = np.random.default_rng(seed)
     if augmented:

@@ -2,8 +2,10 @@
 stopping, best-checkpoint saving, and a wall-clock budget.
 
 The training model predicts the frame after every input step (15 targets per
-sequence instead of 1); its weights are then copied into the inference model,
-which returns only the frame after the last step.
+sequence instead of 1); with ``feedback_steps`` K > 1 it also runs K - 1 more times
+on its own predictions, fed back as serving feeds them (``feedback.py``). Its weights
+are then copied into the inference model, which returns only the frame after the
+last step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ import keras
 import numpy as np
 
 from model_export.frames import data
+from model_export.frames.feedback import (
+    FedBackLoss,
+    build_fed_back,
+    check_feedback_steps,
+    single_pass,
+)
 from model_export.frames.model import Head, Variant, build, copy_weights_by_name, to_inference
 from model_export.frames.precision import resolve_precision
 from model_export.host import describe_machine
@@ -69,6 +77,10 @@ class TrainConfig:
     varied_share: float = 0.0
     # Flip, transpose and permute the colours of every training sequence.
     augment: bool = False
+    # Passes of the model on a sliding window of its own predictions (1: the next frame
+    # only), and the weight of the fed-back frames' mean loss against the every-step one.
+    feedback_steps: int = 1
+    feedback_weight: float = 1.0
 
 
 class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -105,13 +117,13 @@ def fit_with_checkpoints(
     patience: int,
     max_minutes: float | None,
     verbose: int | str = "auto",
-    loss: Loss = "bce",
+    loss: Loss | keras.losses.Loss = "bce",
     schedule: Schedule = "plateau",
     extra_callbacks: tuple[keras.callbacks.Callback, ...] = (),
     initial_epoch: int = 0,
 ) -> tuple[keras.Model, keras.callbacks.History, TrainingClock, float]:
     """The one training loop of every recipe: Adam on ``loss`` (binary cross-entropy
-    unless told), the best validation epoch saved as ``work/NAME.best.keras``, early
+    unless told; or a Keras loss object), the best validation epoch saved as ``work/NAME.best.keras``, early
     stopping, the learning rate halved on plateaus or decayed along a cosine over the
     planned batches, a CSV log and the wall-clock budget. ``train_xy`` may be arrays or a
     Keras ``PyDataset`` that makes its own batches (streamed from disk). Returns the best model
@@ -129,7 +141,7 @@ def fit_with_checkpoints(
         )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=rate),
-        loss=_KERAS_LOSS[loss],
+        loss=_KERAS_LOSS[loss] if isinstance(loss, str) else loss,
         metrics=["mse"],
     )
     best = work / f"{name}.best.keras"
@@ -185,6 +197,7 @@ def checkpoint_path(out_dir: Path, variant: str) -> Path:
 
 def train(cfg: TrainConfig) -> dict[str, object]:
     """Train ``cfg.variant``, save the inference model, return the training record."""
+    check_feedback_steps(cfg.feedback_steps, cfg.feedback_weight, every_step=cfg.every_step)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))  # the record names it
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
@@ -192,6 +205,10 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     work = cfg.out_dir / "training"
     work.mkdir(exist_ok=True)
 
+    k = cfg.feedback_steps
+    # The draws of a sequence do not depend on its length: with K > 1 the sequences are
+    # those of K = 1, each K - 1 frames longer.
+    length = data.FRAMES + k
     if cfg.varied_share > 0 or cfg.augment:
         from model_export.frames.scenes import varied_mix
 
@@ -202,22 +219,43 @@ def train(cfg: TrainConfig) -> dict[str, object]:
             seed=cfg.seed,
             skip=cfg.train_skip,
             augmented=cfg.augment,
+            frames=length,
         )
         val_seq = varied_mix(
-            cfg.validation_samples, split="validation", share=cfg.varied_share, seed=cfg.seed
+            cfg.validation_samples,
+            split="validation",
+            share=cfg.varied_share,
+            seed=cfg.seed,
+            frames=length,
         )
     else:
         train_seq = data.generate(
-            cfg.train_samples, seed=data.SPLIT_SEEDS["train"], split="train", skip=cfg.train_skip
+            cfg.train_samples,
+            seed=data.SPLIT_SEEDS["train"],
+            split="train",
+            skip=cfg.train_skip,
+            frames=length,
         )
-        val_seq = data.generate_split(cfg.validation_samples, "validation")
-    x_train, y_train = data.inputs_and_targets(train_seq, every_step=cfg.every_step)
-    x_val, y_val = data.inputs_and_targets(val_seq, every_step=cfg.every_step)
+        val_seq = data.generate(
+            cfg.validation_samples,
+            seed=data.SPLIT_SEEDS["validation"],
+            split="validation",
+            frames=length,
+        )
+    every = cfg.every_step
+    x_train, y_train = data.inputs_and_targets(train_seq, every_step=every, feedback_steps=k)
+    x_val, y_val = data.inputs_and_targets(val_seq, every_step=every, feedback_steps=k)
 
-    model = build(cfg.variant, every_step=cfg.every_step, head=cfg.head)
+    step_model = build(cfg.variant, every_step=cfg.every_step, head=cfg.head)
     warm_started: list[str] = []
     if cfg.init_from is not None:
-        warm_started = copy_weights_by_name(keras.models.load_model(cfg.init_from), model)
+        # A checkpoint of a fed-back run holds the every-step model inside it.
+        source = single_pass(keras.models.load_model(cfg.init_from))
+        warm_started = copy_weights_by_name(source, step_model)
+    model = step_model if k == 1 else build_fed_back(step_model, k)
+    loss: Loss | keras.losses.Loss = cfg.loss
+    if k > 1:
+        loss = FedBackLoss(_KERAS_LOSS[cfg.loss], data.FRAMES, cfg.feedback_weight)
     model, history, clock, seconds = fit_with_checkpoints(
         model,
         (x_train, y_train),
@@ -229,12 +267,12 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         epochs=cfg.epochs,
         patience=cfg.patience,
         max_minutes=cfg.max_minutes,
-        loss=cfg.loss,
+        loss=loss,
         schedule=cfg.schedule,
     )
 
     keras.mixed_precision.set_global_policy("float32")
-    inference = to_inference(model, cfg.variant)
+    inference = to_inference(single_pass(model), cfg.variant)
     inference.save(checkpoint_path(cfg.out_dir, cfg.variant))
 
     epochs_run = len(history.history["loss"])
