@@ -11,7 +11,7 @@ evaluation then run on the CPU machine (docs/gpu.md).
 
     python -m gpu.train --out DIR [--minutes 4] [--samples 8000] [--batch-size 16]
         [--head carry] [--loss bce] [--schedule plateau] [--resume models/convlstm.keras]
-        [--feedback-steps 3 [--feedback-weight 1]]
+        [--feedback-steps 3 [--feedback-weight 1] [--feedback-loss l1]]
     python -m gpu.train --out DIR --dry-run     # any backend, CPU, seconds
 """
 
@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the fed-back frames' mean loss against the every-step one",
     )
     p.add_argument(
+        "--feedback-loss",
+        choices=LOSSES,
+        default=None,
+        help="the fed-back frames' loss (default: --loss)",
+    )
+    p.add_argument(
         "--work",
         type=Path,
         default=Path("/tmp/gpu-train"),
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         init_from=args.resume,
         feedback_steps=args.feedback_steps,
         feedback_weight=args.feedback_weight,
+        feedback_loss=args.feedback_loss,
     )
     record: dict[str, Any] = dict(train(cfg))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,23 @@ def test_loss_is_the_every_step_mean_plus_the_weighted_fed_back_mean() -> None:
     assert float(again(y_true, y_pred)) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_the_fed_back_frames_can_have_a_loss_of_their_own() -> None:
+    rng = np.random.default_rng(1)
+    y_true = rng.uniform(size=(2, 17, 4, 4, 3)).astype("float32")
+    y_pred = rng.uniform(0.05, 0.95, size=(2, 17, 4, 4, 3)).astype("float32")
+    loss = FedBackLoss("binary_crossentropy", teacher_frames=15, weight=2.0, fed_base="mae")
+    bce = -(y_true * np.log(y_pred) + (1 - y_true) * np.log(1 - y_pred))
+    teacher = bce.mean(axis=-1).mean(axis=(2, 3))[:, :15].mean(axis=1)
+    fed = np.abs(y_true - y_pred).mean(axis=(2, 3, 4))[:, 15:].mean(axis=1)
+    expected = (teacher + 2.0 * fed).mean()
+    assert float(loss(y_true, y_pred)) == pytest.approx(float(expected), rel=1e-4)
+    same = FedBackLoss("binary_crossentropy", teacher_frames=15, weight=2.0)
+    assert float(same(y_true, y_pred)) != pytest.approx(float(expected), rel=1e-3)
+    again = FedBackLoss.from_config(loss.get_config())
+    assert again.fed_base == "mae"
+    assert float(again(y_true, y_pred)) == pytest.approx(float(expected), rel=1e-4)
+
+
 def test_one_feedback_step_trains_todays_graph(tmp_path: Path, tiny_stack: None) -> None:
     cfg = TrainConfig(train_samples=2, validation_samples=2, epochs=1, batch_size=2)
     record = train(replace(cfg, out_dir=tmp_path))
@@ -137,11 +154,13 @@ def test_fed_back_training_saves_the_served_model_and_resumes(
         head="carry",
         feedback_steps=3,
         feedback_weight=0.5,
+        feedback_loss="l1",
         out_dir=tmp_path / "a",
     )
     record = train(cfg)
     assert record["config"]["feedback_steps"] == 3  # type: ignore[index]
     assert record["config"]["feedback_weight"] == 0.5  # type: ignore[index]
+    assert record["config"]["feedback_loss"] == "l1"  # type: ignore[index]
     best = record["best_val_loss"]
     assert isinstance(best, float) and np.isfinite(best) and record["batches_run"] == 1
     saved = json.loads((tmp_path / "a" / "training" / "convlstm.json").read_text())
@@ -155,6 +174,7 @@ def test_fed_back_training_saves_the_served_model_and_resumes(
     last = keras.models.load_model(tmp_path / "a" / "training" / "convlstm.last.keras")
     assert last.output_shape == (None, 17, 40, 40, 3)
     assert isinstance(last.loss, FedBackLoss) and last.loss.weight == 0.5
+    assert (last.loss.base, last.loss.fed_base) == ("binary_crossentropy", "mean_absolute_error")
     for a, b in zip(
         single_pass(
             keras.models.load_model(tmp_path / "a" / "training" / "convlstm.best.keras")
@@ -170,6 +190,7 @@ def test_fed_back_training_saves_the_served_model_and_resumes(
             cfg,
             feedback_steps=k,
             feedback_weight=1.0,
+            feedback_loss=None,
             init_from=tmp_path / "a" / "training" / "convlstm.last.keras",
             train_skip=2,
             out_dir=tmp_path / out,
@@ -187,6 +208,8 @@ def test_fed_back_training_saves_the_served_model_and_resumes(
         (["--feedback-steps", "3", "--supervise", "last"], "--supervise last"),
         (["--feedback-steps", "3", "--feedback-weight", "0"], "--feedback-weight 0.0"),
         (["--feedback-weight", "2"], "--feedback-weight goes with --feedback-steps"),
+        (["--feedback-loss", "l1"], "--feedback-loss goes with --feedback-steps"),
+        (["--data", "x.npy", "--feedback-loss", "l1"], "--feedback-loss go with --data digits"),
         (["--feedback-steps", "2", "--data", "x.npy"], "--feedback-steps go with --data digits"),
     ],
 )
@@ -209,11 +232,11 @@ def test_the_gpu_job_passes_the_option_on_and_refuses_bad_values(
         raise Captured(cfg)
 
     monkeypatch.setattr(train_module, "train", capture)
-    flags = ["--feedback-steps", "3", "--feedback-weight", "0.5"]
+    flags = ["--feedback-steps", "3", "--feedback-weight", "0.5", "--feedback-loss", "l1"]
     with pytest.raises(Captured) as caught:
         gpu_train.main(["--out", str(tmp_path), "--dry-run", *flags])
     cfg = caught.value.args[0]
-    assert (cfg.feedback_steps, cfg.feedback_weight) == (3, 0.5)
+    assert (cfg.feedback_steps, cfg.feedback_weight, cfg.feedback_loss) == (3, 0.5, "l1")
 
     with pytest.raises(SystemExit) as stopped:
         gpu_train.main(["--out", str(tmp_path), "--dry-run", "--feedback-steps", "16"])

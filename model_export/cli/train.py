@@ -154,6 +154,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --feedback-steps K > 1: the weight of the fed-back frames' mean loss "
         "against the every-step mean loss (default 1)",
     )
+    t.add_argument(
+        "--feedback-loss",
+        choices=LOSSES,
+        default=None,
+        help="with --feedback-steps K > 1: the loss of the fed-back frames (default: --loss; "
+        "l1 does not reward smearing an uncertain digit, docs/recipe.md)",
+    )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=run)
 
@@ -175,9 +182,13 @@ def run(args: argparse.Namespace) -> int:
     from model_export.frames.train import TrainConfig, train
 
     weight = 1.0 if args.feedback_weight is None else args.feedback_weight
-    if args.feedback_weight is not None and args.feedback_steps == 1:
-        print("train: --feedback-weight goes with --feedback-steps K > 1", file=sys.stderr)
-        return 2
+    for flag, value in (
+        ("--feedback-weight", args.feedback_weight),
+        ("--feedback-loss", args.feedback_loss),
+    ):
+        if value is not None and args.feedback_steps == 1:
+            print(f"train: {flag} goes with --feedback-steps K > 1", file=sys.stderr)
+            return 2
     try:
         check_feedback_steps(args.feedback_steps, weight, every_step=args.supervise == "every-step")
     except ValueError as err:
@@ -211,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         augment=args.augment,
         feedback_steps=args.feedback_steps,
         feedback_weight=weight,
+        feedback_loss=args.feedback_loss,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -247,6 +259,7 @@ def _train_on_data(args: argparse.Namespace) -> int:
     recipe["--augment"] = args.augment
     recipe["--feedback-steps"] = args.feedback_steps != 1
     recipe["--feedback-weight"] = args.feedback_weight is not None
+    recipe["--feedback-loss"] = args.feedback_loss is not None
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
         print(f"train: {flags} go with --data digits", file=sys.stderr)

@@ -10,7 +10,9 @@ by the K - 1 fed-back ones, against a sequence's frames 2 to 15 + K; gradients f
 through the fed-back predictions into the passes that made them.
 
 The loss (``FedBackLoss``) is today's every-step loss (the mean over the 15 frames of
-the first pass) plus ``weight`` times the mean over the K - 1 fed-back frames. Nothing
+the first pass) plus ``weight`` times the mean over the K - 1 fed-back frames, of the
+same loss or of another (``fed_base``: L1 there does not reward a fed-back prediction
+for smearing an uncertain digit, as binary cross-entropy does; docs/recipe.md). Nothing
 here reaches the saved model: ``single_pass`` takes the every-step model back out, and
 its weights go into the same 15 -> 1 inference model as with K = 1.
 
@@ -104,15 +106,17 @@ def single_pass(model: keras.Model) -> keras.Model:
 @keras.saving.register_keras_serializable(package="model_export")
 class FedBackLoss(keras.losses.Loss):  # type: ignore[misc]
     """Per sequence: the mean of ``base`` over the first ``teacher_frames`` frames (the
-    every-step loss of today), plus ``weight`` times its mean over the frames after them
-    (the fed-back ones). ``base`` is a Keras loss name that reduces the channel axis
-    (binary cross-entropy, mean squared or absolute error)."""
+    every-step loss of today), plus ``weight`` times the mean of ``fed_base`` (``base``
+    when not given) over the frames after them (the fed-back ones). Both are Keras loss
+    names that reduce the channel axis (binary cross-entropy, mean squared or absolute
+    error)."""
 
     def __init__(
         self,
         base: str = "binary_crossentropy",
         teacher_frames: int = FRAMES,
         weight: float = 1.0,
+        fed_base: str | None = None,
         name: str = "fed_back_loss",
         **kwargs: Any,
     ) -> None:
@@ -120,15 +124,16 @@ class FedBackLoss(keras.losses.Loss):  # type: ignore[misc]
         self.base = base
         self.teacher_frames = teacher_frames
         self.weight = weight
+        self.fed_base = fed_base or base
         self._base = keras.losses.get(base)
+        self._fed_base = keras.losses.get(self.fed_base)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        per_pixel = self._base(y_true, y_pred)  # (N, T + K - 1, H, W)
-        per_frame = ops.mean(per_pixel, axis=(2, 3))
         t = self.teacher_frames
-        teacher = ops.mean(per_frame[:, :t], axis=1)
-        fed = ops.mean(per_frame[:, t:], axis=1)
-        return teacher + self.weight * fed
+        # Each loss reduces the channel axis: (N, frames, H, W), then a mean per frame.
+        teacher = self._base(y_true[:, :t], y_pred[:, :t])
+        fed = self._fed_base(y_true[:, t:], y_pred[:, t:])
+        return ops.mean(teacher, axis=(1, 2, 3)) + self.weight * ops.mean(fed, axis=(1, 2, 3))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -136,4 +141,5 @@ class FedBackLoss(keras.losses.Loss):  # type: ignore[misc]
             "base": self.base,
             "teacher_frames": self.teacher_frames,
             "weight": self.weight,
+            "fed_base": self.fed_base,
         }

@@ -81,6 +81,8 @@ class TrainConfig:
     # only), and the weight of the fed-back frames' mean loss against the every-step one.
     feedback_steps: int = 1
     feedback_weight: float = 1.0
+    # The loss of the fed-back frames (None: ``loss``).
+    feedback_loss: Loss | None = None
 
 
 class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -255,7 +257,8 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     model = step_model if k == 1 else build_fed_back(step_model, k)
     loss: Loss | keras.losses.Loss = cfg.loss
     if k > 1:
-        loss = FedBackLoss(_KERAS_LOSS[cfg.loss], data.FRAMES, cfg.feedback_weight)
+        fed_loss = _KERAS_LOSS[cfg.feedback_loss or cfg.loss]
+        loss = FedBackLoss(_KERAS_LOSS[cfg.loss], data.FRAMES, cfg.feedback_weight, fed_loss)
     model, history, clock, seconds = fit_with_checkpoints(
         model,
         (x_train, y_train),
