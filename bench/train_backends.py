@@ -8,9 +8,9 @@ of a throwaway venv given by ``--python-jax`` / ``--python-torch``, left out whe
 given) and each precision (float32, mixed_bfloat16), a fresh child process builds the
 release model's every-step training graph (carry head), trains it with Adam on binary
 cross-entropy, batch 8, on 512 generated training sequences for ``seconds`` of wall time
-after one warm-up batch (timed apart: tracing and compiling), then scores 64 validation sequences. Reported: sequences/s,
-the validation loss reached, and the 1-minute load average at each run's end (the CPU
-is shared). Opt-in: ``make bench-train-backends``.
+after one warm-up batch (timed apart: tracing and compiling), then scores 64 validation
+sequences. Reported: sequences/s, the validation loss reached, and the 1-minute load
+average at each run's end (the CPU is shared). Opt-in: ``make bench-train-backends``.
 """
 
 from __future__ import annotations

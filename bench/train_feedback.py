@@ -48,7 +48,7 @@ def main() -> int:
     check_feedback_steps(args.feedback_steps)
     k, n = args.feedback_steps, args.batch_size
     keras.utils.set_random_seed(0)
-    seqs = data.generate(n, seed=data.SPLIT_SEEDS["train"], frames=data.FRAMES + k)
+    seqs = data.generate_split(n, "train", frames=data.FRAMES + k)
     arms: dict[int, tuple[keras.Model, Any, Any]] = {}
     for passes in (1, k):
         step_model = build_convlstm(every_step=True, head=RELEASE_HEAD)

@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     args = parser.parse_args()
     length = data.FRAMES + HORIZON
-    seq = data.generate(SAMPLE + 1, seed=data.SPLIT_SEEDS["test"], split="test", frames=length)
+    seq = data.generate_split(SAMPLE + 1, "test", frames=length)
     test_inputs, test_truth = seq[SAMPLE, : data.FRAMES], seq[SAMPLE, data.FRAMES :]
     request = {"frames": [png_b64(f) for f in test_inputs], "horizon": HORIZON}
     (ROOT / "examples" / "request.json").write_text(json.dumps(request) + "\n")

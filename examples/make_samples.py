@@ -77,9 +77,7 @@ def write_sample(name: str, sequence: np.ndarray) -> None:
 
 
 def split_samples() -> list[dict[str, Any]]:
-    sequences = data.generate(
-        max(CHOSEN_TEST) + 1, seed=data.SPLIT_SEEDS["test"], split="test", frames=LENGTH
-    )
+    sequences = data.generate_split(max(CHOSEN_TEST) + 1, "test", frames=LENGTH)
     index = []
     for i, title in CHOSEN_TEST.items():
         name = f"test-{i:02d}"

@@ -38,7 +38,7 @@ def tiny_stack(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def sequences(n: int, frames: int) -> np.ndarray:
-    return data.generate(n, seed=data.SPLIT_SEEDS["test"], split="test", frames=frames)
+    return data.generate_split(n, "test", frames=frames)
 
 
 def test_targets_hold_the_fed_back_frames_after_the_every_step_ones() -> None:

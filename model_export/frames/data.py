@@ -128,9 +128,11 @@ def generate(
     return out
 
 
-def generate_split(n: int, split: Split) -> NDArray[np.float32]:
+def generate_split(
+    n: int, split: Split, *, frames: int = FRAMES + 1, skip: int = 0
+) -> NDArray[np.float32]:
     """``generate`` with the split's fixed seed."""
-    return generate(n, seed=SPLIT_SEEDS[split], split=split)
+    return generate(n, seed=SPLIT_SEEDS[split], split=split, frames=frames, skip=skip)
 
 
 def inputs_and_targets(

@@ -408,9 +408,7 @@ def varied_mix(
     from model_export.frames import data
 
     k = int(round(n * share))
-    plain = data.generate(
-        n - k, seed=data.SPLIT_SEEDS[split], split=split, skip=skip, frames=frames
-    )
+    plain = data.generate_split(n - k, split, skip=skip, frames=frames)
     seeds = dict(TRAIN_VARIED.seeds)
     varied = render(TRAIN_VARIED, k, seed=seeds[split] * 1000 + skip, frames=frames)
     out = np.concatenate([plain, varied])

@@ -125,9 +125,9 @@ def fit_with_checkpoints(
     initial_epoch: int = 0,
 ) -> tuple[keras.Model, keras.callbacks.History, TrainingClock, float]:
     """The one training loop of every recipe: Adam on ``loss`` (binary cross-entropy
-    unless told; or a Keras loss object), the best validation epoch saved as ``work/NAME.best.keras``, early
-    stopping, the learning rate halved on plateaus or decayed along a cosine over the
-    planned batches, a CSV log and the wall-clock budget. ``train_xy`` may be arrays or a
+    unless told; or a Keras loss object), the best validation epoch saved as
+    ``work/NAME.best.keras``, early stopping, the learning rate halved on plateaus or
+    decayed along a cosine over the planned batches, a CSV log and the wall-clock budget. ``train_xy`` may be arrays or a
     Keras ``PyDataset`` that makes its own batches (streamed from disk). Returns the best model
     (reloaded from its checkpoint), the history, the clock and the seconds spent."""
     rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
@@ -231,19 +231,10 @@ def train(cfg: TrainConfig) -> dict[str, object]:
             frames=length,
         )
     else:
-        train_seq = data.generate(
-            cfg.train_samples,
-            seed=data.SPLIT_SEEDS["train"],
-            split="train",
-            skip=cfg.train_skip,
-            frames=length,
+        train_seq = data.generate_split(
+            cfg.train_samples, "train", skip=cfg.train_skip, frames=length
         )
-        val_seq = data.generate(
-            cfg.validation_samples,
-            seed=data.SPLIT_SEEDS["validation"],
-            split="validation",
-            frames=length,
-        )
+        val_seq = data.generate_split(cfg.validation_samples, "validation", frames=length)
     every = cfg.every_step
     x_train, y_train = data.inputs_and_targets(train_seq, every_step=every, feedback_steps=k)
     x_val, y_val = data.inputs_and_targets(val_seq, every_step=every, feedback_steps=k)
