@@ -3,7 +3,9 @@
 ``mixed_bfloat16`` halves the activations' memory and runs at hardware speed only where
 bf16 arithmetic is native: a GPU, or a CPU with AVX-512 BF16 or AMX. Elsewhere oneDNN
 emulates it, and training measured about 10x slower than float32 on an AVX2-only CPU
-(``bench/results/train_backends.json``), so ``auto`` picks float32 there.
+(``bench/results/train_backends.json``), so ``auto`` picks float32 there; on a 2-core
+Xeon with AMX it trained 1.88x faster than float32 at the same validation loss
+(``bench/results/train_precision_amx.json``).
 """
 
 from __future__ import annotations
