@@ -8,7 +8,8 @@ most 64 MiB in all, so the ~255 MB onnxruntime-gpu wheel travels in parts:
 1. ``pip download`` the cp312 manylinux wheels: onnxruntime-gpu at the ``gpu`` extra's
    pin, the one the GPU image installs (the image's CUDA and cuDNN wheels, the ``cuda``
    extra, stay behind: 1.3 GB; the machine's own are compared with them there); the ``serve`` extra and what it pulls in (for the **infer** job); keras at the
-   ``train`` extra's pin with namex and optree (for the **train** job). Wheels the GPU
+   ``train`` extra's pin with namex and optree, and the varied training family's font
+   files, which the machine lacks (for the **train** job). Wheels the GPU
    machine already holds in a version that works (numpy, onnx, protobuf, h5py, ...) stay
    behind: carrying them would only shadow the machine's own.
 2. Re-pack the onnxruntime-gpu wheel's files as one ``tar.xz`` (xz -9e). The wheel is
@@ -137,6 +138,18 @@ def job_wheels(requirements: list[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
+def pack_fonts(dest: Path) -> list[Path]:
+    """Copy the varied training family's fonts (Debian's, ``make fonts``) into ``dest``:
+    ``gpu.train --varied-share`` draws them, and the GPU machine has none."""
+    from model_export.frames.scenes import TRAIN_FONTS, MissingFont, font_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return [Path(shutil.copyfile(font_file(f), dest / f)) for f in TRAIN_FONTS]
+    except MissingFont as err:
+        raise SystemExit(f"gpu.pack: {err}") from None
+
+
 def travelling_tree_bytes() -> int:
     """What every device call carries anyway: tracked and untracked-not-ignored files."""
     listed = subprocess.run(
@@ -256,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     infer = job_wheels(versions["serve"] + INFER_EXTRA, out / "infer")
     train = job_wheels(versions["train"] + TRAIN_EXTRA, out / "train")
+    fonts = pack_fonts(out / "train" / "fonts")
 
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / (wheel.name + ".tar.xz")
@@ -265,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp.write_text(sha256_of(wheel))
 
     tree = travelling_tree_bytes()
-    small = max(sum(w.stat().st_size for w in infer), sum(w.stat().st_size for w in train))
+    small = max(sum(f.stat().st_size for f in files) for files in (infer, train + fonts))
     part_bytes = int(args.part_mib * MIB) if args.part_mib else CALL_LIMIT - tree - small - MARGIN
     if not args.part_mib and part_bytes < 8 * MIB:
         raise SystemExit(f"the tree ({tree / MIB:.1f} MiB) leaves no room for parts in a call")
@@ -287,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "infer": describe(infer),
         "train": describe(train),
+        "train_fonts": describe(fonts),
         # What the GPU image ships beside onnxruntime-gpu; too large to carry (1.3 GB), so
         # the jobs say where the machine's own copies differ (gpu.receive).
         "cuda_libraries": versions["cuda"],
@@ -301,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(tree {tree / MIB:.1f} MiB, job wheels <= {small / MIB:.1f} MiB, margin {MARGIN / MIB:.0f} MiB)"
     )
     print(
-        f"infer wheels: {len(infer)}, train wheels: {len(train)}; {time.perf_counter() - start:.0f} s"
+        f"infer wheels: {len(infer)}, train wheels: {len(train)} and {len(fonts)} fonts; "
+        f"{time.perf_counter() - start:.0f} s"
     )
     print("Device calls, in quick succession (a warm machine goes back 30 s after a call):")
     for i, call in enumerate(manifest["calls"], 1):

@@ -101,12 +101,18 @@ def install_runtime(stage: Path, target: Path, manifest: dict[str, Any]) -> int:
     return checked
 
 
+def check_files(folder: Path, files: list[dict[str, Any]], what: str) -> None:
+    for entry in files:
+        path = folder / entry["file"]
+        if not path.is_file() or sha256_of(path) != entry["sha256"]:
+            raise SystemExit(f"{path}: missing or not the packed {what}; carry {folder}")
+
+
 def install_wheels(pack: Path, job: str, target: Path, manifest: dict[str, Any]) -> None:
     folder = pack / job
-    for wheel in manifest[job]:
-        path = folder / wheel["file"]
-        if not path.is_file() or sha256_of(path) != wheel["sha256"]:
-            raise SystemExit(f"{path}: missing or not the packed wheel; carry {folder}")
+    check_files(folder, manifest[job], "wheel")
+    if job == "train":  # the varied family's fonts, which gpu/run.sh points training at
+        check_files(folder / "fonts", manifest.get("train_fonts", []), "font")
     subprocess.run(
         [
             sys.executable,

@@ -25,6 +25,8 @@ infer)
 train)
     python3 -m gpu.receive --install train --record "$OUT/cuda_libraries.json" || exit 1
     export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=torch
+    # The varied family's fonts (the machine has no Debian fonts), checked by receive.
+    export MODEL_EXPORT_FONT_DIR="$PWD/.gpu-pack/train/fonts"
     python3 -m gpu.train --out "$OUT" "$@" 2>&1 | tee "$OUT/train.log"
     ;;
 *)

@@ -6,12 +6,15 @@ It calls the same ``model_export.frames.train.train`` as the CPU recipe, with a 
 budget, and leaves in ``--out`` what comes back to the CPU machine:
 ``convlstm.keras`` (the inference checkpoint; ``.keras`` files are backend-independent),
 ``convlstm.log.csv`` (per epoch), ``train.json`` (the record: GPU, backend, wall time,
-sequences per second, epochs run). Export (TensorFlow + tf2onnx), parity and
+sequences per second, epochs run). The varied family (``--varied-share``) draws the
+DejaVu and Liberation fonts, which the machine lacks: ``gpu.pack`` carries them and
+``gpu/run.sh`` points ``MODEL_EXPORT_FONT_DIR`` at them. Export (TensorFlow + tf2onnx), parity and
 evaluation then run on the CPU machine (docs/gpu.md).
 
     python -m gpu.train --out DIR [--minutes 4] [--samples 8000] [--batch-size 16]
         [--head carry] [--loss bce] [--schedule plateau] [--resume models/convlstm.keras]
         [--feedback-steps 3 [--feedback-weight 1] [--feedback-loss l1]]
+        [--varied-share 0.5 --augment --skip-samples 8000]
     python -m gpu.train --out DIR --dry-run     # any backend, CPU, seconds
 """
 
@@ -43,9 +46,15 @@ def device_facts() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     # Keras reads KERAS_BACKEND when first imported: here, not when this module is.
-    from model_export.frames.feedback import check_feedback_steps
+    from model_export.frames.feedback import resolve_feedback_flags
     from model_export.frames.model import HEADS, RELEASE_HEAD
-    from model_export.frames.train import LOSSES, SCHEDULES, TrainConfig, train
+    from model_export.frames.train import (
+        LOSSES,
+        SCHEDULES,
+        TrainConfig,
+        check_varied_share,
+        train,
+    )
 
     p = argparse.ArgumentParser(prog="python -m gpu.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -73,14 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--feedback-weight",
         type=float,
-        default=1.0,
-        help="the fed-back frames' mean loss against the every-step one",
+        default=None,
+        help="with --feedback-steps K > 1: the fed-back frames' mean loss against the "
+        "every-step one (default 1)",
     )
     p.add_argument(
         "--feedback-loss",
         choices=LOSSES,
         default=None,
-        help="the fed-back frames' loss (default: --loss)",
+        help="with --feedback-steps K > 1: the fed-back frames' loss (default: --loss)",
+    )
+    p.add_argument(
+        "--varied-share",
+        type=float,
+        default=0.0,
+        help="share of the sequences from the varied glyph family (train --varied-share)",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="flip, transpose and permute the colours of each training sequence",
+    )
+    p.add_argument(
+        "--skip-samples",
+        type=int,
+        default=0,
+        help="train on the generated sequences after the first N (new to --resume's model)",
     )
     p.add_argument(
         "--work",
@@ -92,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
     try:
-        check_feedback_steps(args.feedback_steps, args.feedback_weight)
+        weight = resolve_feedback_flags(
+            args.feedback_steps, args.feedback_weight, args.feedback_loss
+        )
+        check_varied_share(args.varied_share)
+        if args.skip_samples < 0:
+            raise ValueError(f"--skip-samples {args.skip_samples}: give N >= 0")
     except ValueError as err:
         p.error(str(err))
 
@@ -119,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         schedule=args.schedule,
         init_from=args.resume,
         feedback_steps=args.feedback_steps,
-        feedback_weight=args.feedback_weight,
+        feedback_weight=weight,
         feedback_loss=args.feedback_loss,
+        train_skip=args.skip_samples,
+        varied_share=args.varied_share,
+        augment=args.augment,
     )
     record: dict[str, Any] = dict(train(cfg))
     args.out.mkdir(parents=True, exist_ok=True)

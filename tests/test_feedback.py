@@ -246,3 +246,38 @@ def test_the_gpu_job_passes_the_option_on_and_refuses_bad_values(
     with pytest.raises(ValueError, match="--feedback-steps 0"):
         train(TrainConfig(feedback_steps=0, out_dir=tmp_path / "lib"))
     assert not (tmp_path / "lib").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--feedback-weight", "0.5"], "--feedback-weight goes with --feedback-steps K > 1"),
+        (["--feedback-loss", "l1"], "--feedback-loss goes with --feedback-steps K > 1"),
+        (["--varied-share", "1.5"], "--varied-share 1.5: give a share in [0, 1]"),
+        (["--varied-share", "nan"], "--varied-share nan: give a share in [0, 1]"),
+        (["--skip-samples", "-1"], "--skip-samples -1: give N >= 0"),
+    ],
+)
+def test_the_gpu_job_refuses_what_train_refuses(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        gpu_train.main(["--out", str(tmp_path / "out"), "--dry-run", *flags])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_gpu_job_passes_the_varied_family_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def capture(cfg: TrainConfig) -> None:  # stands in for the trainer
+        raise Captured(cfg)
+
+    monkeypatch.setattr(train_module, "train", capture)
+    flags = ["--varied-share", "0.5", "--augment", "--skip-samples", "8000"]
+    with pytest.raises(Captured) as caught:
+        gpu_train.main(["--out", str(tmp_path), "--dry-run", *flags])
+    cfg = caught.value.args[0]
+    assert (cfg.varied_share, cfg.augment, cfg.train_skip) == (0.5, True, 8000)
+    assert (cfg.feedback_steps, cfg.feedback_weight, cfg.feedback_loss) == (1, 1.0, None)

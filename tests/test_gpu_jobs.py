@@ -134,6 +134,32 @@ def test_receive_part_by_part_then_install(packed: Path, tmp_path: Path) -> None
     assert (target / "fastapi").is_dir() and (target / "onnxconverter_common").is_dir()
 
 
+def test_the_train_call_carries_the_varied_familys_fonts(packed: Path, tmp_path: Path) -> None:
+    from model_export.frames import scenes
+
+    manifest = json.loads((packed / "manifest.json").read_text())
+    fonts = packed / "train" / "fonts"
+    assert sorted(f["file"] for f in manifest["train_fonts"]) == sorted(scenes.TRAIN_FONTS)
+    for entry in manifest["train_fonts"]:
+        installed = scenes.font_file(entry["file"])
+        assert (fonts / entry["file"]).read_bytes() == installed.read_bytes()
+        assert entry["sha256"] == hashlib.sha256(installed.read_bytes()).hexdigest()
+    # gpu/run.sh points the training at the carried folder.
+    assert (
+        'MODEL_EXPORT_FONT_DIR="$PWD/.gpu-pack/train/fonts"'
+        in (REPO / "gpu" / "run.sh").read_text()
+    )
+    # A font that is not the packed one stops the train install before pip runs.
+    copy = tmp_path / "pack"
+    shutil.copytree(packed / "train", copy / "train")
+    (copy / "train" / "fonts" / scenes.TRAIN_FONTS[0]).write_bytes(b"not a font")
+    with pytest.raises(
+        SystemExit, match=f"{scenes.TRAIN_FONTS[0]}: missing or not the packed font"
+    ):
+        receive.install_wheels(copy, "train", tmp_path / "site", manifest)
+    assert not (tmp_path / "site").exists()
+
+
 def test_receive_refuses_a_corrupt_part(packed: Path, tmp_path: Path) -> None:
     manifest = json.loads((packed / "manifest.json").read_text())
     part = manifest["onnxruntime_gpu"]["parts"][0]["file"]

@@ -2,6 +2,8 @@
 and .ood): shapes, determinism, motion rules, and that the two never share a glyph."""
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +80,28 @@ def test_varied_mix_draws_the_asked_share_from_each_family() -> None:
 def test_a_missing_font_says_how_to_install_it() -> None:
     with pytest.raises(scenes.MissingFont, match="make fonts"):
         scenes.font_glyph("NoSuchFont-Regular.ttf", 14, 3)
+
+
+def test_fonts_are_found_first_where_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The GPU machine has no Debian fonts: gpu.pack carries the files and gpu/run.sh
+    # points MODEL_EXPORT_FONT_DIR at them. Here the installed ones are hidden the same way.
+    installed = scenes.font_glyph("DejaVuSans.ttf", 17, 4)
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    shutil.copyfile(scenes.font_file("DejaVuSans.ttf"), carried / "DejaVuSans.ttf")
+    monkeypatch.setattr(scenes, "FONT_ROOT", tmp_path / "no-fonts-here")
+    monkeypatch.setenv(scenes.FONT_DIR_ENV, str(carried))
+    scenes.font_glyph.cache_clear()
+    try:
+        assert scenes.font_file("DejaVuSans.ttf") == carried / "DejaVuSans.ttf"
+        assert np.array_equal(scenes.font_glyph("DejaVuSans.ttf", 17, 4), installed)
+        # The family needs every one of its fonts: the first missing one is named at once.
+        with pytest.raises(scenes.MissingFont, match=r"DejaVuSans-Bold\.ttf is not under "):
+            scenes.require_fonts(scenes.TRAIN_VARIED)
+    finally:
+        scenes.font_glyph.cache_clear()
 
 
 def test_train_refuses_a_varied_share_outside_zero_to_one(

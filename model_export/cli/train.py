@@ -177,28 +177,23 @@ def run(args: argparse.Namespace) -> int:
     if args.head not in (None, "sigmoid") and args.variant != "convlstm":
         print(f"train: --head {args.head} goes with --variant convlstm", file=sys.stderr)
         return 2
-    from model_export.frames.feedback import check_feedback_steps
+    from model_export.frames.feedback import resolve_feedback_flags
     from model_export.frames.model import RELEASE_HEAD
-    from model_export.frames.train import TrainConfig, train
+    from model_export.frames.train import TrainConfig, check_varied_share, train
 
-    weight = 1.0 if args.feedback_weight is None else args.feedback_weight
-    for flag, value in (
-        ("--feedback-weight", args.feedback_weight),
-        ("--feedback-loss", args.feedback_loss),
-    ):
-        if value is not None and args.feedback_steps == 1:
-            print(f"train: {flag} goes with --feedback-steps K > 1", file=sys.stderr)
-            return 2
     try:
-        check_feedback_steps(args.feedback_steps, weight, every_step=args.supervise == "every-step")
+        weight = resolve_feedback_flags(
+            args.feedback_steps,
+            args.feedback_weight,
+            args.feedback_loss,
+            every_step=args.supervise == "every-step",
+        )
+        check_varied_share(args.varied_share)
     except ValueError as err:
         print(f"train: {err}", file=sys.stderr)
         return 2
 
     head = args.head or (RELEASE_HEAD if args.variant == "convlstm" else "sigmoid")
-    if not 0.0 <= args.varied_share <= 1.0:
-        print(f"train: --varied-share {args.varied_share}: give a share in [0, 1]", file=sys.stderr)
-        return 2
 
     cfg = TrainConfig(
         variant=args.variant,

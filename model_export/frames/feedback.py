@@ -51,6 +51,20 @@ def check_feedback_steps(steps: int, weight: float = 1.0, *, every_step: bool = 
         raise ValueError(f"--feedback-weight {weight}: give a weight > 0")
 
 
+def resolve_feedback_flags(
+    steps: int, weight: float | None, loss: str | None, *, every_step: bool = True
+) -> float:
+    """The weight to train with, after refusing what ``train`` and ``gpu.train`` both
+    refuse: a weight or a fed-back loss given without K > 1 (they would be ignored
+    silently), and what ``check_feedback_steps`` refuses. ``None``: not given."""
+    for flag, value in (("--feedback-weight", weight), ("--feedback-loss", loss)):
+        if value is not None and steps == 1:
+            raise ValueError(f"{flag} goes with --feedback-steps K > 1")
+    resolved = 1.0 if weight is None else weight
+    check_feedback_steps(steps, resolved, every_step=every_step)
+    return resolved
+
+
 @keras.saving.register_keras_serializable(package="model_export")
 class NewestStep(layers.Layer):  # type: ignore[misc]
     """``x[:, -1:]``: an every-step prediction's last step, the frame after the window."""

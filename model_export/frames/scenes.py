@@ -16,6 +16,7 @@ the FreeFont and Comic Neue fonts, which no training sequence uses
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -64,8 +65,39 @@ OOD_FONTS: tuple[str, ...] = (
 FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation", "fonts-freefont-ttf", "fonts-comic-neue")
 
 
+# Looked in first when set: the GPU machine has no Debian fonts, so ``gpu.pack`` carries
+# the training family's files and ``gpu/run.sh train`` points this at them.
+FONT_DIR_ENV = "MODEL_EXPORT_FONT_DIR"
+
+
 class MissingFont(RuntimeError):
     """A font a family needs is not installed."""
+
+
+def font_roots() -> list[Path]:
+    """Where fonts are looked for, in order: ``$MODEL_EXPORT_FONT_DIR``, then FONT_ROOT."""
+    extra = os.environ.get(FONT_DIR_ENV)
+    return [Path(extra), FONT_ROOT] if extra else [FONT_ROOT]
+
+
+def font_file(font: str) -> Path:
+    """The first file named ``font`` under ``font_roots()``."""
+    roots = font_roots()
+    for root in roots:
+        matches = sorted(root.rglob(font)) if root.is_dir() else []
+        if matches:
+            return matches[0]
+    where = " or ".join(str(r) for r in roots)
+    raise MissingFont(
+        f"font {font} is not under {where}: run `make fonts` "
+        f"(apt-get install {' '.join(FONT_PACKAGES)})"
+    )
+
+
+def require_fonts(spec: SceneSpec) -> None:
+    """Raise ``MissingFont`` now for any font ``spec`` draws, before sequences are drawn."""
+    for font in spec.fonts:
+        font_file(font)
 
 
 @dataclass(frozen=True)
@@ -124,13 +156,7 @@ def font_glyph(font: str, size: int, digit: int) -> NDArray[np.float32]:
     """The digit ``digit`` of ``font`` at ``size`` px, centred in a SPRITE box, in [0, 1]."""
     from PIL import Image, ImageDraw, ImageFont
 
-    matches = sorted(FONT_ROOT.rglob(font))
-    if not matches:
-        raise MissingFont(
-            f"font {font} is not under {FONT_ROOT}: run `make fonts` "
-            f"(apt-get install {' '.join(FONT_PACKAGES)})"
-        )
-    face = ImageFont.truetype(str(matches[0]), size)
+    face = ImageFont.truetype(str(font_file(font)), size)
     image = Image.new("L", (SPRITE, SPRITE), 0)
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=face)

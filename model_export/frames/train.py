@@ -193,6 +193,12 @@ def fit_with_checkpoints(
     return model, history, clock, seconds
 
 
+def check_varied_share(share: float) -> None:
+    """Refuse a ``--varied-share`` that is no share (before any data is drawn)."""
+    if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+        raise ValueError(f"--varied-share {share}: give a share in [0, 1]")
+
+
 def checkpoint_path(out_dir: Path, variant: str) -> Path:
     return out_dir / f"{variant}.keras"
 
@@ -200,6 +206,11 @@ def checkpoint_path(out_dir: Path, variant: str) -> Path:
 def train(cfg: TrainConfig) -> dict[str, object]:
     """Train ``cfg.variant``, save the inference model, return the training record."""
     check_feedback_steps(cfg.feedback_steps, cfg.feedback_weight, every_step=cfg.every_step)
+    check_varied_share(cfg.varied_share)
+    if cfg.varied_share > 0:
+        from model_export.frames.scenes import TRAIN_VARIED, require_fonts
+
+        require_fonts(TRAIN_VARIED)  # a missing font stops here, not mid-generation
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))  # the record names it
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
