@@ -44,10 +44,56 @@ const HeldOutScores = (() => {
     return sum / a.rgb.length;
   }
 
+  // SSIM as the model cards compute it (scikit-image's structural_similarity with
+  // data_range 1 and channel_axis): a 7x7 uniform window, the sample covariance
+  // (49 / 48), K1 = 0.01, K2 = 0.03, averaged over the windows that lie wholly inside
+  // the frame (scikit-image crops the border's) and over the channels. Written here
+  // because the page has no build step to bring a library in; tests/service/test_web.py
+  // checks it against scikit-image on the same PNGs.
+  const WIN = 7;
+  const C1 = 0.01 ** 2;
+  const C2 = 0.03 ** 2;
+
+  function ssim(a, b) {
+    const { width, height } = a;
+    if (width < WIN || height < WIN) return null;
+    const n = WIN * WIN;
+    const covNorm = n / (n - 1);
+    let total = 0;
+    let count = 0;
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y + WIN <= height; y++) {
+        for (let x = 0; x + WIN <= width; x++) {
+          let sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+          for (let dy = 0; dy < WIN; dy++) {
+            let i = ((y + dy) * width + x) * 3 + c;
+            for (let dx = 0; dx < WIN; dx++, i += 3) {
+              const va = a.rgb[i];
+              const vb = b.rgb[i];
+              sa += va;
+              sb += vb;
+              saa += va * va;
+              sbb += vb * vb;
+              sab += va * vb;
+            }
+          }
+          const ua = sa / n, ub = sb / n;
+          const va = covNorm * (saa / n - ua * ua);
+          const vb = covNorm * (sbb / n - ub * ub);
+          const vab = covNorm * (sab / n - ua * ub);
+          total += ((2 * ua * ub + C1) * (2 * vab + C2)) / ((ua * ua + ub * ub + C1) * (va + vb + C2));
+          count++;
+        }
+      }
+    }
+    return total / count;
+  }
+
   const size = (f) => `${f.width}x${f.height}`;
 
   /**
-   * Per predicted step with a true frame: {step, mse, copyLast, ratio}. Throws an Error
+   * Per predicted step with a true frame: {step, mse, copyLast, ratio, ssim,
+   * copyLastSsim} (SSIM null for frames under 7x7). Throws an Error
    * that says why when the frames cannot be compared.
    */
   async function stepScores(inputs, truth, predicted) {
@@ -69,7 +115,14 @@ const HeldOutScores = (() => {
       }
       const model = mse(p, t);
       const copyLast = mse(last, t);
-      rows.push({ step: k + 1, mse: model, copyLast, ratio: copyLast > 0 ? model / copyLast : null });
+      rows.push({
+        step: k + 1,
+        mse: model,
+        copyLast,
+        ratio: copyLast > 0 ? model / copyLast : null,
+        ssim: ssim(p, t),
+        copyLastSsim: ssim(last, t),
+      });
     }
     return rows;
   }
@@ -98,6 +151,8 @@ const HeldOutScores = (() => {
           cell("td", precise(row.mse), "mse"),
           cell("td", precise(row.copyLast), "copy-last"),
           cell("td", `${fixed(row.ratio, 2)}\u00d7`, "ratio"),
+          cell("td", fixed(row.ssim, 3), "ssim"),
+          cell("td", fixed(row.copyLastSsim, 3), "copy-last-ssim"),
           cell("td", set === null ? "\u2014" : `${set.toFixed(2)}\u00d7`, "set-ratio"),
         );
         return tr;
@@ -117,5 +172,5 @@ const HeldOutScores = (() => {
     );
   }
 
-  return { decodeFrame, stepScores, renderRows, describeSet };
+  return { decodeFrame, ssim, stepScores, renderRows, describeSet };
 })();

@@ -321,7 +321,10 @@ def test_ood_sample_shows_figures_python_computes_from_the_same_frames(page: Pag
     assert response.status == 200
     expect(page.locator("#scores-live tbody tr")).to_have_count(3)
 
-    # The same score from the frames the API returned, the sample's truth and last input.
+    # The same score from the frames the API returned, the sample's truth and last input;
+    # SSIM by the function that writes the model cards' figures.
+    from model_export.frames.evaluate import ssim
+
     folder = WEB / "samples" / sample["name"]
     last = as_unit((folder / "input_14.png").read_bytes())
     committed = INDEX["committed_model"]["figures"]["ood"]["fed_back_mse_vs_copy_last"]
@@ -330,13 +333,16 @@ def test_ood_sample_shows_figures_python_computes_from_the_same_frames(page: Pag
         truth = as_unit((folder / f"truth_{k:02d}.png").read_bytes())
         mse = float(np.mean((as_unit(base64.b64decode(frame)) - truth) ** 2))
         copy_last = float(np.mean((last - truth) ** 2))
-        step, shown_mse, shown_copy, ratio, set_ratio = row
+        step, shown_mse, shown_copy, ratio, shown_ssim, shown_copy_ssim, set_ratio = row
         assert step == f"t={16 + k}"
-        # Three significant digits for an MSE, two decimals for a ratio: half a unit of
-        # the last digit shown.
+        # Three significant digits for an MSE, two decimals for a ratio, three for an SSIM:
+        # half a unit of the last digit shown.
         for shown, value in ((shown_mse, mse), (shown_copy, copy_last)):
             assert abs(float(shown) - value) <= 0.5 * 10 ** (np.floor(np.log10(value)) - 2)
         assert abs(float(ratio.rstrip("\u00d7")) - mse / copy_last) <= 0.005 + 1e-9, row
+        predicted = as_unit(base64.b64decode(frame))
+        for shown, (x, y) in ((shown_ssim, (predicted, truth)), (shown_copy_ssim, (last, truth))):
+            assert abs(float(shown) - float(ssim(x[None], y[None])[0])) <= 0.0005 + 1e-9, row
         assert set_ratio == f"{committed[k]:.2f}\u00d7"
     figures = page.locator("#scores-set")
     expect(figures).to_contain_text(INDEX["committed_model"]["sha256"][:12])
