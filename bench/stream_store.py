@@ -169,7 +169,7 @@ def run(plan: Plan, smoke: bool = False, model: Path = MODEL) -> dict[str, Any]:
     }
     if not Path(REDIS_SERVER).is_file():
         return {**results, "skipped": "redis-server is not installed (make stream-tools)"}
-    seq = data.generate(1, seed=data.SPLIT_SEEDS["test"], split="test", frames=30)[0]
+    seq = data.generate_split(1, "test", frames=30)[0]
     frames = [tensor(seq[i : i + 1]) for i in range(len(seq))]
     with ExitStack() as stack:
         redis = stack.enter_context(

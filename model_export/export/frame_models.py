@@ -90,7 +90,7 @@ def parity(model: keras.Model, onnx_model: bytes | Path, x: NDArray[np.float32])
 def parity_inputs(model: keras.Model, n: int = PARITY_SEQUENCES) -> NDArray[np.float32]:
     """Held-out test sequences shaped for ``model``'s input."""
     frames = int(model.input.shape[1])
-    seqs = data.generate(n, seed=data.SPLIT_SEEDS["test"], split="test", frames=frames + 1)
+    seqs = data.generate_split(n, "test", frames=frames + 1)
     return data.inputs_and_targets(seqs, every_step=False)[0]
 
 

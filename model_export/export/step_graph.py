@@ -249,9 +249,7 @@ def parity_frames(frames: int, frame_shape: tuple[int, ...]) -> NDArray[np.float
     """Test-split sequences where the model takes the project's frames, else uniform noise
     in [0, 1] of the model's shape (a model trained on a user's own data)."""
     if frame_shape == (data.CANVAS, data.CANVAS, data.CHANNELS):
-        seqs = data.generate(
-            STEP_PARITY_SEQUENCES, seed=data.SPLIT_SEEDS["test"], split="test", frames=frames + 1
-        )
+        seqs = data.generate_split(STEP_PARITY_SEQUENCES, "test", frames=frames + 1)
         return data.inputs_and_targets(seqs, every_step=False)[0]
     rng = np.random.default_rng(data.SPLIT_SEEDS["test"])
     return rng.random((STEP_PARITY_SEQUENCES, frames, *frame_shape), dtype=np.float32)

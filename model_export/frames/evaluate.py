@@ -107,9 +107,7 @@ def horizon_split(samples: int, horizon: int) -> tuple[NDArray[np.float32], NDAr
     The generator's random draws do not depend on the sequence length, so the first 16
     frames are exactly ``generate_split(samples, "test")``: step 1 is the next-frame test.
     """
-    seqs = data.generate(
-        samples, seed=data.SPLIT_SEEDS["test"], split="test", frames=data.FRAMES + horizon
-    )
+    seqs = data.generate_split(samples, "test", frames=data.FRAMES + horizon)
     return seqs[:, : data.FRAMES], seqs[:, data.FRAMES :]
 
 

@@ -71,9 +71,7 @@ def state_rollout(onnx_path: Path, x: NDArray[np.float32], horizon: int) -> NDAr
 def compare(onnx_path: Path, samples: int = 64, horizon: int = 8) -> dict[str, Any]:
     """Per-step MSE and SSIM of both roll-outs on ``samples`` test sequences."""
     frames = 15
-    seqs = data.generate(
-        samples, seed=data.SPLIT_SEEDS["test"], split="test", frames=frames + horizon
-    )
+    seqs = data.generate_split(samples, "test", frames=frames + horizon)
     x, truth = seqs[:, :frames], seqs[:, frames:]
     preds = {
         "window": window_rollout(onnx_path, x, horizon),
