@@ -141,7 +141,7 @@ def job_wheels(requirements: list[str], dest: Path) -> list[Path]:
 def pack_fonts(dest: Path) -> list[Path]:
     """Copy the varied training family's fonts (Debian's, ``make fonts``) into ``dest``:
     ``gpu.train --varied-share`` draws them, and the GPU machine has none."""
-    from model_export.frames.scenes import TRAIN_FONTS, MissingFont, font_file
+    from model_export.frames.glyphs import TRAIN_FONTS, MissingFont, font_file
 
     dest.mkdir(parents=True, exist_ok=True)
     try:

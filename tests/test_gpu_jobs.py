@@ -135,13 +135,13 @@ def test_receive_part_by_part_then_install(packed: Path, tmp_path: Path) -> None
 
 
 def test_the_train_call_carries_the_varied_familys_fonts(packed: Path, tmp_path: Path) -> None:
-    from model_export.frames import scenes
+    from model_export.frames import glyphs
 
     manifest = json.loads((packed / "manifest.json").read_text())
     fonts = packed / "train" / "fonts"
-    assert sorted(f["file"] for f in manifest["train_fonts"]) == sorted(scenes.TRAIN_FONTS)
+    assert sorted(f["file"] for f in manifest["train_fonts"]) == sorted(glyphs.TRAIN_FONTS)
     for entry in manifest["train_fonts"]:
-        installed = scenes.font_file(entry["file"])
+        installed = glyphs.font_file(entry["file"])
         assert (fonts / entry["file"]).read_bytes() == installed.read_bytes()
         assert entry["sha256"] == hashlib.sha256(installed.read_bytes()).hexdigest()
     # gpu/run.sh points the training at the carried folder.
@@ -152,9 +152,9 @@ def test_the_train_call_carries_the_varied_familys_fonts(packed: Path, tmp_path:
     # A font that is not the packed one stops the train install before pip runs.
     copy = tmp_path / "pack"
     shutil.copytree(packed / "train", copy / "train")
-    (copy / "train" / "fonts" / scenes.TRAIN_FONTS[0]).write_bytes(b"not a font")
+    (copy / "train" / "fonts" / glyphs.TRAIN_FONTS[0]).write_bytes(b"not a font")
     with pytest.raises(
-        SystemExit, match=f"{scenes.TRAIN_FONTS[0]}: missing or not the packed font"
+        SystemExit, match=f"{glyphs.TRAIN_FONTS[0]}: missing or not the packed font"
     ):
         receive.install_wheels(copy, "train", tmp_path / "site", manifest)
     assert not (tmp_path / "site").exists()

@@ -12,6 +12,7 @@ from model_export.__main__ import main
 from model_export.export.frame_models import export
 from model_export.frames import data
 from model_export.frames.evaluate import BASELINE, evaluate, mse
+from model_export.frames.glyphs import sklearn_glyphs
 from model_export.frames.model import build_convlstm
 from model_export.frames.ood import OOD, OOD_SEED
 from model_export.frames.ood_breakdown import (
@@ -21,7 +22,7 @@ from model_export.frames.ood_breakdown import (
     factor_spec,
     table,
 )
-from model_export.frames.scenes import render, sklearn_glyphs
+from model_export.frames.scenes import render
 
 
 def test_the_factors_cover_every_difference_between_the_family_and_the_ood_set() -> None:

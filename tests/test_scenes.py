@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_export.frames import data, scenes
+from model_export.frames import data, glyphs, scenes
 from model_export.frames.ood import OOD, OOD_SEED, ood_horizon_split
 
 
@@ -53,7 +53,7 @@ def test_each_bounce_rule_keeps_its_speed_limit_and_walls(rule: scenes.Bounce) -
             step = np.minimum(step, data.CANVAS - step)  # across the seam
         else:
             low = scenes.INSET if rule == "inset" else 0
-            assert path.min() >= low and path.max() <= data.CANVAS - scenes.SPRITE - low
+            assert path.min() >= low and path.max() <= data.CANVAS - glyphs.SPRITE - low
             step = np.abs(np.diff(path, axis=0))
         assert step.max() <= OOD.speed[1]
 
@@ -78,8 +78,8 @@ def test_varied_mix_draws_the_asked_share_from_each_family() -> None:
 
 
 def test_a_missing_font_says_how_to_install_it() -> None:
-    with pytest.raises(scenes.MissingFont, match="make fonts"):
-        scenes.font_glyph("NoSuchFont-Regular.ttf", 14, 3)
+    with pytest.raises(glyphs.MissingFont, match="make fonts"):
+        glyphs.font_glyph("NoSuchFont-Regular.ttf", 14, 3)
 
 
 def test_fonts_are_found_first_where_the_environment_says(
@@ -87,21 +87,21 @@ def test_fonts_are_found_first_where_the_environment_says(
 ) -> None:
     # The GPU machine has no Debian fonts: gpu.pack carries the files and gpu/run.sh
     # points MODEL_EXPORT_FONT_DIR at them. Here the installed ones are hidden the same way.
-    installed = scenes.font_glyph("DejaVuSans.ttf", 17, 4)
+    installed = glyphs.font_glyph("DejaVuSans.ttf", 17, 4)
     carried = tmp_path / "carried"
     carried.mkdir()
-    shutil.copyfile(scenes.font_file("DejaVuSans.ttf"), carried / "DejaVuSans.ttf")
-    monkeypatch.setattr(scenes, "FONT_ROOT", tmp_path / "no-fonts-here")
-    monkeypatch.setenv(scenes.FONT_DIR_ENV, str(carried))
-    scenes.font_glyph.cache_clear()
+    shutil.copyfile(glyphs.font_file("DejaVuSans.ttf"), carried / "DejaVuSans.ttf")
+    monkeypatch.setattr(glyphs, "FONT_ROOT", tmp_path / "no-fonts-here")
+    monkeypatch.setenv(glyphs.FONT_DIR_ENV, str(carried))
+    glyphs.font_glyph.cache_clear()
     try:
-        assert scenes.font_file("DejaVuSans.ttf") == carried / "DejaVuSans.ttf"
-        assert np.array_equal(scenes.font_glyph("DejaVuSans.ttf", 17, 4), installed)
+        assert glyphs.font_file("DejaVuSans.ttf") == carried / "DejaVuSans.ttf"
+        assert np.array_equal(glyphs.font_glyph("DejaVuSans.ttf", 17, 4), installed)
         # The family needs every one of its fonts: the first missing one is named at once.
-        with pytest.raises(scenes.MissingFont, match=r"DejaVuSans-Bold\.ttf is not under "):
+        with pytest.raises(glyphs.MissingFont, match=r"DejaVuSans-Bold\.ttf is not under "):
             scenes.require_fonts(scenes.TRAIN_VARIED)
     finally:
-        scenes.font_glyph.cache_clear()
+        glyphs.font_glyph.cache_clear()
 
 
 def test_train_refuses_a_varied_share_outside_zero_to_one(

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_export.frames.data import FRAMES
-from model_export.frames.scenes import OOD_FONTS, SceneSpec, render
+from model_export.frames.glyphs import OOD_FONTS
+from model_export.frames.scenes import SceneSpec, render
 
 # Its own seed, used by no training or validation stream.
 OOD_SEED = 31

@@ -11,29 +11,33 @@ The two families are kept apart by construction: ``TRAIN_VARIED`` draws the trai
 pool of scikit-learn's digits and the DejaVu and Liberation fonts; ``OOD`` (in
 ``model_export.frames.ood``) draws the held-out scikit-learn digits at other scales and
 the FreeFont and Comic Neue fonts, which no training sequence uses
-(``tests/test_scenes.py`` checks that the sets are disjoint).
+(``tests/test_scenes.py`` checks that the sets are disjoint). The glyphs themselves
+(fonts and scikit-learn's digits in a sprite box) come from ``glyphs``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model_export.frames.data import CANVAS, CHANNELS, FRAMES, Split, digit_pool
+from model_export.frames.data import CANVAS, CHANNELS, FRAMES, Split
+from model_export.frames.glyphs import (
+    SPRITE,
+    TRAIN_FONTS,
+    font_file,
+    font_glyph,
+    sklearn_glyphs,
+)
 
 Bounce = Literal["reflect", "wrap", "inset"]
 Background = Literal["black", "flat", "gradient"]
 Colours = Literal["any hue", "tint"]
 Blend = Literal["over", "max"]
 
-# Every glyph is drawn in a SPRITE x SPRITE box (the moving-digit canvas' 16 px).
-SPRITE = 16
 # Background colours stay this dark, so that a pixel whose brightest channel reaches
 # ``evaluate.DIGIT_THRESHOLD`` (0.25) belongs to a glyph and the tint error keeps its
 # meaning; glyph colours have their brightest channel at 0.5 or more.
@@ -41,61 +45,10 @@ BACKGROUND_MAX = 0.2
 # ``inset`` bounces off walls this many pixels inside the canvas.
 INSET = 4
 
-FONT_ROOT = Path("/usr/share/fonts")
-# Fonts of the training family (fonts-dejavu-core, fonts-liberation) and of the OOD
-# family (fonts-freefont-ttf, fonts-comic-neue): file names under FONT_ROOT.
-TRAIN_FONTS: tuple[str, ...] = (
-    "DejaVuSans.ttf",
-    "DejaVuSans-Bold.ttf",
-    "DejaVuSerif.ttf",
-    "DejaVuSansMono.ttf",
-    "LiberationSans-Regular.ttf",
-    "LiberationSans-Bold.ttf",
-    "LiberationSerif-Regular.ttf",
-    "LiberationMono-Regular.ttf",
-)
-OOD_FONTS: tuple[str, ...] = (
-    "FreeSans.ttf",
-    "FreeSerifBoldItalic.ttf",
-    "FreeMonoBold.ttf",
-    "ComicNeue-Regular.otf",
-    "ComicNeue-Bold.otf",
-)
-# The Debian packages that ship them (installed by ``make fonts``).
-FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation", "fonts-freefont-ttf", "fonts-comic-neue")
-
-
-# Looked in first when set: the GPU machine has no Debian fonts, so ``gpu.pack`` carries
-# the training family's files and ``gpu/run.sh train`` points this at them.
-FONT_DIR_ENV = "MODEL_EXPORT_FONT_DIR"
-
-
-class MissingFont(RuntimeError):
-    """A font a family needs is not installed."""
-
-
-def font_roots() -> list[Path]:
-    """Where fonts are looked for, in order: ``$MODEL_EXPORT_FONT_DIR``, then FONT_ROOT."""
-    extra = os.environ.get(FONT_DIR_ENV)
-    return [Path(extra), FONT_ROOT] if extra else [FONT_ROOT]
-
-
-def font_file(font: str) -> Path:
-    """The first file named ``font`` under ``font_roots()``."""
-    roots = font_roots()
-    for root in roots:
-        matches = sorted(root.rglob(font)) if root.is_dir() else []
-        if matches:
-            return matches[0]
-    where = " or ".join(str(r) for r in roots)
-    raise MissingFont(
-        f"font {font} is not under {where}: run `make fonts` "
-        f"(apt-get install {' '.join(FONT_PACKAGES)})"
-    )
-
 
 def require_fonts(spec: SceneSpec) -> None:
-    """Raise ``MissingFont`` now for any font ``spec`` draws, before sequences are drawn."""
+    """Raise ``glyphs.MissingFont`` now for any font ``spec`` draws, before sequences
+    are drawn."""
     for font in spec.fonts:
         font_file(font)
 
@@ -149,38 +102,6 @@ TRAIN_VARIED = SceneSpec(
     occlusion=0.25,
     seeds=(("train", 11), ("validation", 12)),
 )
-
-
-@lru_cache(maxsize=64)
-def font_glyph(font: str, size: int, digit: int) -> NDArray[np.float32]:
-    """The digit ``digit`` of ``font`` at ``size`` px, centred in a SPRITE box, in [0, 1]."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    face = ImageFont.truetype(str(font_file(font)), size)
-    image = Image.new("L", (SPRITE, SPRITE), 0)
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=face)
-    x = (SPRITE - (right - left)) / 2 - left
-    y = (SPRITE - (bottom - top)) / 2 - top
-    draw.text((x, y), str(digit), fill=255, font=face)
-    return np.asarray(image, dtype=np.float32) / 255.0
-
-
-@lru_cache(maxsize=8)
-def sklearn_glyphs(pool: Split, size: int) -> NDArray[np.float32]:
-    """scikit-learn's 8x8 digits of ``pool`` scaled (bilinear) to ``size`` px and centred
-    in a SPRITE box: (n, SPRITE, SPRITE)."""
-    from PIL import Image
-
-    if size == SPRITE:
-        return np.asarray(digit_pool(pool), dtype=np.float32)  # ``data``'s nearest x2
-    half = digit_pool(pool)[:, ::2, ::2]  # back to the 8x8 originals
-    out = np.zeros((len(half), SPRITE, SPRITE), dtype=np.float32)
-    at = (SPRITE - size) // 2
-    for i, g in enumerate(half):
-        scaled = Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)
-        out[i, at : at + size, at : at + size] = np.clip(np.asarray(scaled), 0.0, 1.0)
-    return out
 
 
 def _glyph(spec: SceneSpec, rng: np.random.Generator) -> tuple[NDArray[np.float32], str]:
