@@ -209,8 +209,15 @@ def test_fed_back_training_saves_the_served_model_and_resumes(
         (["--feedback-steps", "3", "--feedback-weight", "0"], "--feedback-weight 0.0"),
         (["--feedback-weight", "2"], "--feedback-weight goes with --feedback-steps"),
         (["--feedback-loss", "l1"], "--feedback-loss goes with --feedback-steps"),
-        (["--data", "x.npy", "--feedback-loss", "l1"], "--feedback-loss go with --data digits"),
-        (["--feedback-steps", "2", "--data", "x.npy"], "--feedback-steps go with --data digits"),
+        (
+            ["--data", "x.npy", "--feedback-loss", "l1"],
+            "--feedback-loss goes with --feedback-steps",
+        ),
+        (["--feedback-steps", "16", "--data", "x.npy"], "--feedback-steps 16: give 1"),
+        (
+            ["--feedback-steps", "2", "--data", "x.npy", "--loss", "l1"],
+            "--loss go with --data digits",
+        ),
     ],
 )
 def test_bad_values_are_refused_before_training(
@@ -281,3 +288,49 @@ def test_the_gpu_job_passes_the_varied_family_on(
     cfg = caught.value.args[0]
     assert (cfg.varied_share, cfg.augment, cfg.train_skip) == (0.5, True, 8000)
     assert (cfg.feedback_steps, cfg.feedback_weight, cfg.feedback_loss) == (1, 1.0, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
+def test_own_data_trains_on_its_fed_back_frames(tmp_path: Path, stream: bool) -> None:
+    """``train --data --feedback-steps 3``: windows of --frames T + 2 are cut, the model
+    takes T - 1 frames as with K = 1, and the two frames after them are its fed-back
+    targets; scored on windows of its own length."""
+    from tests.test_train_data import TINY
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "grid.npy"
+    np.save(path, rng.uniform(0.0, 1.0, size=(6, 9, 8, 8, 1)).astype(np.float32))
+    out = tmp_path / "out"
+    args = ["train", "--data", str(path), "--frames", "4", "--out", str(out), *TINY]
+    flags = ["--feedback-steps", "3", "--feedback-loss", "l1"]
+    assert main([*args, *flags, *(["--stream"] if stream else [])]) == 0
+    record = json.loads((out / "own.training.json").read_text())
+    assert record["config"]["feedback_steps"] == 3 and record["config"]["feedback_loss"] == "l1"
+    model = keras.models.load_model(out / "own.keras")
+    assert tuple(model.input.shape) == (None, 3, 8, 8, 1)  # --frames 4: 3 inputs, as K = 1
+    assert tuple(model.output.shape) == (None, 8, 8, 1)
+    if stream:
+        assert (record["data"]["window_frames"], record["data"]["drawn_window_frames"]) == (4, 6)
+    else:
+        # 4 train sequences of 9 frames: 4 windows of 4 + 2 frames each.
+        assert record["data"]["window_frames"] == 6
+        assert record["data"]["splits"]["train"]["windows"] == 16
+    assert record["evaluation"]["windows"] > 0
+    # The fed-back graph's every-step model comes back out of a fed-back checkpoint.
+    resumed = ["--name", "again", "--resume", str(out / "training" / "own.best.keras")]
+    assert main([*args, *flags, *resumed]) == 0
+    assert tuple(keras.models.load_model(out / "again.keras").input.shape) == (None, 3, 8, 8, 1)
+
+
+def test_own_data_too_short_for_its_fed_back_frames_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "short.npy"
+    np.save(path, np.zeros((6, 3, 8, 8, 1), dtype=np.float32))
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(path), "--feedback-steps", "3", "--out", str(out)]) == 1
+    assert "windows of 3 frames leave 1 for the model with --feedback-steps 3" in (
+        capsys.readouterr().err
+    )
+    assert not (out / "own.keras").exists()

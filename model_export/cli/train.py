@@ -144,7 +144,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="run the model K times on a sliding window of its own predictions, as serving "
         "feeds them back at horizon K, and add the fed-back frames' loss to the every-step "
         "loss (1, the default: the next frame only; at most 15); each pass costs one more "
-        "run of the stack",
+        "run of the stack; with --data, windows of --frames T are cut T + K - 1 frames long "
+        "(whole sequences of L frames give the model L - K inputs)",
     )
     t.add_argument(
         "--feedback-weight",
@@ -241,7 +242,16 @@ def _data_config(args: argparse.Namespace, name: str) -> DataTrainConfig:
         out_dir=args.out,
         filters=tuple(args.filters or CONVLSTM_FILTERS),
         resume=args.resume,
+        feedback_steps=args.feedback_steps,
+        feedback_weight=1.0 if args.feedback_weight is None else args.feedback_weight,
+        feedback_loss=args.feedback_loss,
     )
+
+
+def _drawn_frames(args: argparse.Namespace) -> int | None:
+    """The frames a window is cut with: --frames T, and the K - 1 fed-back frames after
+    them with --feedback-steps K (None: whole sequences)."""
+    return None if args.frames is None else args.frames + args.feedback_steps - 1
 
 
 def _train_on_data(args: argparse.Namespace) -> int:
@@ -252,12 +262,16 @@ def _train_on_data(args: argparse.Namespace) -> int:
     recipe["--schedule"] = args.schedule != "plateau"
     recipe["--varied-share"] = args.varied_share != 0.0
     recipe["--augment"] = args.augment
-    recipe["--feedback-steps"] = args.feedback_steps != 1
-    recipe["--feedback-weight"] = args.feedback_weight is not None
-    recipe["--feedback-loss"] = args.feedback_loss is not None
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
         print(f"train: {flags} go with --data digits", file=sys.stderr)
+        return 2
+    from model_export.frames.feedback import resolve_feedback_flags
+
+    try:
+        resolve_feedback_flags(args.feedback_steps, args.feedback_weight, args.feedback_loss)
+    except ValueError as err:
+        print(f"train: {err}", file=sys.stderr)
         return 2
     if args.variant != "convlstm" or args.supervise != "every-step":
         print(
@@ -277,12 +291,15 @@ def _train_on_data(args: argparse.Namespace) -> int:
         return 2
     try:
         user_data.check_fits_in_memory(
-            Path(args.data), key=args.data_key, frames=args.frames, limit_gb=args.memory_limit_gb
+            Path(args.data),
+            key=args.data_key,
+            frames=_drawn_frames(args),
+            limit_gb=args.memory_limit_gb,
         )
         dataset = user_data.load(
             Path(args.data),
             key=args.data_key,
-            frames=args.frames,
+            frames=_drawn_frames(args),
             resize=None if args.resize is None else user_data.parse_size(args.resize),
             seed=args.seed,
         )
@@ -310,8 +327,8 @@ def _train_streamed(args: argparse.Namespace, name: str) -> int:
         )
         return 2
     try:
-        catalogue = scan(Path(args.data), window=args.frames, key=args.data_key)
-        window = args.frames or catalogue.sources[0].length
+        catalogue = scan(Path(args.data), window=_drawn_frames(args), key=args.data_key)
+        window = _drawn_frames(args) or catalogue.sources[0].length
         cfg = _data_config(args, name)
         record = train_on_stream(
             cfg, catalogue, path=Path(args.data), window=window, group=args.shuffle_group

@@ -336,7 +336,9 @@ def _in_order(sources: list[Source], window: int) -> NDArray[np.int64]:
 
 
 class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
-    """Batches (inputs, every-step targets) of windows read from disk as Keras asks."""
+    """Batches (inputs, every-step targets) of windows read from disk as Keras asks;
+    with ``feedback_steps`` K the inputs leave out a window's last K frames, which stay
+    among the targets (the fed-back ones, ``data.inputs_and_targets``)."""
 
     def __init__(
         self,
@@ -352,10 +354,12 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
         shuffle: bool = True,
         workers: int = 2,
         max_queue_size: int = 4,
+        feedback_steps: int = 1,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.sources = sources
         self.window = window
+        self.feedback_steps = feedback_steps
         self.batch_size = batch_size
         self.scale = scale_of(dtype)
         self.seed = seed
@@ -393,7 +397,7 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
         ).astype(np.float32)
         if self.scale != 1.0:
             batch /= self.scale
-        return batch[:, :-1], batch[:, 1:]
+        return batch[:, : self.window - self.feedback_steps], batch[:, 1:]
 
     def on_epoch_end(self) -> None:
         # Keras reads the length once per fit, so ``start_batch`` (the rest of a resumed

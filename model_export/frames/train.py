@@ -193,6 +193,26 @@ def fit_with_checkpoints(
     return model, history, clock, seconds
 
 
+def objective(
+    step_model: keras.Model,
+    *,
+    loss: Loss,
+    feedback_steps: int,
+    teacher_frames: int,
+    weight: float = 1.0,
+    feedback_loss: Loss | None = None,
+) -> tuple[keras.Model, Loss | keras.losses.Loss]:
+    """The model and loss to fit: ``step_model`` and ``loss`` as they are for one step;
+    for K > 1 the K-pass graph on its own predictions (``feedback.build_fed_back``) and
+    the every-step loss over ``teacher_frames`` frames plus the weighted fed-back one."""
+    if feedback_steps == 1:
+        return step_model, loss
+    fed = _KERAS_LOSS[feedback_loss or loss]
+    return build_fed_back(step_model, feedback_steps), FedBackLoss(
+        _KERAS_LOSS[loss], teacher_frames, weight, fed
+    )
+
+
 def check_varied_share(share: float) -> None:
     """Refuse a ``--varied-share`` that is no share (before any data is drawn)."""
     if not (math.isfinite(share) and 0.0 <= share <= 1.0):
@@ -256,11 +276,14 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         # A checkpoint of a fed-back run holds the every-step model inside it.
         source = single_pass(keras.models.load_model(cfg.init_from))
         warm_started = copy_weights_by_name(source, step_model)
-    model = step_model if k == 1 else build_fed_back(step_model, k)
-    loss: Loss | keras.losses.Loss = cfg.loss
-    if k > 1:
-        fed_loss = _KERAS_LOSS[cfg.feedback_loss or cfg.loss]
-        loss = FedBackLoss(_KERAS_LOSS[cfg.loss], data.FRAMES, cfg.feedback_weight, fed_loss)
+    model, loss = objective(
+        step_model,
+        loss=cfg.loss,
+        feedback_steps=k,
+        teacher_frames=data.FRAMES,
+        weight=cfg.feedback_weight,
+        feedback_loss=cfg.feedback_loss,
+    )
     model, history, clock, seconds = fit_with_checkpoints(
         model,
         (x_train, y_train),

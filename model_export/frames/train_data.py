@@ -3,7 +3,9 @@
 The model is the seed ConvLSTM recipe (``model.build_convlstm``) adapted to the
 data: input (T-1, H, W, C), a head of C channels. Each window of T frames gives
 T-1 inputs and, at every step, the frame that follows (every-step supervision,
-as for the digits). The inference model, T-1 frames -> the next frame, is saved
+as for the digits). With ``--feedback-steps K`` the windows drawn hold T + K - 1
+frames and the model also runs K - 1 more times on its own predictions, as serving
+feeds them back (``feedback.py``). The inference model, T-1 frames -> the next frame, is saved
 as ``OUT/NAME.keras``, which ``python -m model_export export --keras`` takes; the
 training record beside it (``OUT/NAME.training.json``) carries the data's
 provenance, its normalisation and the held-out scores into the exported card.
@@ -23,9 +25,10 @@ from numpy.typing import NDArray
 from convlstm_card import sha256_of
 from model_export.frames import data
 from model_export.frames.evaluate import BASELINE, mse, psnr
+from model_export.frames.feedback import single_pass
 from model_export.frames.model import CONVLSTM_FILTERS, build_convlstm
 from model_export.frames.precision import resolve_precision
-from model_export.frames.train import fit_with_checkpoints
+from model_export.frames.train import Loss, fit_with_checkpoints, objective
 from model_export.frames.user_data import DataError, Dataset
 from model_export.host import describe_machine
 
@@ -46,6 +49,40 @@ class DataTrainConfig:
     out_dir: Path = Path("models")
     filters: tuple[int, ...] = CONVLSTM_FILTERS
     resume: Path | None = None
+    # Passes on the model's own predictions (train --feedback-steps; 1: the next frame
+    # only), the fed-back frames' weight and loss (None: binary cross-entropy, as the rest).
+    feedback_steps: int = 1
+    feedback_weight: float = 1.0
+    feedback_loss: Loss | None = None
+
+
+def model_window(
+    cfg: DataTrainConfig, drawn: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """The model's window (its T-1 inputs and the next frame) within windows of
+    ``drawn`` frames: K - 1 frames shorter, those being the fed-back targets."""
+    t, h, w, c = drawn
+    model_t = t - (cfg.feedback_steps - 1)
+    if model_t < 2:
+        raise DataError(
+            f"windows of {t} frames leave {model_t} for the model with --feedback-steps "
+            f"{cfg.feedback_steps}: a window needs at least 2 (inputs and the next)"
+        )
+    return model_t, h, w, c
+
+
+def fit_objective(
+    cfg: DataTrainConfig, step_model: keras.Model
+) -> tuple[keras.Model, Loss | keras.losses.Loss]:
+    """The model and loss to fit (the K-pass graph with K > 1), as for the digits."""
+    return objective(
+        step_model,
+        loss="bce",
+        feedback_steps=cfg.feedback_steps,
+        teacher_frames=int(step_model.input.shape[1]),
+        weight=cfg.feedback_weight,
+        feedback_loss=cfg.feedback_loss,
+    )
 
 
 def checkpoint_path(out_dir: Path, name: str) -> Path:
@@ -65,7 +102,8 @@ def _starting_model(cfg: DataTrainConfig, window: tuple[int, int, int, int]) -> 
     if cfg.resume is None:
         return model
     try:
-        saved = keras.models.load_model(cfg.resume, compile=False)
+        # A fed-back run's checkpoint holds the every-step model inside it.
+        saved = single_pass(keras.models.load_model(cfg.resume, compile=False))
     except Exception as err:  # Keras raises many kinds for a file it cannot read
         raise DataError(f"--resume {cfg.resume}: Keras could not load it ({err})") from err
     want = (t - 1, h, w, c)
@@ -94,9 +132,15 @@ def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
-    model = _starting_model(cfg, dataset.window_shape)
-    x_train, y_train = data.inputs_and_targets(dataset.splits["train"], every_step=True)
-    x_val, y_val = data.inputs_and_targets(dataset.splits["validation"], every_step=True)
+    window = model_window(cfg, dataset.window_shape)
+    model, loss = fit_objective(cfg, _starting_model(cfg, window))
+    k = cfg.feedback_steps
+    x_train, y_train = data.inputs_and_targets(
+        dataset.splits["train"], every_step=True, feedback_steps=k
+    )
+    x_val, y_val = data.inputs_and_targets(
+        dataset.splits["validation"], every_step=True, feedback_steps=k
+    )
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     work = cfg.out_dir / "training"
@@ -113,11 +157,12 @@ def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
         patience=cfg.patience,
         max_minutes=cfg.max_minutes,
         verbose=1,  # Keras's progress bar
+        loss=loss,
     )
 
-    inference, checkpoint = save_inference(model, cfg, dataset.window_shape)
+    inference, checkpoint = save_inference(single_pass(model), cfg, window)
     record: dict[str, Any] = {
-        **record_head(cfg, checkpoint, dataset.window_shape),
+        **record_head(cfg, checkpoint, window),
         "data": dataset.record,
         "epochs_run": len(history.history["loss"]),
         "stopped_by_budget": clock.stopped_early,
@@ -125,7 +170,7 @@ def _train(cfg: DataTrainConfig, dataset: Dataset) -> dict[str, Any]:
         "batches_run": clock.batches,
         "best_val_loss": float(np.min(history.history["val_loss"])),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        "evaluation": evaluate_split(inference, dataset.splits["test"]),
+        "evaluation": evaluate_split(inference, dataset.splits["test"][:, : window[0]]),
         "machine": describe_machine(),
         "backend": keras.backend.backend(),
     }

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from model_export.frames.feedback import single_pass
 from model_export.frames.precision import resolve_precision
 from model_export.frames.stream_data import Catalogue, WindowStream, scale_of, split_sources
 from model_export.frames.train import LAST_EVERY, fit_with_checkpoints
@@ -24,6 +25,8 @@ from model_export.frames.train_data import (
     DataTrainConfig,
     _starting_model,
     evaluate_split,
+    fit_objective,
+    model_window,
     record_head,
     record_path,
     save_inference,
@@ -92,7 +95,7 @@ def _stream(
         batch_size=cfg.batch_size,
         dtype=catalogue.dtype,
         seed=cfg.seed,
-        **kw,
+        **({"feedback_steps": cfg.feedback_steps} | kw),
     )
 
 
@@ -103,7 +106,9 @@ def _train(
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.precision)
     h, w, c = catalogue.frame_shape
-    model = _starting_model(cfg, (window, h, w, c))
+    # ``window``: the frames drawn; the model's own window is K - 1 shorter.
+    own = model_window(cfg, (window, h, w, c))
+    model, loss = fit_objective(cfg, _starting_model(cfg, own))
     splits = split_sources(
         catalogue.sources, seed=cfg.seed, validation=VALIDATION_FRACTION, test=TEST_FRACTION
     )
@@ -135,6 +140,7 @@ def _train(
             patience=cfg.patience,
             max_minutes=cfg.max_minutes,
             verbose=1,
+            loss=loss,
             initial_epoch=epoch,
             extra_callbacks=(StreamProgress(last, start_batch=batch),),
         )
@@ -156,6 +162,7 @@ def _train(
             patience=cfg.patience,
             max_minutes=left,
             verbose=1,
+            loss=loss,
             initial_epoch=epoch,
             extra_callbacks=(StreamProgress(last, start_batch=0),),
         )
@@ -164,9 +171,10 @@ def _train(
         batches += clock.batches
         stopped = clock.stopped_early
 
-    inference, checkpoint = save_inference(model, cfg, (window, h, w, c))
+    inference, checkpoint = save_inference(single_pass(model), cfg, own)
 
-    test = _stream(splits["test"], cfg, catalogue, window, shuffle=False)
+    # Scored as served: windows of the model's own length, the next frame only.
+    test = _stream(splits["test"], cfg, catalogue, own[0], shuffle=False, feedback_steps=1)
     take = min(len(test), -(-TEST_WINDOWS // cfg.batch_size))
     windows = np.concatenate(
         [np.concatenate([x, y[:, -1:]], axis=1) for x, y in (test[i] for i in range(take))]
@@ -177,7 +185,7 @@ def _train(
     }
     scale = scale_of(catalogue.dtype)
     record: dict[str, Any] = {
-        **record_head(cfg, checkpoint, (window, h, w, c)),
+        **record_head(cfg, checkpoint, own),
         "data": {
             "path": str(path.resolve()),
             "format": "streamed from disk (memory-mapped shards, frame folders, videos)",
@@ -185,7 +193,8 @@ def _train(
             "frame_shape": list(catalogue.frame_shape),
             "dtype": catalogue.dtype,
             "normalisation": {"kind": f"x / {scale:g}", "formula": f"x / {scale:g}"},
-            "window_frames": window,
+            "window_frames": own[0],
+            "drawn_window_frames": window,
             "split_seed": cfg.seed,
             "split_by": "sequence (no sequence's frames in two splits)",
             "splits": {s: {"sequences": len(v)} for s, v in splits.items()},
