@@ -34,12 +34,12 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from model_export.frames.user_data import (
+from model_export.frames.frame_readers import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     DataError,
-    _decode_video,
-    _read_image,
+    decode_video,
+    read_image,
 )
 
 Kind = str  # "array", "frames" or "video"
@@ -175,7 +175,7 @@ def _scan_frames(folder: Path) -> Source:
 
 
 def _scan_video(video: Path) -> Source:
-    decoded = _decode_video(video)  # decoded once to prove it decodes, then dropped
+    decoded = decode_video(video)  # decoded once to prove it decodes, then dropped
     t, h, w, c = decoded.shape
     return Source("video", video, int(t), (int(h), int(w), int(c)), "uint8")
 
@@ -290,14 +290,14 @@ class SourceReader:
         if source.kind == "frames":
             files = sorted(p for p in source.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             try:
-                return np.stack([_read_image(f) for f in files[start : start + length]])
+                return np.stack([read_image(f) for f in files[start : start + length]])
             except DataError:
                 raise
             except Exception as err:  # a file changed since the scan
                 raise DataError(f"{source.path}: {err}") from err
         decoded = self._decoded.get(source.path)
         if decoded is None:
-            decoded = _decode_video(source.path)
+            decoded = decode_video(source.path)
             self._decoded[source.path] = decoded
             while len(self._decoded) > self.cache:
                 self._decoded.popitem(last=False)
