@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _data_config(args: argparse.Namespace, name: str) -> DataTrainConfig:
     """The training settings of `train --data`, in memory or streamed alike."""
+    from model_export.frames.feedback import resolve_feedback_flags
     from model_export.frames.model import CONVLSTM_FILTERS
     from model_export.frames.train_data import DataTrainConfig
 
@@ -243,7 +244,10 @@ def _data_config(args: argparse.Namespace, name: str) -> DataTrainConfig:
         filters=tuple(args.filters or CONVLSTM_FILTERS),
         resume=args.resume,
         feedback_steps=args.feedback_steps,
-        feedback_weight=1.0 if args.feedback_weight is None else args.feedback_weight,
+        # Checked by ``_train_on_data`` already; here only its default is resolved.
+        feedback_weight=resolve_feedback_flags(
+            args.feedback_steps, args.feedback_weight, args.feedback_loss
+        ),
         feedback_loss=args.feedback_loss,
     )
 

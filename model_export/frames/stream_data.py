@@ -34,6 +34,7 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
+from model_export.frames import data
 from model_export.frames.frame_readers import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -397,7 +398,7 @@ class WindowStream(keras.utils.PyDataset):  # type: ignore[misc]
         ).astype(np.float32)
         if self.scale != 1.0:
             batch /= self.scale
-        return batch[:, : self.window - self.feedback_steps], batch[:, 1:]
+        return data.inputs_and_targets(batch, every_step=True, feedback_steps=self.feedback_steps)
 
     def on_epoch_end(self) -> None:
         # Keras reads the length once per fit, so ``start_batch`` (the rest of a resumed
