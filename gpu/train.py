@@ -14,7 +14,7 @@ evaluation then run on the CPU machine (docs/gpu.md).
     python -m gpu.train --out DIR [--minutes 4] [--samples 8000] [--batch-size 16]
         [--head carry] [--loss bce] [--schedule plateau] [--resume models/convlstm.keras]
         [--feedback-steps 3 [--feedback-weight 1] [--feedback-loss l1]]
-        [--varied-share 0.5 --augment --skip-samples 8000]
+        [--varied-share 0.5 --augment --skip-samples 8000] [--ssim-weight 1]
     python -m gpu.train --out DIR --dry-run     # any backend, CPU, seconds
 """
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     # Keras reads KERAS_BACKEND when first imported: here, not when this module is.
     from model_export.frames.feedback import resolve_feedback_flags
     from model_export.frames.model import HEADS, RELEASE_HEAD
+    from model_export.frames.ssim_loss import check_ssim_weight
     from model_export.frames.train import (
         LOSSES,
         SCHEDULES,
@@ -110,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         help="train on the generated sequences after the first N (new to --resume's model)",
     )
     p.add_argument(
+        "--ssim-weight",
+        type=float,
+        default=0.0,
+        help="add W * (1 - SSIM) per sequence to the loss (train --ssim-weight)",
+    )
+    p.add_argument(
         "--work",
         type=Path,
         default=Path("/tmp/gpu-train"),
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             args.feedback_steps, args.feedback_weight, args.feedback_loss
         )
         check_varied_share(args.varied_share)
+        check_ssim_weight(args.ssim_weight)
         if args.skip_samples < 0:
             raise ValueError(f"--skip-samples {args.skip_samples}: give N >= 0")
     except ValueError as err:
@@ -156,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         train_skip=args.skip_samples,
         varied_share=args.varied_share,
         augment=args.augment,
+        ssim_weight=args.ssim_weight,
     )
     record: dict[str, Any] = dict(train(cfg))
     args.out.mkdir(parents=True, exist_ok=True)

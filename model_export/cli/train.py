@@ -162,6 +162,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="with --feedback-steps K > 1: the loss of the fed-back frames (default: --loss; "
         "l1 does not reward smearing an uncertain digit, docs/recipe.md)",
     )
+    t.add_argument(
+        "--ssim-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W * (1 - SSIM) per sequence to the loss, SSIM as the cards score it "
+        "(default 0: none; docs/recipe.md)",
+    )
     t.add_argument("--out", type=Path, default=Path("models"), help="output directory")
     t.set_defaults(func=run)
 
@@ -180,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from model_export.frames.feedback import resolve_feedback_flags
     from model_export.frames.model import RELEASE_HEAD
+    from model_export.frames.ssim_loss import check_ssim_weight
     from model_export.frames.train import TrainConfig, check_varied_share, train
 
     try:
@@ -190,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             every_step=args.supervise == "every-step",
         )
         check_varied_share(args.varied_share)
+        check_ssim_weight(args.ssim_weight)
     except ValueError as err:
         print(f"train: {err}", file=sys.stderr)
         return 2
@@ -219,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         feedback_steps=args.feedback_steps,
         feedback_weight=weight,
         feedback_loss=args.feedback_loss,
+        ssim_weight=args.ssim_weight,
     )
     record = train(cfg)
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
@@ -266,6 +277,7 @@ def _train_on_data(args: argparse.Namespace) -> int:
     recipe["--schedule"] = args.schedule != "plateau"
     recipe["--varied-share"] = args.varied_share != 0.0
     recipe["--augment"] = args.augment
+    recipe["--ssim-weight"] = args.ssim_weight != 0.0
     if any(recipe.values()):
         flags = ", ".join(flag for flag, given in recipe.items() if given)
         print(f"train: {flags} go with --data digits", file=sys.stderr)

@@ -29,6 +29,7 @@ from model_export.frames.feedback import (
 )
 from model_export.frames.model import Head, Variant, build, copy_weights_by_name, to_inference
 from model_export.frames.precision import resolve_precision
+from model_export.frames.ssim_loss import PlusSsim, check_ssim_weight
 from model_export.host import describe_machine
 
 Loss = Literal["bce", "mse", "l1"]
@@ -83,6 +84,8 @@ class TrainConfig:
     feedback_weight: float = 1.0
     # The loss of the fed-back frames (None: ``loss``).
     feedback_loss: Loss | None = None
+    # Weight of the SSIM term added to the loss, W * (1 - SSIM) (0: none; ssim_loss.py).
+    ssim_weight: float = 0.0
 
 
 class TrainingClock(keras.callbacks.Callback):  # type: ignore[misc]
@@ -201,16 +204,22 @@ def objective(
     teacher_frames: int,
     weight: float = 1.0,
     feedback_loss: Loss | None = None,
+    ssim_weight: float = 0.0,
 ) -> tuple[keras.Model, Loss | keras.losses.Loss]:
     """The model and loss to fit: ``step_model`` and ``loss`` as they are for one step;
     for K > 1 the K-pass graph on its own predictions (``feedback.build_fed_back``) and
-    the every-step loss over ``teacher_frames`` frames plus the weighted fed-back one."""
-    if feedback_steps == 1:
-        return step_model, loss
-    fed = _KERAS_LOSS[feedback_loss or loss]
-    return build_fed_back(step_model, feedback_steps), FedBackLoss(
-        _KERAS_LOSS[loss], teacher_frames, weight, fed
-    )
+    the every-step loss over ``teacher_frames`` frames plus the weighted fed-back one.
+    With ``ssim_weight`` W > 0, ``W * (1 - SSIM)`` over every target frame is added."""
+    model: keras.Model = step_model
+    chosen: Loss | keras.losses.Loss = loss
+    if feedback_steps > 1:
+        fed = _KERAS_LOSS[feedback_loss or loss]
+        model = build_fed_back(step_model, feedback_steps)
+        chosen = FedBackLoss(_KERAS_LOSS[loss], teacher_frames, weight, fed)
+    if ssim_weight > 0:
+        inner = _KERAS_LOSS[chosen] if isinstance(chosen, str) else chosen
+        chosen = PlusSsim(inner, ssim_weight)
+    return model, chosen
 
 
 def check_varied_share(share: float) -> None:
@@ -227,6 +236,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
     """Train ``cfg.variant``, save the inference model, return the training record."""
     check_feedback_steps(cfg.feedback_steps, cfg.feedback_weight, every_step=cfg.every_step)
     check_varied_share(cfg.varied_share)
+    check_ssim_weight(cfg.ssim_weight)
     if cfg.varied_share > 0:
         from model_export.frames.scenes import TRAIN_VARIED, require_fonts
 
@@ -283,6 +293,7 @@ def train(cfg: TrainConfig) -> dict[str, object]:
         teacher_frames=data.FRAMES,
         weight=cfg.feedback_weight,
         feedback_loss=cfg.feedback_loss,
+        ssim_weight=cfg.ssim_weight,
     )
     model, history, clock, seconds = fit_with_checkpoints(
         model,

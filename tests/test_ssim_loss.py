@@ -1,0 +1,167 @@
+"""The SSIM term of the loss (``train --ssim-weight W``): it is the cards' SSIM, it adds
+``W * (1 - SSIM)`` to whichever loss it wraps, it survives a checkpoint, and training
+with it saves the same served model; bad weights are refused before anything is drawn."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from gpu import train as gpu_train
+from model_export.__main__ import main
+from model_export.frames import data
+from model_export.frames import model as model_module
+from model_export.frames import train as train_module
+from model_export.frames.evaluate import ssim as card_ssim
+from model_export.frames.feedback import FedBackLoss, single_pass
+from model_export.frames.model import Head, Variant, build_convlstm
+from model_export.frames.ssim_loss import PlusSsim, ssim
+from model_export.frames.train import TrainConfig, checkpoint_path, train
+
+
+def frames(seed: int, n: int = 2, t: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Real digit frames and a noisy, shifted copy of them (not a symmetric pair)."""
+    rng = np.random.default_rng(seed)
+    truth = data.generate_split(n, "test", frames=t)
+    noisy = np.roll(truth, 1, axis=-2) + rng.normal(0, 0.1, truth.shape)
+    return truth, np.clip(noisy, 0, 1).astype(np.float32)
+
+
+def test_it_is_the_ssim_the_cards_report() -> None:
+    truth, pred = frames(0)
+    ours = np.asarray(ssim(truth, pred))
+    # evaluate.ssim scores frame by frame (scikit-image); ours is each sequence's mean
+    cards = np.array([card_ssim(p, t).mean() for p, t in zip(pred, truth, strict=True)])
+    assert ours.shape == (2,)
+    np.testing.assert_allclose(ours, cards, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ssim(truth, truth)), 1.0, atol=1e-6)
+
+
+def test_the_term_adds_to_the_loss_it_wraps() -> None:
+    truth, pred = frames(1)
+    bce = float(keras.losses.BinaryCrossentropy()(truth, pred))
+    mean_ssim = float(np.mean(np.asarray(ssim(truth, pred))))
+    assert float(PlusSsim("binary_crossentropy", 0.5)(truth, pred)) == pytest.approx(
+        bce + 0.5 * (1 - mean_ssim), rel=1e-4
+    )
+    # a loss object: FedBackLoss's per-sequence value, frames past the 2 teacher ones fed back
+    fed = FedBackLoss("binary_crossentropy", teacher_frames=2, weight=0.25)
+    wrapped = PlusSsim(fed, 2.0)
+    assert float(wrapped(truth, pred)) == pytest.approx(
+        float(fed(truth, pred)) + 2.0 * (1 - mean_ssim), rel=1e-4
+    )
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    assert isinstance(again._inner, FedBackLoss) and again._inner.weight == 0.25
+    assert float(again(truth, pred)) == pytest.approx(float(wrapped(truth, pred)), rel=1e-6)
+
+
+def test_its_gradient_sharpens_a_blurred_frame() -> None:
+    # One small step down the gradient from a blurred digit: with the SSIM term the
+    # frame's SSIM rises many times more than with the squared error alone, which lets
+    # the blur stay (a sign or scale error in the term fails this).
+    import tensorflow as tf
+
+    truth = data.generate_split(1, "test", frames=1)
+    blurred = ((truth + np.roll(truth, 2, axis=-2) + np.roll(truth, -2, axis=-2)) / 3).astype(
+        np.float32
+    )
+    before = float(np.asarray(ssim(truth, blurred))[0])
+    gained = {}
+    for name, loss in (
+        ("mse", "mean_squared_error"),
+        ("ssim", PlusSsim("mean_squared_error", 1.0)),
+    ):
+        x = tf.Variable(blurred)
+        with tf.GradientTape() as tape:
+            value = keras.losses.get(loss)(truth, x) if isinstance(loss, str) else loss(truth, x)
+            value = tf.reduce_mean(value)
+        step = (x - 2.0 * tape.gradient(value, x)).numpy()
+        gained[name] = float(np.asarray(ssim(truth, step))[0]) - before
+    assert gained["ssim"] > 0.005
+    assert gained["ssim"] > 10 * max(gained["mse"], 0.0)
+
+
+def tiny(
+    variant: Variant, *, every_step: bool = False, frames: int | None = 15, head: Head = "sigmoid"
+) -> keras.Model:
+    return build_convlstm(every_step=every_step, frames=frames, head=head, filters=(4,))
+
+
+@pytest.mark.slow
+def test_training_with_the_term_saves_the_served_model_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_module, "build", tiny)
+    monkeypatch.setattr(train_module, "build", tiny)
+    monkeypatch.setattr(train_module, "LAST_EVERY", 1)
+    cfg = TrainConfig(
+        train_samples=2,
+        validation_samples=2,
+        epochs=1,
+        batch_size=2,
+        head="carry",
+        feedback_steps=2,
+        ssim_weight=0.5,
+        out_dir=tmp_path / "a",
+    )
+    record = train(cfg)
+    assert record["config"]["ssim_weight"] == 0.5  # type: ignore[index]
+    best = record["best_val_loss"]
+    assert isinstance(best, float) and np.isfinite(best)
+    last = keras.models.load_model(tmp_path / "a" / "training" / "convlstm.last.keras")
+    assert isinstance(last.loss, PlusSsim) and last.loss.weight == 0.5
+    assert isinstance(last.loss._inner, FedBackLoss)
+    served = keras.models.load_model(checkpoint_path(tmp_path / "a", "convlstm"))
+    assert served.output_shape == (None, 40, 40, 3)
+    np.testing.assert_array_equal(single_pass(last).get_weights()[0], last.get_weights()[0])
+    resumed = train(
+        replace(
+            cfg,
+            feedback_steps=1,
+            init_from=tmp_path / "a" / "training" / "convlstm.last.keras",
+            out_dir=tmp_path / "b",
+        )
+    )
+    assert resumed["warm_started_layers"] == ["convlstm_1", "next_frame", "next_frame_keep"]
+    assert isinstance(
+        keras.models.load_model(tmp_path / "b" / "training" / "convlstm.best.keras").loss, PlusSsim
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ssim-weight", "-1"], "--ssim-weight -1.0: give a weight >= 0"),
+        (["--ssim-weight", "nan"], "--ssim-weight nan: give a weight >= 0"),
+        (["--data", "x.npy", "--ssim-weight", "1"], "--ssim-weight go with --data digits"),
+    ],
+)
+def test_bad_weights_are_refused_before_training(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", *flags, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+class Captured(Exception):
+    pass
+
+
+def test_the_gpu_job_passes_the_weight_on_and_refuses_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def capture(cfg: TrainConfig) -> None:  # stands in for the trainer tested above
+        raise Captured(cfg)
+
+    monkeypatch.setattr(train_module, "train", capture)
+    with pytest.raises(Captured) as caught:
+        gpu_train.main(["--out", str(tmp_path), "--dry-run", "--ssim-weight", "0.3"])
+    assert caught.value.args[0].ssim_weight == 0.3
+    with pytest.raises(SystemExit) as stopped:
+        gpu_train.main(["--out", str(tmp_path / "out"), "--dry-run", "--ssim-weight", "-2"])
+    assert stopped.value.code == 2
+    assert "--ssim-weight -2.0: give a weight >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
