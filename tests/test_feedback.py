@@ -334,3 +334,18 @@ def test_own_data_too_short_for_its_fed_back_frames_is_refused(
         capsys.readouterr().err
     )
     assert not (out / "own.keras").exists()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "streamed"])
+def test_a_sequence_too_short_for_the_fed_back_window_names_both_flags(
+    tmp_path: Path, stream: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "six.npy"
+    np.save(path, np.zeros((6, 6, 8, 8, 1), dtype=np.float32))
+    out = tmp_path / "out"
+    flags = ["--frames", "5", "--feedback-steps", "3", *(["--stream"] if stream else [])]
+    assert main(["train", "--data", str(path), *flags, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    # --frames 5 with K = 3 cuts windows of 7 frames; the message says why 7
+    assert "window of 7" in err and "--frames T, plus K - 1 with --feedback-steps K" in err
+    assert not out.exists() or not any(out.iterdir())

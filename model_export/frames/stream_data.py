@@ -215,10 +215,16 @@ def scan(path: Path, *, window: int | None, key: str | None = None) -> Catalogue
     need = window if window is not None else first.length
     if need < 2:
         raise DataError(f"{path}: a window needs at least 2 frames (inputs and the next)")
+    # With --feedback-steps K the caller's window is --frames T + K - 1 frames.
+    how = (
+        "--frames T, plus K - 1 with --feedback-steps K"
+        if window is not None
+        else f"the length of {first.path}; cut windows with --frames T"
+    )
     for s in sources:
         if s.length < need:
             what = f"{s.path}" + (f" row {s.row}" if s.kind == "array" else "")
-            raise DataError(f"{what}: {s.length} frame(s), fewer than one window of {need}")
+            raise DataError(f"{what}: {s.length} frame(s), fewer than one window of {need} ({how})")
     return Catalogue(sources, first.frame_shape, first.dtype)
 
 

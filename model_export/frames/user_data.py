@@ -73,7 +73,8 @@ def load(
     short = [n for n, s in zip(seqs.names, seqs.frames, strict=True) if len(s) < window]
     if short:
         raise DataError(
-            f"{path}: {len(short)} sequence(s) shorter than --frames {window}, e.g. {short[0]}"
+            f"{path}: {len(short)} sequence(s) shorter than a window of {window} frames "
+            f"(--frames T, plus K - 1 with --feedback-steps K), e.g. {short[0]}"
         )
     n = len(seqs.frames)
     n_val = max(1, int(round(n * VALIDATION_FRACTION)))
