@@ -9,7 +9,7 @@ import pytest
 from model_export.frames.evaluate import BASELINE, mse
 from model_export.frames.model import build_convlstm
 from model_export.frames.ood import ood_horizon_split
-from model_export.frames.recipe_ab import main
+from model_export.frames.recipe_ab import main, objective_label
 
 
 @pytest.mark.slow
@@ -40,3 +40,20 @@ def test_arms_are_scored_on_the_test_split_and_the_ood_set(
 
     main([arms[0], "--samples", "3", "--horizon", "2", "--ood-samples", "0"])
     assert "OOD" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("recipe", "label"),
+    [
+        ({"loss": "bce"}, "bce"),
+        ({"loss": "bce", "feedback_steps": 1, "ssim_weight": 0.0}, "bce"),
+        ({"loss": "l1", "ssim_weight": 0.3}, "l1 + 0.3 (1-SSIM)"),
+        (
+            {"loss": "bce", "feedback_steps": 3, "feedback_loss": "l1", "ssim_weight": 1.0},
+            "bce; K=3 fed l1 + 1 (1-SSIM)",
+        ),
+        ({"loss": "mse", "feedback_steps": 2, "feedback_loss": None}, "mse; K=2 fed mse"),
+    ],
+)
+def test_the_loss_column_names_the_whole_objective(recipe: dict[str, object], label: str) -> None:
+    assert objective_label(recipe) == label

@@ -66,8 +66,10 @@ def score_arm(
             k: cfg.get(k)
             for k in ("head", "loss", "schedule", "learning_rate", "init_from", "seed")
         }
-        # fed-back passes (train --feedback-steps); records older than the option had 1
+        # Records older than these options trained without them: K = 1, no SSIM term.
         arm["recipe"]["feedback_steps"] = cfg.get("feedback_steps", 1)
+        arm["recipe"]["feedback_loss"] = cfg.get("feedback_loss")
+        arm["recipe"]["ssim_weight"] = cfg.get("ssim_weight", 0.0)
         arm["budget"] = {
             "train_samples": cfg["train_samples"],
             "epochs_run": record["epochs_run"],
@@ -75,6 +77,17 @@ def score_arm(
             "wall_seconds": record["wall_seconds"],
         }
     return arm
+
+
+def objective_label(recipe: dict[str, Any]) -> str:
+    """The loss column: ``bce``, ``bce; K=3 fed l1``, ``bce + 0.3 (1-SSIM)`` ..."""
+    label = str(recipe.get("loss") or "")
+    k = recipe.get("feedback_steps") or 1
+    if k > 1:
+        label += f"; K={k} fed {recipe.get('feedback_loss') or recipe.get('loss')}"
+    if recipe.get("ssim_weight"):
+        label += f" + {recipe['ssim_weight']:g} (1-SSIM)"
+    return label
 
 
 def table(
@@ -104,7 +117,7 @@ def table(
         budget = arm.get("budget") or {}
         one, last = arm["fed_back"][0], arm["fed_back"][-1]
         line = (
-            f"| {arm['arm']} | {recipe.get('head', '')} | {recipe.get('loss', '')} "
+            f"| {arm['arm']} | {recipe.get('head', '')} | {objective_label(recipe)} "
             f"| {recipe.get('schedule', '')} | {budget.get('sequences_seen', '')} "
             f"| {budget.get('wall_seconds', '')} | {one['mse']:.5f} "
             f"| {one['mse_vs_copy_last']:.3f} | {one['ssim']:.3f} | {one['tint_error']:.4f} "
