@@ -41,6 +41,20 @@ def test_arms_are_scored_on_the_test_split_and_the_ood_set(
     main([arms[0], "--samples", "3", "--horizon", "2", "--ood-samples", "0"])
     assert "OOD" not in capsys.readouterr().out
 
+    # a train --out folder of either variant: its one checkpoint and its record
+    folder = tmp_path / "cnn"
+    (folder / "training").mkdir(parents=True)
+    Path(arms[1]).rename(folder / "cnn_lstm.keras")
+    record = {"config": {"loss": "l1", "train_samples": 4}, "epochs_run": 1}
+    record |= {"sequences_seen": 4, "wall_seconds": 1.0}
+    (folder / "training" / "cnn_lstm.json").write_text(json.dumps(record))
+    main(
+        [str(folder), "--samples", "3", "--horizon", "2", "--ood-samples", "0", "--json", str(out)]
+    )
+    (arm,) = json.loads(out.read_text())["arms"]
+    assert arm["checkpoint"] == str(folder / "cnn_lstm.keras") and arm["recipe"]["loss"] == "l1"
+    assert arm["fed_back"][0]["mse"] == pytest.approx(b["fed_back"][0]["mse"])
+
 
 @pytest.mark.parametrize(
     ("recipe", "label"),

@@ -29,10 +29,14 @@ from model_export.frames.evaluate import BASELINE, horizon_scores, horizon_split
 
 
 def _checkpoint_and_record(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """An arm's inference checkpoint and its training record (None for a bare file)."""
+    """An arm's inference checkpoint and its training record (None for a bare file): a
+    ``train --out`` folder holds one ``VARIANT.keras`` and ``training/VARIANT.json``."""
     if path.is_dir():
-        record = path / "training" / "convlstm.json"
-        return path / "convlstm.keras", json.loads(record.read_text()) if record.exists() else None
+        saved = sorted(path.glob("*.keras"))
+        if len(saved) != 1:
+            raise SystemExit(f"{path}: expected one trained .keras, found {len(saved)}")
+        record = path / "training" / f"{saved[0].stem}.json"
+        return saved[0], json.loads(record.read_text()) if record.exists() else None
     return path, None
 
 
