@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -135,6 +137,23 @@ def test_warm_start_copies_shared_layers_by_name() -> None:
             np.testing.assert_array_equal(wa, wb)
     wider = build_convlstm(filters=(5, 6))
     assert "convlstm_1" not in copy_weights_by_name(wider, target)  # shapes differ
+
+
+def test_warm_start_finds_the_cnn_lstms_wrapped_layers_by_their_own_names(
+    tmp_path: Path,
+) -> None:
+    # Keras numbers the layers inside the CNN-LSTM's TimeDistributed wrappers per build
+    # (conv2d, conv2d_1, ...); the wrappers carry the names. A saved model, built earlier
+    # in another session, must still warm-start every layer of a fresh every-step build.
+    build("cnn_lstm")  # a first build takes the unnumbered inner names
+    source = build("cnn_lstm")
+    source.set_weights([np.full_like(w, 0.5) for w in source.get_weights()])
+    source.save(tmp_path / "cnn.keras")
+    saved = keras.models.load_model(tmp_path / "cnn.keras")
+    target = build("cnn_lstm", every_step=True)
+    assert copy_weights_by_name(saved, target) == ["frame_conv", "lstm", "decode"]
+    for w in target.get_weights():
+        np.testing.assert_array_equal(w, np.full_like(w, 0.5))
 
 
 def test_blend_head_is_for_the_convlstm_only() -> None:

@@ -234,11 +234,15 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> list[str]:
     shapes; returns the names copied. Warm-starts a recipe from a trained checkpoint,
     the inference or the every-step form, with or without the keep gate. A one-channel
     convolution (the carry head's intensity) from a many-channel one of the same kernel
-    takes the mean over its output channels."""
+    takes the mean over its output channels. A wrapper's own name is matched first: the
+    CNN-LSTM names its ``TimeDistributed`` layers and lets Keras number the layers inside,
+    so their numbers differ from one build to the next."""
     by_name = {_inner(layer).name: layer for layer in source.layers if layer.weights}
+    by_name |= {layer.name: layer for layer in source.layers if layer.weights}
     copied = []
     for layer in target.layers:
-        found = by_name.get(_inner(layer).name)
+        name = layer.name if layer.name in by_name else _inner(layer).name
+        found = by_name.get(name)
         if found is None or not layer.weights:
             continue
         weights = found.get_weights()
@@ -248,7 +252,7 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> list[str]:
         if [w.shape for w in weights] != shapes:
             continue
         layer.set_weights(weights)
-        copied.append(_inner(layer).name)
+        copied.append(name)
     return copied
 
 
