@@ -218,6 +218,9 @@ def test_fed_back_training_saves_the_served_model_and_resumes(
             ["--feedback-steps", "2", "--data", "x.npy", "--loss", "l1"],
             "--loss go with --data digits",
         ),
+        (["--ssim-weight", "-1"], "--ssim-weight -1.0: give a weight >= 0"),
+        (["--ssim-weight", "nan"], "--ssim-weight nan: give a weight >= 0"),
+        (["--data", "x.npy", "--ssim-weight", "1"], "--ssim-weight go with --data digits"),
     ],
 )
 def test_bad_values_are_refused_before_training(
@@ -263,6 +266,7 @@ def test_the_gpu_job_passes_the_option_on_and_refuses_bad_values(
         (["--varied-share", "1.5"], "--varied-share 1.5: give a share in [0, 1]"),
         (["--varied-share", "nan"], "--varied-share nan: give a share in [0, 1]"),
         (["--skip-samples", "-1"], "--skip-samples -1: give N >= 0"),
+        (["--ssim-weight", "-2"], "--ssim-weight -2.0: give a weight >= 0"),
     ],
 )
 def test_the_gpu_job_refuses_what_train_refuses(

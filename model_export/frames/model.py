@@ -234,14 +234,14 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> list[str]:
     shapes; returns the names copied. Warm-starts a recipe from a trained checkpoint,
     the inference or the every-step form, with or without the keep gate. A one-channel
     convolution (the carry head's intensity) from a many-channel one of the same kernel
-    takes the mean over its output channels. A wrapper's own name is matched first: the
-    CNN-LSTM names its ``TimeDistributed`` layers and lets Keras number the layers inside,
-    so their numbers differ from one build to the next."""
-    by_name = {_inner(layer).name: layer for layer in source.layers if layer.weights}
-    by_name |= {layer.name: layer for layer in source.layers if layer.weights}
+    takes the mean over its output channels. A wrapper unmatched by the layer inside is
+    matched by its own name: the CNN-LSTM names its ``TimeDistributed`` layers and lets
+    Keras number the layers inside, so their numbers differ from one build to the next."""
+    by_name = {layer.name: layer for layer in source.layers if layer.weights}
+    by_name |= {_inner(layer).name: layer for layer in source.layers if layer.weights}
     copied = []
     for layer in target.layers:
-        name = layer.name if layer.name in by_name else _inner(layer).name
+        name = _inner(layer).name if _inner(layer).name in by_name else layer.name
         found = by_name.get(name)
         if found is None or not layer.weights:
             continue
