@@ -77,7 +77,8 @@ def write_dataset(root: Path, gib: float) -> dict[str, Any]:
 _READ_ALL = """
 import sys, time
 from pathlib import Path
-from model_export.frames.stream_data import WindowStream, scan
+from model_export.frames.stream_data import WindowStream
+from model_export.frames.stream_scan import scan
 cat = scan(Path(sys.argv[1]), window=16)
 stream = WindowStream(cat.sources, window=16, batch_size=64, dtype=cat.dtype, seed=0, workers=1)
 start = time.monotonic()
@@ -91,7 +92,8 @@ import sys, time
 from pathlib import Path
 import keras
 from model_export.frames.model import build_convlstm
-from model_export.frames.stream_data import WindowStream, scan
+from model_export.frames.stream_data import WindowStream
+from model_export.frames.stream_scan import scan
 path, seconds, filters = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 keras.utils.set_random_seed(0)
 cat = scan(path, window=16)
@@ -119,7 +121,8 @@ import json, sys, time
 from pathlib import Path
 import keras, numpy as np
 from model_export.frames.model import build_convlstm
-from model_export.frames.stream_data import WindowStream, scan
+from model_export.frames.stream_data import WindowStream
+from model_export.frames.stream_scan import scan
 shard, batches, rounds, filters = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 keras.utils.set_random_seed(0)
 cat = scan(shard, window=16)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model_export.__main__ import main
-from model_export.frames import stream_data
+from model_export.frames import stream_data, stream_scan
 from model_export.frames.user_data import DataError
 from tests.test_train_data import TINY, write_png_sequences, write_video
 
@@ -30,7 +30,7 @@ def write_shards(root: Path, shards: int, per_shard: int, frames: int = 5, seed:
 def test_scan_memory_maps_shards_and_npz_members(tmp_path: Path) -> None:
     root = write_shards(tmp_path / "d", 3, 4)
     np.savez(root / "more.npz", x=np.zeros((2, 6, 8, 8, 1), np.uint8))
-    cat = stream_data.scan(root, window=5)
+    cat = stream_scan.scan(root, window=5)
     assert len(cat.sources) == 3 * 4 + 2
     assert cat.frame_shape == (8, 8, 1) and cat.dtype == "uint8"
     reader = stream_data.SourceReader(cache=1)
@@ -50,7 +50,7 @@ def test_reader_windows_equal_the_arrays_in_every_layout(tmp_path: Path) -> None
     np.save(tmp_path / "f.npy", np.asfortranarray(a))
     reader = stream_data.SourceReader(cache=1)
     for name in ("c.npy", "z.npz", "f.npy"):
-        for src in stream_data.scan(tmp_path / name, window=4).sources:
+        for src in stream_scan.scan(tmp_path / name, window=4).sources:
             want = a[::-1] if src.key == "x" else a
             for start in (0, 3, 5):
                 got = reader.frames(src, start, 4)
@@ -59,7 +59,7 @@ def test_reader_windows_equal_the_arrays_in_every_layout(tmp_path: Path) -> None
 
 def test_reader_names_a_shard_cut_short_after_the_scan(tmp_path: Path) -> None:
     root = write_shards(tmp_path / "d", 1, 3)
-    cat = stream_data.scan(root, window=5)
+    cat = stream_scan.scan(root, window=5)
     reader = stream_data.SourceReader(cache=1)
     reader.frames(cat.sources[0], 0, 5)  # the shard's map is open from here on
     shard = root / "shard_00.npy"
@@ -71,7 +71,7 @@ def test_reader_names_a_shard_cut_short_after_the_scan(tmp_path: Path) -> None:
 def test_epoch_order_mixes_shards_covers_every_window_once_and_is_reproducible(
     tmp_path: Path,
 ) -> None:
-    cat = stream_data.scan(write_shards(tmp_path / "d", 6, 3, frames=6), window=5)
+    cat = stream_scan.scan(write_shards(tmp_path / "d", 6, 3, frames=6), window=5)
     a = stream_data.epoch_order(cat.sources, 5, seed=1, epoch=0, group=3)
     assert sorted(map(tuple, a.tolist())) == [(i, s) for i in range(18) for s in range(2)]
     np.testing.assert_array_equal(
@@ -87,7 +87,7 @@ def test_epoch_order_mixes_shards_covers_every_window_once_and_is_reproducible(
 def test_stream_batches_are_the_windows_scaled_and_resume_skips_what_was_done(
     tmp_path: Path,
 ) -> None:
-    cat = stream_data.scan(write_shards(tmp_path / "d", 2, 3), window=4)
+    cat = stream_scan.scan(write_shards(tmp_path / "d", 2, 3), window=4)
 
     def stream(start: int) -> stream_data.WindowStream:
         return stream_data.WindowStream(
@@ -167,7 +167,7 @@ def test_scan_refuses_bad_data_naming_the_file_before_training(
     make, expected = BAD[case]
     data = make(tmp_path)
     with pytest.raises(DataError, match="^" + str(tmp_path).replace("+", r"\+")):
-        stream_data.scan(data, window=5)
+        stream_scan.scan(data, window=5)
     out = tmp_path / "out"
     assert (
         main(["train", "--data", str(data), "--stream", "--frames", "5", "--out", str(out), *TINY])

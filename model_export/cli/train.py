@@ -331,7 +331,7 @@ def _train_on_data(args: argparse.Namespace) -> int:
 
 
 def _train_streamed(args: argparse.Namespace, name: str) -> int:
-    from model_export.frames.stream_data import scan
+    from model_export.frames.stream_scan import scan
     from model_export.frames.train_data import checkpoint_path, record_path
     from model_export.frames.train_stream import train_on_stream
     from model_export.frames.user_data import DataError

@@ -33,6 +33,12 @@ class DataError(ValueError):
     """The data cannot be trained on; the message is one line saying why."""
 
 
+# What sets a window's length, named by both loaders' "too short" errors: with
+# --feedback-steps K the model is fed its own last K - 1 predictions, so a window holds
+# K - 1 frames more than --frames T.
+WINDOW_FLAGS = "--frames T, plus K - 1 with --feedback-steps K"
+
+
 @dataclass(frozen=True)
 class Sequences:
     """Sequences of frames as read, before normalisation, with where they came from."""

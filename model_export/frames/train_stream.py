@@ -19,7 +19,8 @@ import numpy as np
 
 from model_export.frames.feedback import single_pass
 from model_export.frames.precision import resolve_precision
-from model_export.frames.stream_data import Catalogue, WindowStream, scale_of, split_sources
+from model_export.frames.stream_data import WindowStream
+from model_export.frames.stream_scan import Catalogue, scale_of, split_sources
 from model_export.frames.train import LAST_EVERY, fit_with_checkpoints
 from model_export.frames.train_data import (
     DataTrainConfig,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from model_export.frames.frame_readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read
+from model_export.frames.frame_readers import IMAGE_SUFFIXES, VIDEO_SUFFIXES, WINDOW_FLAGS, read
 
 # Raised by the readers and here alike; importers catch it as ``user_data.DataError``.
 from model_export.frames.frame_readers import DataError as DataError
@@ -74,7 +74,7 @@ def load(
     if short:
         raise DataError(
             f"{path}: {len(short)} sequence(s) shorter than a window of {window} frames "
-            f"(--frames T, plus K - 1 with --feedback-steps K), e.g. {short[0]}"
+            f"({WINDOW_FLAGS}), e.g. {short[0]}"
         )
     n = len(seqs.frames)
     n_val = max(1, int(round(n * VALIDATION_FRACTION)))
