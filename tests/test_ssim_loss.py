@@ -3,6 +3,9 @@
 with it saves the same served model. Bad weights are refused with the other training
 flags' (``test_feedback.py``)."""
 
+import json
+import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +57,46 @@ def test_the_term_adds_to_the_loss_it_wraps() -> None:
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
     assert isinstance(again._inner, FedBackLoss) and again._inner.weight == 0.25
     assert float(again(truth, pred)) == pytest.approx(float(wrapped(truth, pred)), rel=1e-6)
+
+
+# Keras on PyTorch (the GPU machine's backend) from `make .venv-backends/torch/.installed`
+# (bench/backends/torch.txt, about 5 GB): CI does not build it, so this skips there.
+TORCH_PYTHON = Path(__file__).resolve().parents[1] / ".venv-backends/torch/bin/python"
+
+_ON_TORCH = """
+import json, sys
+import numpy as np
+from model_export.frames.feedback import FedBackLoss
+from model_export.frames.ssim_loss import PlusSsim, ssim
+truth, pred = (np.load(sys.argv[1])[k] for k in ("truth", "pred"))
+fed = PlusSsim(FedBackLoss("binary_crossentropy", teacher_frames=2, fed_base="mean_absolute_error"), 0.1)
+print(json.dumps({"ssim": np.asarray(ssim(truth, pred).cpu()).tolist(),
+                  "loss": float(fed(truth, pred))}))
+"""
+
+
+@pytest.mark.skipif(not TORCH_PYTHON.exists(), reason=f"no Keras-on-PyTorch venv at {TORCH_PYTHON}")
+def test_the_term_is_the_same_on_the_pytorch_backend(tmp_path: Path) -> None:
+    # The long runs train on the GPU machine with KERAS_BACKEND=torch: the term must be
+    # the one the A/B measured here on TensorFlow.
+    truth, pred = frames(3)
+    np.savez(tmp_path / "pair.npz", truth=truth, pred=pred)
+    env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(Path.cwd())}
+    done = subprocess.run(
+        [str(TORCH_PYTHON), "-c", _ON_TORCH, str(tmp_path / "pair.npz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch = json.loads(done.stdout.strip().splitlines()[-1])
+    fed = PlusSsim(
+        FedBackLoss("binary_crossentropy", teacher_frames=2, fed_base="mean_absolute_error"), 0.1
+    )
+    np.testing.assert_allclose(torch["ssim"], np.asarray(ssim(truth, pred)), atol=1e-5)
+    assert torch["loss"] == pytest.approx(float(fed(truth, pred)), rel=1e-5)
 
 
 def test_its_gradient_sharpens_a_blurred_frame() -> None:
