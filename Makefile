@@ -178,13 +178,15 @@ summary: $(STAMP)
 
 # The full training pipeline that produced the committed models (2-core CPU, about 5.5
 # hours), then the opt-in int8 graph made from the exported ConvLSTM. The ConvLSTM is
-# trained in five segments, each resuming from the last (docs/recipe.md): the sigmoid head
+# trained in seven segments, each resuming from the last (docs/recipe.md): the sigmoid head
 # from scratch, the carry head put on that stack, the carry head on fresh sequences, then
 # fresh sequences half drawn from the varied training family (other fonts, 1-3 glyphs,
-# dark backgrounds, occlusion; model_export/frames/scenes.py), augmented, twice. The
-# fourth segment's 95 minutes ended in its second epoch on the shared 2-core AMD EPYC; the
-# fifth ran its two epochs in 70 minutes in bf16 on a 2-core Xeon with AMX (float32 on a
-# CPU without native bf16 takes about twice as long).
+# dark backgrounds, occlusion; model_export/frames/scenes.py), augmented, twice; then
+# twice more with 0.1 x (1 - SSIM) added to the loss, the last run on its own predictions
+# (K = 2, L1 on the fed-back frame). The fourth segment's 95 minutes ended in its second
+# epoch on the shared 2-core AMD EPYC; the fifth and sixth ran two epochs each in 70 and
+# 82 minutes in bf16 on a 2-core Xeon with AMX (float32 on a CPU without native bf16
+# takes about twice as long), the seventh 8 minutes.
 # The CNN-LSTM needs the higher learning rate from scratch (at 1e-3 it settles on the mean
 # frame); its second segment continues it at 1e-3 on the ConvLSTM's varied mix.
 model: $(STAMP) fonts
@@ -200,6 +202,13 @@ model: $(STAMP) fonts
 	$(PY) -m model_export train --variant convlstm --samples 7000 --epochs 2 \
 		--skip-samples 8000 --resume models/convlstm.keras --varied-share 0.5 --augment \
 		--learning-rate 5e-4 --schedule cosine --seed 1 --max-minutes 100
+	$(PY) -m model_export train --variant convlstm --samples 8000 --epochs 2 \
+		--skip-samples 16000 --resume models/convlstm.keras --varied-share 0.5 --augment \
+		--learning-rate 5e-4 --schedule cosine --seed 2 --ssim-weight 0.1 --max-minutes 110
+	$(PY) -m model_export train --variant convlstm --samples 800 --epochs 1 \
+		--validation-samples 32 --skip-samples 24000 --resume models/convlstm.keras \
+		--varied-share 0.5 --augment --learning-rate 2.5e-4 --schedule cosine \
+		--feedback-steps 2 --feedback-loss l1 --ssim-weight 0.1
 	$(PY) -m model_export train --variant cnn_lstm --samples 3000 --epochs 20 --max-minutes 12 \
 		--learning-rate 0.003
 	$(PY) -m model_export train --variant cnn_lstm --samples 3000 --epochs 20 --max-minutes 15 \
