@@ -27,6 +27,7 @@ from model_export.frames.frame_readers import (
     DataError,
     decode_video,
 )
+from model_export.frames.user_data import split_order
 
 Kind = str  # "array", "frames" or "video"
 
@@ -200,7 +201,6 @@ def scan(path: Path, *, window: int | None, key: str | None = None) -> Catalogue
     need = window if window is not None else first.length
     if need < 2:
         raise DataError(f"{path}: a window needs at least 2 frames (inputs and the next)")
-    # With --feedback-steps K the caller's window is --frames T + K - 1 frames.
     how = (
         WINDOW_FLAGS
         if window is not None
@@ -218,18 +218,9 @@ def scale_of(dtype: str) -> float:
     return {"uint8": 255.0, "uint16": 65535.0}.get(dtype, 1.0)
 
 
-def split_sources(
-    sources: list[Source], *, seed: int, validation: float, test: float
-) -> dict[str, list[Source]]:
-    """Sources split by sequence (no sequence in two splits), as ``user_data.load``."""
-    n = len(sources)
-    n_val = max(1, int(round(n * validation)))
-    n_test = max(1, int(round(n * test)))
-    if n < n_val + n_test + 1:
-        raise DataError(f"{n} sequence(s); the train, validation and test splits need at least 3")
-    order = np.random.default_rng(seed).permutation(n)
+def split_sources(sources: list[Source], *, seed: int) -> dict[str, list[Source]]:
+    """Sources split by sequence, as ``user_data.load`` splits sequences in memory."""
     return {
-        "test": [sources[i] for i in np.sort(order[:n_test])],
-        "validation": [sources[i] for i in np.sort(order[n_test : n_test + n_val])],
-        "train": [sources[i] for i in np.sort(order[n_test + n_val :])],
+        split: [sources[i] for i in chosen]
+        for split, chosen in split_order(len(sources), seed=seed).items()
     }

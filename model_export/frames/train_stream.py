@@ -32,7 +32,6 @@ from model_export.frames.train_data import (
     record_path,
     save_inference,
 )
-from model_export.frames.user_data import TEST_FRACTION, VALIDATION_FRACTION
 from model_export.host import describe_machine
 
 # Test windows scored after training (read from disk, the first of the test split).
@@ -110,9 +109,7 @@ def _train(
     # ``window``: the frames drawn; the model's own window is K - 1 shorter.
     own = model_window(cfg, (window, h, w, c))
     model, loss = fit_objective(cfg, _starting_model(cfg, own))
-    splits = split_sources(
-        catalogue.sources, seed=cfg.seed, validation=VALIDATION_FRACTION, test=TEST_FRACTION
-    )
+    splits = split_sources(catalogue.sources, seed=cfg.seed)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     work = cfg.out_dir / "training"
     work.mkdir(exist_ok=True)

@@ -29,6 +29,23 @@ VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.1
 
 
+def split_order(n: int, *, seed: int, where: str = "") -> dict[str, NDArray[np.int64]]:
+    """The sequences of each split by index, sorted (no sequence in two splits): the one
+    split of the in-memory and the streamed loaders. ``where`` starts the error."""
+    n_val = max(1, int(round(n * VALIDATION_FRACTION)))
+    n_test = max(1, int(round(n * TEST_FRACTION)))
+    if n < n_val + n_test + 1:
+        raise DataError(
+            f"{where}{n} sequence(s); the train, validation and test splits need at least 3"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return {
+        "test": np.sort(order[:n_test]),
+        "validation": np.sort(order[n_test : n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+    }
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Normalised windows per split, and the record of how they were made."""
@@ -76,23 +93,11 @@ def load(
             f"{path}: {len(short)} sequence(s) shorter than a window of {window} frames "
             f"({WINDOW_FLAGS}), e.g. {short[0]}"
         )
-    n = len(seqs.frames)
-    n_val = max(1, int(round(n * VALIDATION_FRACTION)))
-    n_test = max(1, int(round(n * TEST_FRACTION)))
-    if n < n_val + n_test + 1:
-        raise DataError(
-            f"{path}: {n} sequence(s); the train, validation and test splits need at least 3"
-        )
+    chosen = split_order(len(seqs.frames), seed=seed, where=f"{path}: ")
     norm, scale = normalisation(seqs.frames)
-    order = np.random.default_rng(seed).permutation(n)
-    chosen = {
-        "test": order[:n_test],
-        "validation": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
-    }
     splits = {}
     for split in SPLITS:
-        windows = [w for i in np.sort(chosen[split]) for w in _windows(seqs.frames[i], window)]
+        windows = [w for i in chosen[split] for w in _windows(seqs.frames[i], window)]
         arr = scale(np.stack(windows))
         if resize is not None:
             arr = _resize(arr, resize)
